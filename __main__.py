@@ -1,0 +1,55 @@
+"""postal-gateway: Postal on a GCE VM, relaying through Google Workspace, DNS on Cloudflare."""
+
+import pulumi
+
+from components import config, dns
+from components.bootstrap import BootstrapArgs, PostalBootstrap
+from components.host import HostArgs, MailHost
+from components.network import MailNetwork, NetworkArgs
+from components.secrets import MailSecrets, SecretsArgs
+
+cfg = config.load()  # every config error stops the run here, before any resource
+for warning in config.warnings(cfg):
+    pulumi.log.warn(warning)
+zone_ids = dns.lookup_zones(cfg)  # refuses to add a second SPF/DMARC record
+
+network = MailNetwork("postal", NetworkArgs(
+    project=cfg.project, region=cfg.region, ssh_source_ranges=cfg.ssh_source_ranges,
+    smtp_source_ranges=cfg.smtp_source_ranges, web_source_ranges=cfg.web_source_ranges,
+    labels=cfg.gcp_labels))
+
+host = MailHost("postal", HostArgs(
+    project=cfg.project, region=cfg.region, zone=cfg.zone, stack=cfg.stack, machine_type=cfg.machine_type,
+    boot_disk_size_gb=cfg.boot_disk_size_gb, data_disk_size_gb=cfg.data_disk_size_gb,
+    snapshot_retention_days=cfg.snapshot_retention_days, labels=cfg.gcp_labels,
+    subnetwork_id=network.subnetwork_id, public_ip=network.public_ip, target_tag=network.target_tag))
+
+secrets = MailSecrets("postal", SecretsArgs(sending_domains=cfg.sending_domains))
+
+mail_dns = dns.MailDns("postal", dns.DnsArgs(
+    records=dns.record_specs(cfg, public_ip=network.public_ip, dkim=secrets.dkim,
+                             rp_dkim_public_key=secrets.signing_public_key_pem),
+    zone_ids=zone_ids, comment=dns.comment_for(cfg)))
+
+bootstrap = PostalBootstrap("postal", BootstrapArgs(
+    config=cfg, public_ip=network.public_ip, ssh_user=host.ssh_user, ssh_private_key=host.ssh_private_key,
+    instance_id=host.instance_id, secrets=secrets,
+    web_dns=[mail_dns.records["host-a"]], mail_dns=list(mail_dns.records.values())))
+
+web_url = f"https://{cfg.hostname}"
+pulumi.export("publicIp", network.public_ip)
+pulumi.export("hostname", cfg.hostname)
+pulumi.export("webUrl", web_url)
+pulumi.export("apiUrl", f"{web_url}/api/v1/send/message")
+pulumi.export("smtpHost", cfg.hostname)
+pulumi.export("smtpPort", 25)
+pulumi.export("sendingDomains", list(cfg.sending_domains))
+pulumi.export("dnsRecords", mail_dns.published)
+pulumi.export("apiKey", secrets.api_key)
+pulumi.export("smtpUsername", "postal-gateway")
+pulumi.export("smtpPassword", secrets.smtp_key)
+pulumi.export("adminEmail", cfg.admin_email)
+pulumi.export("adminPassword", secrets.admin_password)
+pulumi.export("sshUser", host.ssh_user)
+pulumi.export("sshPrivateKey", host.ssh_private_key)
+pulumi.export("relayStatus", bootstrap.relay_status)

@@ -1,0 +1,113 @@
+"""PostalBootstrap: the VM's software, installed by one idempotent remote command per step.
+
+Each step runs `scripts/remote/lib.sh + <step>.sh` over SSH. Non-secret settings travel as
+environment assignments in the command line (visible in `pulumi preview` diffs); secrets
+travel only in the step's stdin payload. A step reruns when its script, settings or payload
+change, or when the VM is replaced (its `triggers`); nothing else reruns it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import pulumi
+from pulumi_command import remote
+
+from components import render
+from components.config import MailConfig
+from components.host import DATA_DEVICE
+from components.secrets import MailSecrets
+
+DATA_DIR = "/opt/postal"
+PREFLIGHT_SENDER = "relay-preflight"
+
+
+@dataclass(frozen=True)
+class BootstrapArgs:
+    config: MailConfig
+    public_ip: pulumi.Input[str]
+    ssh_user: str
+    ssh_private_key: pulumi.Input[str]
+    instance_id: pulumi.Input[str]
+    secrets: MailSecrets
+    web_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # Caddy waits for these (ACME)
+    mail_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # provisioning's DNS check needs these
+
+
+def parse_relay_status(stdout: Optional[str]) -> str:
+    """The preflight's verdict: the last `relay-status: <status>` line of its output."""
+    for line in reversed((stdout or "").splitlines()):
+        if line.startswith("relay-status: "):
+            return line.split(": ", 1)[1].split()[0]
+    return "unknown"
+
+
+class PostalBootstrap(pulumi.ComponentResource):
+    """Outputs: `steps` (step name -> remote.Command), `relay_status`."""
+
+    def __init__(self, name: str, args: BootstrapArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("postal-gateway:index:PostalBootstrap", name, None, opts)
+        cfg, secrets = args.config, args.secrets
+        self._name = name
+        self._instance_id = args.instance_id
+        self._connection = remote.ConnectionArgs(
+            host=args.public_ip, user=args.ssh_user, private_key=args.ssh_private_key,
+            dial_error_limit=60, per_dial_timeout=15)
+        self.steps: dict[str, remote.Command] = {}
+
+        os_step = self._step("os", {"PG_SELINUX": cfg.selinux, "PG_DATA_DEVICE": DATA_DEVICE,
+                                    "PG_DATA_DIR": DATA_DIR}, timeout="30m")
+        database = self._step("database", {"PG_MARIADB_IMAGE": render.MARIADB_IMAGE},
+                              {"db_root_password": secrets.db_root_password, "db_password": secrets.db_password},
+                              after=[os_step])
+        postal_yml = pulumi.Output.all(secrets.db_password, secrets.rails_secret_key).apply(
+            lambda s: render.postal_yml(hostname=cfg.hostname, relay_url=cfg.relay_url, db_password=s[0],
+                                        rails_secret_key=s[1],
+                                        from_address=f"postal@{cfg.sending_domains[0]}"))
+        postal = self._step("postal", {"PG_POSTAL_VERSION": cfg.postal_version,
+                                       "PG_INSTALL_REPO": render.INSTALL_REPO,
+                                       "PG_INSTALL_COMMIT": render.INSTALL_COMMIT,
+                                       "PG_HOSTNAME": cfg.hostname},
+                            {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
+                            after=[database], timeout="30m")
+        self._step("caddy", {"PG_CADDY_IMAGE": render.CADDY_IMAGE, "PG_TLS": cfg.tls,
+                             "PG_HOSTNAME": cfg.hostname,
+                             "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
+                                                              admin_email=cfg.admin_email)},
+                   {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
+                   after=[os_step, *args.web_dns], secret_output=False)
+        dkim = {domain: pulumi.Output.all(key.private_key_pem, key.selector)
+                for domain, key in secrets.dkim.items()}
+        provision_json = pulumi.Output.all(secrets.admin_password, secrets.api_key, secrets.smtp_key,
+                                           pulumi.Output.all(**dkim)).apply(
+            lambda s: render.provision_json(admin_email=cfg.admin_email, admin_password=s[0], api_key=s[1],
+                                            smtp_key=s[2], sending_domains={d: tuple(v) for d, v in s[3].items()}))
+        self._step("provision", {"PG_PROVISION_RB": render.script_text("provision.rb")},
+                   {"provision_json": provision_json}, after=[postal, *args.mail_dns])
+        preflight = self._step("preflight", {
+            "PG_HOSTNAME": cfg.hostname, "PG_RELAY_HOST": cfg.relay_host, "PG_RELAY_PORT": str(cfg.relay_port),
+            "PG_RELAY_TLS": cfg.relay_tls, "PG_MAIL_FROM": f"{PREFLIGHT_SENDER}@{cfg.return_path_domain}",
+            "PG_RCPT_TO": cfg.admin_email, "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py")},
+            after=[os_step], secret_output=False)
+        self.relay_status = preflight.stdout.apply(parse_relay_status)
+        self.register_outputs({"relay_status": self.relay_status})
+
+    def _step(self, step: str, env: Mapping[str, str], files: Optional[Mapping[str, pulumi.Input]] = None,
+              after: Sequence[pulumi.Resource] = (), secret_output: bool = True,
+              timeout: str = "20m") -> remote.Command:
+        create = render.command_line(step, env)
+        files = {k: v for k, v in (files or {}).items() if v is not None}
+        stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
+        fingerprint = (stdin.apply(lambda text: render.digest(create, text)) if stdin is not None
+                       else render.digest(create))
+        command = remote.Command(
+            f"{self._name}-{step}", connection=self._connection, create=create, stdin=stdin,
+            triggers=[self._instance_id, fingerprint],
+            logging=remote.Logging.NONE if secret_output else remote.Logging.STDOUT_AND_STDERR,
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=list(after), custom_timeouts=pulumi.CustomTimeouts(create=timeout,
+                                                                                          update=timeout),
+                additional_secret_outputs=["stdout", "stderr"] if secret_output else None))
+        self.steps[step] = command
+        return command

@@ -1,0 +1,95 @@
+"""MailHost: service account, SSH key, protected data disk with snapshots, Rocky Linux 9 VM."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+import pulumi_tls as tls
+
+ROCKY_IMAGE = "projects/rocky-linux-cloud/global/images/family/rocky-linux-9"
+SSH_USER = "postal-ops"
+DATA_DEVICE_NAME = "postal-data"
+DATA_DEVICE = f"/dev/disk/by-id/google-{DATA_DEVICE_NAME}"
+SNAPSHOT_START_UTC = "04:00"
+LOG_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter")
+
+
+@dataclass(frozen=True)
+class HostArgs:
+    project: str
+    region: str
+    zone: str
+    stack: str
+    machine_type: str
+    boot_disk_size_gb: int
+    data_disk_size_gb: int
+    snapshot_retention_days: int
+    labels: dict[str, str]
+    subnetwork_id: pulumi.Input[str]
+    public_ip: pulumi.Input[str]
+    target_tag: str
+
+
+def service_account_id(stack: str) -> str:
+    """A valid GCP account id (6-30 chars) for this stack."""
+    slug = re.sub(r"[^a-z0-9-]+", "-", stack.lower())
+    return f"postal-gw-{slug}"[:30].rstrip("-")
+
+
+class MailHost(pulumi.ComponentResource):
+    """Outputs: `instance_id`, `ssh_user`, `ssh_private_key` (secret), `data_disk`."""
+
+    def __init__(self, name: str, args: HostArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("postal-gateway:index:MailHost", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.service_account = gcp.serviceaccount.Account(
+            f"{name}-sa", project=args.project, account_id=service_account_id(args.stack),
+            display_name="postal-gateway VM", opts=child)
+        member = self.service_account.email.apply(lambda email: f"serviceAccount:{email}")
+        self.roles = [
+            gcp.projects.IAMMember(f"{name}-{role.split('.')[-1].lower()}", project=args.project,
+                                   role=role, member=member, opts=child)
+            for role in LOG_ROLES
+        ]
+        self.ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
+        self.data_disk = gcp.compute.Disk(
+            f"{name}-data", project=args.project, zone=args.zone, size=args.data_disk_size_gb,
+            type="pd-balanced", labels=args.labels,
+            opts=pulumi.ResourceOptions(parent=self, protect=True))
+        self.snapshot_policy = gcp.compute.ResourcePolicy(
+            f"{name}-snapshots", project=args.project, region=args.region,
+            description="daily snapshots of the postal-gateway data disk",
+            snapshot_schedule_policy={
+                "schedule": {"daily_schedule": {"days_in_cycle": 1, "start_time": SNAPSHOT_START_UTC}},
+                "retention_policy": {"max_retention_days": args.snapshot_retention_days,
+                                     "on_source_disk_delete": "KEEP_AUTO_SNAPSHOTS"},
+                "snapshot_properties": {"labels": args.labels, "guest_flush": False},
+            }, opts=child)
+        self.snapshot_attachment = gcp.compute.DiskResourcePolicyAttachment(
+            f"{name}-data-snapshots", project=args.project, zone=args.zone,
+            disk=self.data_disk.name, name=self.snapshot_policy.name, opts=child)
+        ssh_keys = self.ssh_key.public_key_openssh.apply(lambda key: f"{SSH_USER}:{key.strip()} {SSH_USER}")
+        self.instance = gcp.compute.Instance(
+            f"{name}-vm", project=args.project, zone=args.zone, machine_type=args.machine_type,
+            tags=[args.target_tag], labels=args.labels, allow_stopping_for_update=True,
+            boot_disk={"auto_delete": True, "initialize_params": {
+                "image": ROCKY_IMAGE, "size": args.boot_disk_size_gb, "type": "pd-balanced",
+                "labels": args.labels}},
+            attached_disks=[{"source": self.data_disk.self_link, "device_name": DATA_DEVICE_NAME,
+                             "mode": "READ_WRITE"}],
+            network_interfaces=[{"subnetwork": args.subnetwork_id, "stack_type": "IPV4_ONLY",
+                                 "access_configs": [{"nat_ip": args.public_ip, "network_tier": "PREMIUM"}]}],
+            metadata={"ssh-keys": ssh_keys, "block-project-ssh-keys": "true", "enable-oslogin": "FALSE"},
+            service_account={"email": self.service_account.email, "scopes": ["cloud-platform"]},
+            shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True,
+                                      "enable_integrity_monitoring": True},
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles,
+                                        ignore_changes=["bootDisk.initializeParams.image"]))
+        self.instance_id = self.instance.instance_id
+        self.ssh_user = SSH_USER
+        self.ssh_private_key = pulumi.Output.secret(self.ssh_key.private_key_openssh)
+        self.register_outputs({"instance_id": self.instance_id, "ssh_private_key": self.ssh_private_key})

@@ -1,0 +1,62 @@
+"""MailNetwork: the Compute API, a VPC without IPv6, the static public IP and firewall rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import pulumi
+import pulumi_gcp as gcp
+
+TARGET_TAG = "postal-gateway"
+SUBNET_RANGE = "10.64.0.0/24"
+
+
+@dataclass(frozen=True)
+class NetworkArgs:
+    project: str
+    region: str
+    ssh_source_ranges: tuple[str, ...]
+    smtp_source_ranges: tuple[str, ...]
+    web_source_ranges: tuple[str, ...]
+    labels: dict[str, str]
+
+
+class MailNetwork(pulumi.ComponentResource):
+    """Outputs: `address` (the relay allowlist IP), `subnetwork_id`, `target_tag`, `firewalls`."""
+
+    def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+        super().__init__("postal-gateway:index:MailNetwork", name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        self.compute_api = gcp.projects.Service(
+            f"{name}-compute-api", project=args.project, service="compute.googleapis.com",
+            disable_on_destroy=False, opts=child)
+        after_api = pulumi.ResourceOptions(parent=self, depends_on=[self.compute_api])
+        self.vpc = gcp.compute.Network(
+            f"{name}-vpc", project=args.project, auto_create_subnetworks=False,
+            description="postal-gateway", opts=after_api)
+        self.subnetwork = gcp.compute.Subnetwork(
+            f"{name}-subnet", project=args.project, region=args.region, network=self.vpc.id,
+            ip_cidr_range=SUBNET_RANGE, stack_type="IPV4_ONLY", private_ip_google_access=True,
+            opts=child)
+        self.address = gcp.compute.Address(
+            f"{name}-ip", project=args.project, region=args.region, address_type="EXTERNAL",
+            network_tier="PREMIUM", labels=args.labels,
+            description="postal-gateway public IP: the Google Workspace SMTP relay allowlist entry",
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.compute_api], protect=True))
+        rules = {
+            "ssh": (["22"], args.ssh_source_ranges),
+            "smtp": (["25"], args.smtp_source_ranges),
+            "web": (["80", "443"], args.web_source_ranges),
+        }
+        self.firewalls = {
+            rule: gcp.compute.Firewall(
+                f"{name}-allow-{rule}", project=args.project, network=self.vpc.self_link,
+                direction="INGRESS", allows=[{"protocol": "tcp", "ports": ports}],
+                source_ranges=list(ranges), target_tags=[TARGET_TAG], opts=child)
+            for rule, (ports, ranges) in rules.items()
+        }
+        self.target_tag = TARGET_TAG
+        self.public_ip = self.address.address
+        self.subnetwork_id = self.subnetwork.id
+        self.register_outputs({"public_ip": self.public_ip, "subnetwork_id": self.subnetwork_id})

@@ -1,0 +1,124 @@
+"""Pure renderers: the files and command lines the bootstrap steps send to the VM."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Mapping, Optional
+
+import yaml
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "remote"
+INSTALL_REPO = "https://github.com/postalserver/install"
+INSTALL_COMMIT = "c82658da7fa16615a2fba9bae2d02c860816fdb3"  # 2024-03-21, "add `version` command"
+MARIADB_IMAGE = "mariadb:11.4"
+CADDY_IMAGE = "caddy:2.10"
+CONFIG_DIR = "/config"  # /opt/postal/config inside Postal's containers
+CERT_DIR = "/certs"  # /opt/postal/config/certs inside postal-caddy
+ORGANIZATION = {"name": "Postal Gateway", "permalink": "postal-gateway"}
+SERVER = {"name": "Gateway", "permalink": "gateway", "mode": "Live"}
+API_CREDENTIAL = "postal-gateway-api"
+SMTP_CREDENTIAL = "postal-gateway-smtp"
+
+
+def dkim_txt(public_key_pem: str) -> str:
+    """Postal's DKIM record for a PEM public key: `v=DKIM1; t=s; h=sha256; p=<base64 DER>;`."""
+    body = re.sub(r"-----[A-Z ]+-----", "", public_key_pem)
+    return f"v=DKIM1; t=s; h=sha256; p={''.join(body.split())};"
+
+
+def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_key: str,
+               from_address: str) -> str:
+    """postal.yml in Postal's `version: 2` schema (lib/postal/config_schema.rb)."""
+    database = {"host": "127.0.0.1", "port": 3306, "username": "postal", "password": db_password}
+    config = {
+        "version": 2,
+        "postal": {
+            "web_hostname": hostname,
+            "web_protocol": "https",
+            "smtp_hostname": hostname,
+            "use_ip_pools": False,
+            "signing_key_path": f"{CONFIG_DIR}/signing.key",
+            "smtp_relays": [relay_url],
+        },
+        "web_server": {"default_bind_address": "127.0.0.1", "default_port": 5000},
+        "main_db": {**database, "database": "postal"},
+        "message_db": {**database, "database_name_prefix": "postal"},
+        "smtp_server": {"default_port": 25, "default_bind_address": "0.0.0.0"},
+        "dns": {
+            "mx_records": [hostname],
+            "spf_include": f"spf.{hostname}",
+            "return_path_domain": f"rp.{hostname}",
+            "route_domain": f"routes.{hostname}",
+            "track_domain": f"track.{hostname}",
+            "helo_hostname": hostname,
+        },
+        "smtp": {"host": "127.0.0.1", "port": 25, "from_name": "Postal", "from_address": from_address},
+        "logging": {"enabled": True},
+        "rails": {"environment": "production", "secret_key": rails_secret_key},
+    }
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
+
+
+def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT_DIR) -> str:
+    """Caddyfile for the TLS mode: letsencrypt (ACME, account e-mail), internal or custom."""
+    site_tls = {
+        "letsencrypt": "",
+        "internal": "\ttls internal\n",
+        "custom": f"\ttls {cert_dir}/cert.pem {cert_dir}/key.pem\n",
+    }[tls]
+    global_options = f"{{\n\temail {admin_email}\n}}\n\n" if tls == "letsencrypt" else ""
+    return f"{global_options}{hostname} {{\n{site_tls}\treverse_proxy 127.0.0.1:5000\n}}\n"
+
+
+def provision_json(*, admin_email: str, admin_password: str, sending_domains: Mapping[str, tuple[str, str]],
+                   api_key: str, smtp_key: str) -> str:
+    """Input of provision.rb; `sending_domains` maps domain -> (DKIM private key PEM, selector)."""
+    return json.dumps({
+        "admin": {"email": admin_email, "first_name": "Postal", "last_name": "Admin",
+                  "password": admin_password},
+        "organization": ORGANIZATION,
+        "server": SERVER,
+        "domains": [{"name": name, "dkim_private_key": pem, "dkim_selector": selector}
+                    for name, (pem, selector) in sending_domains.items()],
+        "credentials": [{"type": "API", "name": API_CREDENTIAL, "key": api_key},
+                        {"type": "SMTP", "name": SMTP_CREDENTIAL, "key": smtp_key}],
+    }, sort_keys=True)
+
+
+def payload(files: Mapping[str, Optional[str]]) -> str:
+    """stdin for a step: one `<name> <base64>` line per file (read by lib.sh's pg_read_payload)."""
+    return "".join(f"{name} {base64.b64encode(text.encode()).decode()}\n"
+                   for name, text in sorted(files.items()) if text is not None)
+
+
+@functools.lru_cache(maxsize=None)
+def step_script(step: str) -> str:
+    """What runs on the VM: lib.sh followed by the step script without its shebang."""
+    body = (SCRIPTS / f"{step}.sh").read_text().split("\n", 1)[1]
+    return (SCRIPTS / "lib.sh").read_text().rstrip("\n") + "\n" + body
+
+
+@functools.lru_cache(maxsize=None)
+def script_text(filename: str) -> str:
+    return (SCRIPTS / filename).read_text()
+
+
+def command_line(step: str, env: Mapping[str, str]) -> str:
+    """The remote command: `sudo env PG_STEP=<step> K=V… bash -c <script> <step>`."""
+    assignments = " ".join(shlex.quote(f"{k}={v}") for k, v in {"PG_STEP": step, **env}.items())
+    return f"sudo env {assignments} bash -c {shlex.quote(step_script(step))} postal-gateway-{step}"
+
+
+def digest(*parts: str) -> str:
+    """sha256 over the parts, length-prefixed so that no two part lists collide."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode()
+        h.update(len(data).to_bytes(8, "big") + data)
+    return h.hexdigest()

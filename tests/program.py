@@ -1,0 +1,202 @@
+"""Runs the real __main__.py under Pulumi mocks and records what it registers.
+
+The recording monitor captures every resource with its options (parent, protect,
+ignoreChanges, dependencies, additionalSecretOutputs) and, like the real engine, marks
+the outputs named in additionalSecretOutputs as secret — the stock mock monitor does not.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import runpy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import pulumi
+from pulumi.runtime import mocks, rpc
+from pulumi.runtime.proto import resource_pb2
+
+ROOT = Path(__file__).resolve().parent.parent
+MAIN = ROOT / "__main__.py"
+PROJECT, STACK = "postal-gateway", "prod"
+SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
+FAKE_IP = "203.0.113.10"
+
+BASE_CONFIG: dict[str, Any] = {
+    "gcp:project": "acme-mail",
+    "gcp:region": "europe-west1",
+    "gcp:zone": "europe-west1-b",
+    "postal-gateway:hostname": "postal.rdo-dev.com",
+    "postal-gateway:sendingDomains": '["rdo-dev.com", "rdo-studio.net"]',
+    "postal-gateway:adminEmail": "ops@rdo-dev.com",
+    "postal-gateway:sshSourceRanges": '["203.0.113.7/32"]',
+    "postal-gateway:smtpSourceRanges": '["10.0.0.0/8", "198.51.100.0/24"]',
+}
+
+
+def unwrap(value: Any) -> tuple[Any, bool]:
+    """Plain value and whether any part of it was secret."""
+    if isinstance(value, dict):
+        if value.get(rpc._special_sig_key) == rpc._special_secret_sig:
+            return unwrap(value["value"])[0], True
+        pairs = {k: unwrap(v) for k, v in value.items()}
+        return {k: v for k, (v, _) in pairs.items()}, any(s for _, s in pairs.values())
+    if isinstance(value, list):
+        pairs = [unwrap(v) for v in value]
+        return [v for v, _ in pairs], any(s for _, s in pairs)
+    return value, False
+
+
+@dataclass
+class Registered:
+    urn: str
+    type: str
+    name: str
+    inputs: dict
+    secret_inputs: set
+    parent: str
+    protect: bool
+    ignore_changes: list
+    depends_on: list
+    secret_outputs: set
+    custom: bool
+    timeouts: dict = field(default_factory=dict)
+
+
+def _fake_key(name: str, bits: int = 2048) -> dict:
+    body = hashlib.sha256(name.encode()).hexdigest() * 6
+    public = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) \
+        + "\n-----END PUBLIC KEY-----\n"
+    return {
+        "publicKeyPem": public,
+        "publicKeyOpenssh": f"ssh-ed25519 AAAAC3{body[:40]}\n",
+        "privateKeyPem": f"-----BEGIN RSA PRIVATE KEY-----\nPRIVATE{name}\n-----END RSA PRIVATE KEY-----\n",
+        "privateKeyOpenssh": f"-----BEGIN OPENSSH PRIVATE KEY-----\nPRIVATE{name}\n-----END OPENSSH PRIVATE KEY-----\n",
+        "privateKeyPemPkcs8": f"PRIVATE{name}",
+    }
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Deterministic provider answers; records every invoke."""
+
+    def __init__(self, txt_records: Optional[dict] = None, missing_zones: tuple = ()):
+        self.invokes: list[tuple[str, dict]] = []
+        self.txt_records = txt_records or {}
+        self.missing_zones = missing_zones
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        out = dict(args.inputs)
+        typ, name = args.typ, args.name
+        if typ == "gcp:compute/address:Address":
+            out["address"] = FAKE_IP
+        elif typ == "tls:index/privateKey:PrivateKey":
+            out.update(_fake_key(name))
+        elif typ == "random:index/randomPassword:RandomPassword":
+            out["result"] = (hashlib.sha256(name.encode()).hexdigest() * 4)[: int(args.inputs["length"])]
+        elif typ == "random:index/randomString:RandomString":
+            out["result"] = "".join(chr(65 + b % 26) for b in hashlib.sha256(name.encode()).digest()[:6])
+        elif typ == "gcp:serviceaccount/account:Account":
+            out["email"] = f"{args.inputs['accountId']}@{args.inputs['project']}.iam.gserviceaccount.com"
+        elif typ == "gcp:compute/instance:Instance":
+            out["instanceId"] = "4242424242"
+        elif typ in ("gcp:compute/disk:Disk", "gcp:compute/resourcePolicy:ResourcePolicy"):
+            out.setdefault("name", name)
+            out["selfLink"] = f"https://compute.googleapis.com/{name}"
+        elif typ in ("gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"):
+            out["selfLink"] = f"https://compute.googleapis.com/{name}"
+        elif typ == "command:remote:Command":
+            step = name.rsplit("-", 1)[-1]
+            out["stdout"] = "relay-status: not-allowlisted 550 5.7.1 Invalid credentials for relay" \
+                if step == "preflight" else f"[postal-gateway:{step}] done"
+            out["stderr"] = ""
+        return f"{name}_id", out
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.invokes.append((args.token, dict(args.args)))
+        if args.token == "cloudflare:index/getZone:getZone":
+            zone = args.args["filter"]["name"]
+            if zone in self.missing_zones:
+                raise Exception(f"zone {zone} not found")
+            return {"id": f"zone-{zone}", "zoneId": f"zone-{zone}", "name": zone}
+        if args.token == "cloudflare:index/getDnsRecords:getDnsRecords":
+            name = args.args["name"]["exact"]
+            return {"results": [dict(r, name=name, type="TXT") for r in self.txt_records.get(name, [])]}
+        return {}
+
+
+class RecordingMonitor(mocks.MockMonitor):
+    def __init__(self, mock: Mocks):
+        super().__init__(mock)
+        self.registered: list[Registered] = []
+
+    def RegisterResource(self, request):
+        response = super().RegisterResource(request)
+        if request.type == "pulumi:pulumi:Stack":
+            return response
+        inputs, _ = unwrap(rpc.deserialize_properties(request.object))
+        raw_inputs = rpc.deserialize_properties(request.object)
+        secret_outputs = set(request.additionalSecretOutputs)
+        state = rpc.deserialize_properties(response.object)
+        for key in secret_outputs & set(state):
+            state[key] = {**SECRET, "value": state[key]}
+        obj = mocks._sync_await(rpc.serialize_properties(state, {}))
+        self.registered.append(Registered(
+            urn=response.urn, type=request.type, name=request.name, inputs=inputs,
+            secret_inputs={k for k, v in raw_inputs.items() if unwrap(v)[1]}, parent=request.parent,
+            protect=request.protect, ignore_changes=list(request.ignoreChanges),
+            depends_on=list(request.dependencies), secret_outputs=secret_outputs, custom=request.custom,
+            timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update}))
+        return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=obj)
+
+
+@dataclass
+class Run:
+    resources: list[Registered]
+    invokes: list[tuple[str, dict]]
+    outputs: dict[str, tuple[Any, bool]]  # name -> (value, is_secret)
+    error: Optional[BaseException] = None
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return [r for r in self.resources if r.type == typ]
+
+    def named(self, name: str) -> Registered:
+        (match,) = [r for r in self.resources if r.name == name]
+        return match
+
+    def by_urn(self, urn: str) -> Registered:
+        (match,) = [r for r in self.resources if r.urn == urn]
+        return match
+
+
+def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Optional[dict] = None,
+        missing_zones: tuple = (), replace: bool = False) -> Run:
+    """Run __main__.py with BASE_CONFIG updated by `config` (None values remove keys)."""
+    merged = dict(config or {}) if replace else {**copy.deepcopy(BASE_CONFIG), **(config or {})}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    mock = Mocks(txt_records, missing_zones)
+    monitor = RecordingMonitor(mock)
+    pulumi.runtime.set_mocks(mock, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(merged, list(secret_keys))
+    root = pulumi.runtime.get_root_resource()
+    root.outputs.clear()
+    outputs: dict[str, tuple[Any, bool]] = {}
+    error: list[BaseException] = []
+
+    async def collect():
+        for name, value in list(root.outputs.items()):
+            out = pulumi.Output.from_input(value)
+            outputs[name] = (unwrap(await out.future())[0], await out.is_secret())
+
+    @pulumi.runtime.test
+    def program():
+        try:
+            runpy.run_path(str(MAIN), run_name="__main__")
+        except pulumi.RunError as err:
+            error.append(err)
+            return None
+        return collect()
+
+    program()
+    return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None)
