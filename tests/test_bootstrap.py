@@ -1,0 +1,147 @@
+"""Bootstrap steps under mocks: order, what each step receives, secrecy and what reruns them."""
+
+import base64
+import shlex
+
+import pytest
+
+import program
+from components import render
+
+NS = "postal-gateway:"
+STEPS = ("os", "database", "postal", "caddy", "provision", "preflight")
+CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERTIFICATE-----\n"
+KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+
+
+def commands(run):
+    return {r.name.split("-", 1)[1]: r for r in run.of_type("command:remote:Command")}
+
+
+def env_of(command):
+    words = shlex.split(command.inputs["create"])
+    assert words[:2] == ["sudo", "env"]
+    return dict(w.split("=", 1) for w in words[2:words.index("bash")])
+
+
+def payload_of(command):
+    return {name: base64.b64decode(data).decode()
+            for name, data in (line.split() for line in (command.inputs.get("stdin") or "").splitlines())}
+
+
+@pytest.fixture(scope="module")
+def base():
+    run = program.run()
+    assert run.error is None, run.error
+    return run
+
+
+def test_one_command_per_step_running_its_script(base):
+    steps = commands(base)
+    assert set(steps) == set(STEPS)
+    for step, command in steps.items():
+        words = shlex.split(command.inputs["create"])
+        assert words[words.index("-c") + 1] == render.step_script(step)
+        assert env_of(command)["PG_STEP"] == step
+
+
+def test_steps_run_in_order(base):
+    steps = commands(base)
+    urn = {step: c.urn for step, c in steps.items()}
+    deps = {step: set(c.depends_on) for step, c in steps.items()}
+    assert urn["os"] in deps["database"] and urn["database"] in deps["postal"]
+    assert urn["postal"] in deps["provision"] and urn["os"] in deps["caddy"] and urn["os"] in deps["preflight"]
+    record_urns = {r.urn: r.inputs for r in base.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    caddy_records = [record_urns[u] for u in deps["caddy"] if u in record_urns]
+    assert [(r["name"], r["type"]) for r in caddy_records] == [("postal.rdo-dev.com", "A")]  # ACME needs it
+    assert {u for u in deps["provision"] if u in record_urns} == set(record_urns)  # check_dns needs them
+
+
+def test_connection_and_triggers(base):
+    for command in commands(base).values():
+        assert command.inputs["connection"]["host"] == program.FAKE_IP
+        assert command.inputs["connection"]["user"] == "postal-ops"
+        assert command.inputs["connection"]["dialErrorLimit"] == 60
+        assert "connection" in command.secret_inputs
+        assert command.inputs["triggers"][0] == "4242424242"  # a replaced VM reruns every step
+        assert len(command.inputs["triggers"][1]) == 64
+
+
+def test_secrets_travel_only_in_secret_stdin(base):
+    steps = commands(base)
+    assert payload_of(steps["database"]).keys() == {"db_root_password", "db_password"}
+    assert payload_of(steps["postal"]).keys() == {"postal_yml", "signing_key"}
+    assert payload_of(steps["provision"]).keys() == {"provision_json"}
+    for step in ("database", "postal", "provision"):
+        command = steps[step]
+        assert {"stdin", "triggers"} <= command.secret_inputs
+        assert {"stdout", "stderr"} <= command.secret_outputs
+        assert command.inputs["logging"] == "none"
+    for step in ("os", "caddy", "preflight"):
+        assert "stdin" not in steps[step].inputs and steps[step].inputs["logging"] == "stdoutAndStderr"
+    assert "create" not in set().union(*(c.secret_inputs for c in steps.values()))
+
+
+def test_step_settings(base):
+    steps = commands(base)
+    assert env_of(steps["os"])["PG_SELINUX"] == "enforcing"
+    assert env_of(steps["os"])["PG_DATA_DEVICE"] == "/dev/disk/by-id/google-postal-data"
+    postal = env_of(steps["postal"])
+    assert postal["PG_POSTAL_VERSION"] == "3.3.6" and len(postal["PG_INSTALL_COMMIT"]) == 40
+    assert "smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS" in payload_of(steps["postal"])["postal_yml"]
+    caddy = env_of(steps["caddy"])
+    assert caddy["PG_TLS"] == "letsencrypt" and caddy["PG_CADDYFILE"] == render.caddyfile(
+        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com")
+    preflight = env_of(steps["preflight"])
+    assert (preflight["PG_RELAY_HOST"], preflight["PG_RELAY_PORT"], preflight["PG_MAIL_FROM"]) == (
+        "smtp-relay.gmail.com", "587", "relay-preflight@rp.postal.rdo-dev.com")
+
+
+def test_provisioning_uses_the_pulumi_keys(base):
+    import json
+    spec = json.loads(payload_of(commands(base)["provision"])["provision_json"])
+    assert [d["name"] for d in spec["domains"]] == ["rdo-dev.com", "rdo-studio.net"]
+    selectors = {r.name.rsplit("-", 1)[-1] for r in base.of_type("random:index/randomString:RandomString")}
+    assert all(d["dkim_private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----") for d in spec["domains"])
+    dkim_names = {r.inputs["name"] for r in base.of_type("cloudflare:index/dnsRecord:DnsRecord")
+                  if "._domainkey." in r.inputs["name"] and not r.inputs["name"].startswith("postal._")}
+    assert dkim_names == {f"postal-{d['dkim_selector']}._domainkey.{d['name']}" for d in spec["domains"]}
+    keys = {c["type"]: c["key"] for c in spec["credentials"]}
+    assert keys == {"API": base.outputs["apiKey"][0], "SMTP": base.outputs["smtpPassword"][0]}
+    assert spec["admin"]["password"] == base.outputs["adminPassword"][0]
+    assert selectors
+
+
+def test_relay_status_output_comes_from_the_preflight(base):
+    assert base.outputs["relayStatus"] == ("not-allowlisted", False)
+
+
+def changed(before, after):
+    """Resources whose inputs differ between two runs, by name."""
+    old = {r.name: (r.inputs, r.type) for r in before.resources}
+    return {r.name for r in after.resources if old.get(r.name, (None,))[0] != r.inputs}
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    ({}, set()),
+    ({NS + "tls": "internal"}, {"postal-caddy"}),
+    ({NS + "postalVersion": "3.3.5"}, {"postal-postal"}),
+    ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
+    ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
+    ({NS + "selinux": "permissive"}, {"postal-os"}),
+    ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh"}),
+    ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),
+])
+def test_each_setting_reruns_only_the_steps_that_depend_on_it(base, overrides, expected):
+    assert changed(base, program.run(overrides)) == expected
+
+
+def test_custom_tls_sends_the_pair_to_caddy_only():
+    keys = (NS + "tlsCertificate", NS + "tlsPrivateKey")
+    run = program.run({NS + "tls": "custom", keys[0]: CERT, keys[1]: KEY}, secret_keys=keys)
+    assert run.error is None, run.error
+    caddy = commands(run)["caddy"]
+    assert payload_of(caddy) == {"tls_certificate": CERT, "tls_private_key": KEY}
+    assert "stdin" in caddy.secret_inputs
+    assert "/certs/cert.pem" in env_of(caddy)["PG_CADDYFILE"]
+    assert KEY not in caddy.inputs["create"]
