@@ -76,7 +76,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                              "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
                                                               admin_email=cfg.admin_email)},
                    {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
-                   after=[os_step, *args.web_dns], secret_output=False)
+                   after=[os_step, *args.web_dns])
         dkim = {domain: pulumi.Output.all(key.private_key_pem, key.selector)
                 for domain, key in secrets.dkim.items()}
         provision_json = pulumi.Output.all(secrets.admin_password, secrets.api_key, secrets.smtp_key,
@@ -89,25 +89,25 @@ class PostalBootstrap(pulumi.ComponentResource):
             "PG_HOSTNAME": cfg.hostname, "PG_RELAY_HOST": cfg.relay_host, "PG_RELAY_PORT": str(cfg.relay_port),
             "PG_RELAY_TLS": cfg.relay_tls, "PG_MAIL_FROM": f"{PREFLIGHT_SENDER}@{cfg.return_path_domain}",
             "PG_RCPT_TO": cfg.admin_email, "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py")},
-            after=[os_step], secret_output=False)
+            after=[os_step])
         self.relay_status = preflight.stdout.apply(parse_relay_status)
         self.register_outputs({"relay_status": self.relay_status})
 
     def _step(self, step: str, env: Mapping[str, str], files: Optional[Mapping[str, pulumi.Input]] = None,
-              after: Sequence[pulumi.Resource] = (), secret_output: bool = True,
-              timeout: str = "20m") -> remote.Command:
+              after: Sequence[pulumi.Resource] = (), timeout: str = "20m") -> remote.Command:
         create = render.command_line(step, env)
         files = {k: v for k, v in (files or {}).items() if v is not None}
         stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
         fingerprint = (stdin.apply(lambda text: render.digest(create, text)) if stdin is not None
                        else render.digest(create))
+        hidden = stdin is not None  # a step that receives secrets may echo them: keep its output secret
         command = remote.Command(
             f"{self._name}-{step}", connection=self._connection, create=create, stdin=stdin,
             triggers=[self._instance_id, fingerprint],
-            logging=remote.Logging.NONE if secret_output else remote.Logging.STDOUT_AND_STDERR,
+            logging=remote.Logging.NONE if hidden else remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=list(after), custom_timeouts=pulumi.CustomTimeouts(create=timeout,
                                                                                           update=timeout),
-                additional_secret_outputs=["stdout", "stderr"] if secret_output else None))
+                additional_secret_outputs=["stdout", "stderr"] if hidden else None))
         self.steps[step] = command
         return command

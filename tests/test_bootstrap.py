@@ -142,6 +142,6 @@ def test_custom_tls_sends_the_pair_to_caddy_only():
     assert run.error is None, run.error
     caddy = commands(run)["caddy"]
     assert payload_of(caddy) == {"tls_certificate": CERT, "tls_private_key": KEY}
-    assert "stdin" in caddy.secret_inputs
+    assert "stdin" in caddy.secret_inputs and caddy.inputs["logging"] == "none"
     assert "/certs/cert.pem" in env_of(caddy)["PG_CADDYFILE"]
     assert KEY not in caddy.inputs["create"]
