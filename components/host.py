@@ -72,13 +72,16 @@ class MailHost(pulumi.ComponentResource):
         self.snapshot_attachment = gcp.compute.DiskResourcePolicyAttachment(
             f"{name}-data-snapshots", project=args.project, zone=args.zone,
             disk=self.data_disk.name, name=self.snapshot_policy.name, opts=child)
+        # A separate boot disk resizes in place; a size in the instance's initializeParams would replace the VM.
+        self.boot_disk = gcp.compute.Disk(
+            f"{name}-boot", project=args.project, zone=args.zone, image=ROCKY_IMAGE,
+            size=args.boot_disk_size_gb, type="pd-balanced", labels=args.labels,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["image"]))  # a new monthly image never replaces it
         ssh_keys = self.ssh_key.public_key_openssh.apply(lambda key: f"{SSH_USER}:{key.strip()} {SSH_USER}")
         self.instance = gcp.compute.Instance(
             f"{name}-vm", project=args.project, zone=args.zone, machine_type=args.machine_type,
             tags=[args.target_tag], labels=args.labels, allow_stopping_for_update=True,
-            boot_disk={"auto_delete": True, "initialize_params": {
-                "image": ROCKY_IMAGE, "size": args.boot_disk_size_gb, "type": "pd-balanced",
-                "labels": args.labels}},
+            boot_disk={"source": self.boot_disk.self_link, "auto_delete": False},
             attached_disks=[{"source": self.data_disk.self_link, "device_name": DATA_DEVICE_NAME,
                              "mode": "READ_WRITE"}],
             network_interfaces=[{"subnetwork": args.subnetwork_id, "stack_type": "IPV4_ONLY",
@@ -87,8 +90,7 @@ class MailHost(pulumi.ComponentResource):
             service_account={"email": self.service_account.email, "scopes": ["cloud-platform"]},
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True,
                                       "enable_integrity_monitoring": True},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles,
-                                        ignore_changes=["bootDisk.initializeParams.image"]))
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles))
         self.instance_id = self.instance.instance_id
         self.ssh_user = SSH_USER
         self.ssh_private_key = pulumi.Output.secret(self.ssh_key.private_key_openssh)

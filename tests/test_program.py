@@ -30,8 +30,10 @@ def test_one_protected_static_ip_used_by_one_rocky_vm(run):
     nic = vm.inputs["networkInterfaces"][0]
     assert nic["accessConfigs"][0]["natIp"] == program.FAKE_IP
     assert nic["stackType"] == "IPV4_ONLY" and "ipv6AccessConfigs" not in nic
-    assert vm.inputs["bootDisk"]["initializeParams"]["image"].endswith("rocky-linux-cloud/global/images/family/rocky-linux-9")
-    assert "bootDisk.initializeParams.image" in vm.ignore_changes
+    boot = next(d for d in run.of_type("gcp:compute/disk:Disk") if vm.inputs["bootDisk"]["source"].endswith(d.name))
+    assert boot.inputs["image"] == "projects/rocky-linux-cloud/global/images/family/rocky-linux-9"
+    assert boot.ignore_changes == ["image"] and boot.inputs["size"] == 20 and not boot.protect
+    assert vm.inputs["bootDisk"]["autoDelete"] is False
     assert vm.inputs["machineType"] == "e2-medium" and vm.inputs["zone"] == "europe-west1-b"
     assert vm.inputs["shieldedInstanceConfig"] == {
         "enableSecureBoot": True, "enableVtpm": True, "enableIntegrityMonitoring": True}
@@ -42,8 +44,8 @@ def test_one_protected_static_ip_used_by_one_rocky_vm(run):
 
 
 def test_protected_data_disk_with_daily_snapshots(run):
-    (disk,) = run.of_type("gcp:compute/disk:Disk")
-    assert disk.protect and disk.inputs["size"] == 50
+    (disk,) = [d for d in run.of_type("gcp:compute/disk:Disk") if d.protect]
+    assert disk.inputs["size"] == 50 and "image" not in disk.inputs
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     (attached,) = vm.inputs["attachedDisks"]
     assert attached["deviceName"] == "postal-data" and attached["source"].endswith(disk.name)
@@ -172,7 +174,7 @@ def test_sizes_and_labels_flow_to_resources():
     run = program.run({NS + "machineType": "n2-standard-2", NS + "dataDiskSizeGb": "200",
                        NS + "snapshotRetentionDays": "30", NS + "labels": '{"team": "platform"}'})
     (vm,) = run.of_type("gcp:compute/instance:Instance")
-    (disk,) = run.of_type("gcp:compute/disk:Disk")
+    (disk,) = [d for d in run.of_type("gcp:compute/disk:Disk") if d.protect]
     (policy,) = run.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
     assert vm.inputs["machineType"] == "n2-standard-2" and vm.inputs["labels"]["team"] == "platform"
     assert disk.inputs["size"] == 200 and disk.inputs["labels"]["team"] == "platform"
