@@ -1,0 +1,177 @@
+"""Benchmarks: program evaluation vs the SDK import floor, update blast radius, test-suite time.
+
+    python bench/run.py [--runs N] [--skip-suite]
+
+Prints a table and writes bench/results.json. Numbers are wall-clock seconds on this machine;
+each figure is the median of N runs with its min–max spread. Nothing here talks to a cloud.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+NS = "postal-gateway:"
+EVALUATE = ("import sys; sys.path[:0] = ['.', 'tests']; import program; "
+            "run = program.run(); assert run.error is None, run.error; assert run.outputs")
+FLOOR = ("import pulumi, pulumi.runtime, yaml, pulumi_cloudflare, pulumi_tls, pulumi_random, pulumi_gcp as gcp; "
+         "from pulumi_command import remote; gcp.compute.Instance; gcp.projects.Service; gcp.serviceaccount.Account")
+EVAL_GOAL = 1.3
+
+# One changed value per knob of the config contract.
+KNOBS = {
+    "hostname": "mail.rdo-dev.com",
+    "sendingDomains": '["rdo-dev.com", "rdo-studio.net", "rdo-films.com"]',
+    "adminEmail": "platform@rdo-dev.com",
+    "sshSourceRanges": '["198.51.100.7/32"]',
+    "smtpSourceRanges": '["10.0.0.0/8"]',
+    "webSourceRanges": '["198.51.100.0/24"]',
+    "tls": "internal",
+    "machineType": "e2-standard-2",
+    "bootDiskSizeGb": "30",
+    "dataDiskSizeGb": "100",
+    "snapshotRetentionDays": "30",
+    "postalVersion": "3.3.5",
+    "relayHost": "relay.rdo-dev.com",
+    "relayPort": "2525",
+    "relayTls": "tls",
+    "selinux": "permissive",
+    "dmarcPolicy": "quarantine",
+    "manageSpf": "false",
+    "labels": '{"team": "platform"}',
+}
+# Steps each knob may rerun at most (the goal); knobs not listed must rerun no step.
+STEP_GOALS = {
+    "tls": {"caddy"},
+    "postalVersion": {"postal"},
+    "relayHost": {"postal", "preflight"},  # the preflight re-asks the new relay
+    "relayPort": {"postal", "preflight"},
+    "relayTls": {"postal", "preflight"},
+    "selinux": {"os"},
+    "adminEmail": {"caddy", "provision", "preflight"},
+    "hostname": {"postal", "caddy", "provision", "preflight"},
+    "sendingDomains": {"provision"},
+}
+# Inputs whose change forces replacement (terraform-provider-google: "Changing this forces a new resource").
+FORCE_NEW = {
+    "gcp:compute/instance:Instance": {"name", "zone", "project", "bootDisk", "hostname", "scratchDisks"},
+    "gcp:compute/address:Address": {"name", "project", "region", "address", "addressType", "networkTier",
+                                    "purpose", "subnetwork", "network", "prefixLength", "ipVersion", "description"},
+    "gcp:compute/disk:Disk": {"name", "project", "zone", "type", "image", "snapshot", "description",
+                              "physicalBlockSizeBytes", "sourceDisk"},
+    "gcp:compute/resourcePolicy:ResourcePolicy": {"name", "project", "region", "description",
+                                                  "snapshotSchedulePolicy"},
+    "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": {"name", "disk", "zone", "project"},
+    "cloudflare:index/dnsRecord:DnsRecord": {"zoneId"},
+}
+PRECIOUS = {"gcp:compute/instance:Instance": "VM", "gcp:compute/address:Address": "IP"}
+
+
+def timed(code: str) -> float:
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def summary(samples: list[float]) -> dict:
+    return {"median": round(statistics.median(samples), 3), "min": round(min(samples), 3),
+            "max": round(max(samples), 3), "runs": len(samples)}
+
+
+def evaluation(runs: int) -> dict:
+    floor, program_runs = [], []
+    for _ in range(runs):  # interleaved, so drift hits both alike
+        floor.append(timed(FLOOR))
+        program_runs.append(timed(EVALUATE))
+    result = {"floor": summary(floor), "program": summary(program_runs)}
+    result["ratio"] = round(result["program"]["median"] / result["floor"]["median"], 2)
+    result["goal_met"] = result["ratio"] <= EVAL_GOAL
+    return result
+
+
+def blast_radius() -> dict:
+    import program
+
+    base = program.run()
+    assert base.error is None, base.error
+    before = {r.name: r for r in base.resources}
+    rows = {}
+    for knob, value in {"(unchanged)": None, **KNOBS}.items():
+        run = program.run({NS + knob: value} if value is not None else {})
+        assert run.error is None, (knob, run.error)
+        steps, updated, replaced, added = set(), set(), set(), set()
+        for resource in run.resources:
+            old = before.get(resource.name)
+            if old is None:
+                added.add(resource.name)
+                continue
+            keys = {k for k in set(old.inputs) | set(resource.inputs) if old.inputs.get(k) != resource.inputs.get(k)}
+            if not keys:
+                continue
+            if resource.type == "command:remote:Command":
+                steps.add(resource.name.split("-", 1)[1])
+            elif keys & FORCE_NEW.get(resource.type, set()):
+                replaced.add(resource.name)
+            else:
+                updated.add(resource.name)
+        removed = set(before) - {r.name for r in run.resources}
+        precious = {n for n in replaced | removed if before[n].type in PRECIOUS or before[n].protect}
+        rows[knob] = {"steps": sorted(steps), "updated": sorted(updated), "replaced": sorted(replaced),
+                      "added": sorted(added), "removed": sorted(removed),
+                      "goal_met": steps <= STEP_GOALS.get(knob, set()) and not precious}
+    return rows
+
+
+def suite(runs: int) -> dict:
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly"], cwd=ROOT, check=True,
+                       capture_output=True)
+        samples.append(time.perf_counter() - start)
+    return summary(samples)
+
+
+def spread(s: dict) -> str:
+    return f"{s['median']:.2f} s ({s['min']:.2f}–{s['max']:.2f}, n={s['runs']})"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
+    args = parser.parse_args()
+
+    results = {"evaluation": evaluation(args.runs), "blast_radius": blast_radius()}
+    if not args.skip_suite:
+        results["test_suite"] = suite(max(1, args.runs // 2))
+
+    ev = results["evaluation"]
+    print("## Program evaluation (process wall time)")
+    print(f"| SDK import floor | {spread(ev['floor'])} |")
+    print(f"| `__main__.py` under mocks | {spread(ev['program'])} |")
+    print(f"| ratio (goal ≤ {EVAL_GOAL}×) | {ev['ratio']}× {'ok' if ev['goal_met'] else 'MISSED'} |")
+    print("\n## Update blast radius (one knob changed)")
+    print("| knob | steps rerun | resources updated | replaced / added / removed | goal |")
+    print("|---|---|---|---|---|")
+    for knob, row in results["blast_radius"].items():
+        others = row["replaced"] + [f"+{n}" for n in row["added"]] + [f"-{n}" for n in row["removed"]]
+        print(f"| {knob} | {', '.join(row['steps']) or '—'} | {', '.join(row['updated']) or '—'} | "
+              f"{', '.join(others) or '—'} | {'ok' if row['goal_met'] else 'MISSED'} |")
+    if "test_suite" in results:
+        print(f"\n## Test suite: {spread(results['test_suite'])}")
+    (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    missed = not ev["goal_met"] or not all(r["goal_met"] for r in results["blast_radius"].values())
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
