@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# postal: Postal's install helper at a pinned commit, postal.yml and signing.key from Pulumi,
+# `postal initialize` on a new host, `postal upgrade` when postalVersion changes, then start.
+: "${PG_POSTAL_VERSION:?}" "${PG_INSTALL_REPO:?}" "${PG_INSTALL_COMMIT:?}" "${PG_HOSTNAME:?}"
+pg_read_payload
+pg_need postal_yml
+pg_need signing_key
+install_dir=$PG_ROOT$PG_DATA_DIR/install
+
+if [[ ! -d $install_dir/.git ]]; then
+  pg_log "cloning $PG_INSTALL_REPO"
+  git clone --quiet "$PG_INSTALL_REPO" "$install_dir"
+fi
+if [[ $(git -C "$install_dir" rev-parse HEAD) != "$PG_INSTALL_COMMIT" ]]; then
+  pg_log "install helper at $PG_INSTALL_COMMIT"
+  git -C "$install_dir" fetch --quiet origin
+  git -C "$install_dir" checkout --quiet --force "$PG_INSTALL_COMMIT"
+fi
+if [[ $(readlink "$PG_ROOT/usr/bin/postal" || true) != "$PG_DATA_DIR/install/bin/postal" ]]; then
+  ln -sfn "$PG_DATA_DIR/install/bin/postal" "$PG_ROOT/usr/bin/postal"
+fi
+
+changed=0
+pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" && changed=1
+pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" && changed=1
+
+# The version that initialize/upgrade last completed for, kept on the data disk.
+version_file=$PG_ROOT$PG_DATA_DIR/config/postal-gateway.version
+current=$(cat "$version_file" 2>/dev/null || true)
+compose_version=$(sed -n 's#^ *image: ghcr.io/postalserver/postal:##p' "$install_dir/docker-compose.yml" 2>/dev/null | head -n 1)
+if [[ $compose_version != "$PG_POSTAL_VERSION" ]]; then
+  pg_log "docker-compose.yml for Postal $PG_POSTAL_VERSION"
+  "$install_dir/bin/postal" set-version "$PG_POSTAL_VERSION" >/dev/null
+fi
+if [[ -z $current ]]; then
+  pg_log "initializing Postal $PG_POSTAL_VERSION (database schema)"
+  pg_compose pull --quiet
+  pg_compose run --rm -T runner postal initialize
+  echo "$PG_POSTAL_VERSION" >"$version_file"
+  changed=1
+elif [[ $current != "$PG_POSTAL_VERSION" ]]; then
+  pg_log "upgrading Postal $current -> $PG_POSTAL_VERSION"
+  pg_compose pull --quiet
+  pg_compose run --rm -T runner postal upgrade
+  echo "$PG_POSTAL_VERSION" >"$version_file"
+  changed=1
+fi
+
+running=$(pg_compose ps --services --status running | sort | tr '\n' ' ')
+if ((changed)); then
+  pg_log "starting Postal with the new configuration"
+  pg_compose up --detach --remove-orphans --force-recreate
+elif [[ $running != "smtp web worker " ]]; then
+  pg_log "starting Postal (running: ${running:-none})"
+  pg_compose up --detach --remove-orphans
+fi
+pg_log "done: Postal $PG_POSTAL_VERSION"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# provision: admin user, organization, mail server, sending domains with the Pulumi DKIM
+# keys, API and SMTP credentials, by provision.rb under `rails runner` (find or create).
+: "${PG_PROVISION_RB:?}"
+pg_read_payload
+pg_need provision_json
+printf '%s' "$PG_PROVISION_RB" | pg_install 0644 root:root "$PG_DATA_DIR/config/provision.rb" || true
+pg_log "provisioning Postal"
+pg_compose run --rm -T runner bundle exec rails runner /config/provision.rb <"$PG_PAYLOAD/provision_json"
+pg_log "done"
