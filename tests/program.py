@@ -7,9 +7,13 @@ the outputs named in additionalSecretOutputs as secret — the stock mock monito
 
 from __future__ import annotations
 
+import base64
 import copy
 import hashlib
 import runpy
+import shutil
+import sys
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -23,6 +27,13 @@ MAIN = ROOT / "__main__.py"
 PROJECT, STACK = "postal-gateway", "prod"
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 FAKE_IP = "203.0.113.10"
+
+
+def tool(name: str) -> str:
+    """A validator installed with requirements-dev.txt (in this interpreter's bin/) or on PATH."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    assert found, f"{name} is missing: install requirements-dev.txt (or run .ci/run)"
+    return found
 
 BASE_CONFIG: dict[str, Any] = {
     "gcp:project": "acme-mail",
@@ -200,3 +211,19 @@ def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Opt
 
     program()
     return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None)
+
+
+# Bootstrap commands of a run: step name -> Registered, and what each one sends to the VM.
+def commands(run):
+    return {r.name.split("-", 1)[1]: r for r in run.of_type("command:remote:Command")}
+
+
+def env_of(command):
+    words = shlex.split(command.inputs["create"])
+    assert words[:2] == ["sudo", "env"]
+    return dict(w.split("=", 1) for w in words[2:words.index("bash")])
+
+
+def payload_of(command):
+    return {name: base64.b64decode(data).decode()
+            for name, data in (line.split() for line in (command.inputs.get("stdin") or "").splitlines())}

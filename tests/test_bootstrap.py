@@ -6,27 +6,13 @@ import shlex
 import pytest
 
 import program
+from program import commands, env_of, payload_of
 from components import render
 
 NS = "postal-gateway:"
 STEPS = ("os", "database", "postal", "caddy", "provision", "preflight")
 CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERTIFICATE-----\n"
 KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
-
-
-def commands(run):
-    return {r.name.split("-", 1)[1]: r for r in run.of_type("command:remote:Command")}
-
-
-def env_of(command):
-    words = shlex.split(command.inputs["create"])
-    assert words[:2] == ["sudo", "env"]
-    return dict(w.split("=", 1) for w in words[2:words.index("bash")])
-
-
-def payload_of(command):
-    return {name: base64.b64decode(data).decode()
-            for name, data in (line.split() for line in (command.inputs.get("stdin") or "").splitlines())}
 
 
 @pytest.fixture(scope="module")

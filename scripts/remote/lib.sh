@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Shared by every bootstrap step (render.step_script prepends it). Paths are prefixed with
 # ${PG_ROOT:-} so the tests can run a step against a temporary root and stub commands.
-set -euo pipefail
+set -euo pipefail -o errtrace
 umask 022
 PG_ROOT="${PG_ROOT:-}"
 # shellcheck disable=SC2034  # used by the steps
@@ -46,6 +46,7 @@ pg_install() {
 # Installs the RPM packages that are missing, in one dnf transaction.
 pg_dnf_install() {
   local missing=() pkg
+  rpm -q --quiet "$@" && return 0
   for pkg in "$@"; do rpm -q --quiet "$pkg" || missing+=("$pkg"); done
   if ((${#missing[@]})); then
     pg_log "installing ${missing[*]}"

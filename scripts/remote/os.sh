@@ -58,7 +58,8 @@ mountpoint -q "$PG_ROOT$PG_DATA_DIR" || { pg_log "mounting $PG_DATA_DIR"; mount 
 
 if [[ $PG_SELINUX == enforcing ]]; then
   rule="$PG_DATA_DIR(/.*)?"
-  if ! semanage fcontext --list --locallist | grep -qF "$rule"; then
+  rules=$(semanage fcontext --list --locallist)
+  if ! grep -qF "$rule" <<<"$rules"; then
     pg_log "SELinux: labelling $PG_DATA_DIR container_file_t"
     semanage fcontext --add --type container_file_t "$rule"
     restorecon -R "$PG_ROOT$PG_DATA_DIR"

@@ -27,7 +27,7 @@ pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PA
 # The version that initialize/upgrade last completed for, kept on the data disk.
 version_file=$PG_ROOT$PG_DATA_DIR/config/postal-gateway.version
 current=$(cat "$version_file" 2>/dev/null || true)
-compose_version=$(sed -n 's#^ *image: ghcr.io/postalserver/postal:##p' "$install_dir/docker-compose.yml" 2>/dev/null | head -n 1)
+compose_version=$(sed -n 's#^ *image: ghcr.io/postalserver/postal:##p;T;q' "$install_dir/docker-compose.yml" 2>/dev/null || true)
 if [[ $compose_version != "$PG_POSTAL_VERSION" ]]; then
   pg_log "docker-compose.yml for Postal $PG_POSTAL_VERSION"
   "$install_dir/bin/postal" set-version "$PG_POSTAL_VERSION" >/dev/null

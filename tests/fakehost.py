@@ -1,0 +1,293 @@
+"""A fake Rocky 9 host for the bootstrap scripts: one stub for every system command they call.
+
+`install(bin_dir)` links the stubs into a directory put first on PATH. Each call is appended to
+`$PG_ROOT/.fake/calls.log` as `M <argv>` (it changes the host) or `Q <argv>` (it only looks),
+and the host's state (packages, units, disks, containers, Postal) lives in `.fake/state.json`.
+`STUB_FAIL=<command>` makes that command fail with a message on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+COMMANDS = ("sudo", "sleep", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
+            "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker")
+DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
+FAKE_POSTAL_HELPER = """#!/usr/bin/env bash
+# Postal's install helper, as far as postal.sh uses it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $1 == set-version ]] || { echo "fake helper: unsupported $*" >&2; exit 1; }
+printf 'M postal set-version %s\\n' "$2" >>"$PG_ROOT/.fake/calls.log"
+for svc in web smtp worker runner; do printf '  %s:\\n    image: ghcr.io/postalserver/postal:%s\\n' "$svc" "$2"; done \\
+  >docker-compose.yml
+"""
+
+
+def install(bin_dir: Path) -> None:
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    stub = bin_dir / "_fakehost"
+    stub.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+                    "import fakehost\nfakehost.main()\n")
+    stub.chmod(0o755)
+    for name in COMMANDS:
+        (bin_dir / name).symlink_to(stub)
+
+
+class Host:
+    def __init__(self, root: Path):
+        self.root = root
+        self.dir = root / ".fake"
+        self.dir.mkdir(exist_ok=True)
+        path = self.dir / "state.json"
+        self.state = json.loads(path.read_text()) if path.exists() else {}
+
+    def save(self) -> None:
+        (self.dir / "state.json").write_text(json.dumps(self.state, indent=1, sort_keys=True))
+
+    def log(self, kind: str, argv: list[str]) -> None:
+        with open(self.dir / "calls.log", "a") as f:
+            f.write(f"{kind} {shlex.join(argv)}\n")
+
+    def rel(self, path: str) -> str:
+        """A path as the real host would see it (without the test's root)."""
+        return path.removeprefix(str(self.root)) or "/"
+
+    def get(self, key: str, default):
+        return self.state.setdefault(key, default)
+
+
+def fail(message: str, code: int = 1):
+    print(message, file=sys.stderr)
+    sys.exit(code)
+
+
+def main() -> None:
+    name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+    if name == "sudo":
+        os.execvp(args[0], args)
+    host = Host(Path(os.environ["PG_ROOT"]))
+    if os.environ.get("STUB_FAIL") == name:
+        host.log("Q", [name, *args])
+        fail(f"{name}: simulated failure: {' '.join(args)}")
+    code = HANDLERS.get(name, lambda h, a: None)(host, args) or 0
+    host.save()
+    sys.exit(code)
+
+
+def _query(host: Host, argv: list[str]) -> None:
+    host.log("Q", argv)
+
+
+def _change(host: Host, argv: list[str]) -> None:
+    host.log("M", argv)
+
+
+def systemctl(host, args):
+    units = host.get("units", {})
+    verb, unit = args[0], args[-1]
+    if verb == "show":
+        _query(host, ["systemctl", *args])
+        print("inactive")
+    elif verb in ("is-enabled", "is-active"):
+        _query(host, ["systemctl", *args])
+        return 0 if units.get(unit, {}).get(verb) else 1
+    elif verb in ("enable", "start"):
+        _change(host, ["systemctl", *args])
+        units.setdefault(unit, {})["is-enabled" if verb == "enable" else "is-active"] = True
+    elif verb == "daemon-reload":
+        _change(host, ["systemctl", *args])
+    else:
+        fail(f"systemctl stub: unsupported {args}")
+
+
+def getenforce(host, args):
+    _query(host, ["getenforce"])
+    print(host.get("selinux", "Enforcing"))
+
+
+def setenforce(host, args):
+    _change(host, ["setenforce", *args])
+    host.state["selinux"] = "Enforcing" if args == ["1"] else "Permissive"
+
+
+def rpm(host, args):
+    _query(host, ["rpm", *args])
+    installed = host.get("packages", [])
+    return 0 if all(p in installed for p in args if not p.startswith("-")) else 1
+
+
+def dnf(host, args):
+    _change(host, ["dnf", *args])
+    if "install" in args:
+        host.get("packages", []).extend(a for a in args[args.index("install") + 1:] if not a.startswith("-"))
+    elif args[:2] == ["config-manager", "--add-repo"]:
+        repo = host.root / "etc/yum.repos.d/docker-ce.repo"
+        repo.parent.mkdir(parents=True, exist_ok=True)
+        repo.write_text(f"# from {args[2]}\n")
+    else:
+        fail(f"dnf stub: unsupported {args}")
+
+
+def firewall_cmd(host, args):
+    rules = host.get("firewall", [])
+    (action,) = [a for a in args if a.startswith("--") and a != "--permanent"]
+    if action.startswith("--query-"):
+        _query(host, ["firewall-cmd", *args])
+        return 0 if action.split("=", 1)[1] in rules else 1
+    _change(host, ["firewall-cmd", *args])
+    if action.startswith("--add-"):
+        rules.append(action.split("=", 1)[1])
+
+
+def blkid(host, args):
+    _query(host, ["blkid", *args])
+    disk = host.get("disks", {}).get(host.rel(args[-1]))
+    if not disk:
+        return 2
+    print(disk[args[args.index("--match-tag") + 1]])
+
+
+def mkfs_xfs(host, args):
+    _change(host, ["mkfs.xfs", *args])
+    if not os.path.exists(args[-1]):
+        fail(f"mkfs.xfs: {args[-1]}: no such device")
+    host.get("disks", {})[host.rel(args[-1])] = {"TYPE": "xfs", "UUID": DISK_UUID}
+
+
+def mountpoint(host, args):
+    _query(host, ["mountpoint", *args])
+    return 0 if host.rel(args[-1]) in host.get("mounts", []) else 32
+
+
+def mount(host, args):
+    _change(host, ["mount", *args])
+    fstab = (host.root / "etc/fstab").read_text()
+    if f" {host.rel(args[-1])} " not in fstab:
+        fail(f"mount: {args[-1]}: can't find in /etc/fstab")
+    host.get("mounts", []).append(host.rel(args[-1]))
+
+
+def semanage(host, args):
+    rules = host.get("fcontext", [])
+    if "--list" in args:
+        _query(host, ["semanage", *args])
+        print("\n".join(rules))
+    else:
+        _change(host, ["semanage", *args])
+        rules.append(f"{args[-1]} all files system_u:object_r:{args[args.index('--type') + 1]}:s0")
+
+
+def git(host, args):
+    if args[0] == "clone":
+        _change(host, ["git", *args])
+        repo = Path(args[-1])
+        (repo / ".git").mkdir(parents=True)
+        (repo / ".git/FAKE_HEAD").write_text("0" * 40)
+        (repo / "bin").mkdir()
+        (repo / "bin/postal").write_text(FAKE_POSTAL_HELPER)
+        (repo / "bin/postal").chmod(0o755)
+        return
+    repo, verb = Path(args[1]), args[2]
+    if verb == "rev-parse":
+        _query(host, ["git", *args])
+        print((repo / ".git/FAKE_HEAD").read_text())
+    elif verb in ("fetch", "checkout"):
+        _change(host, ["git", *args])
+        if verb == "checkout":
+            (repo / ".git/FAKE_HEAD").write_text(args[-1])
+    else:
+        fail(f"git stub: unsupported {args}")
+
+
+RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env-file", "--volume"}
+
+
+def docker(host, args):
+    containers = host.get("containers", {})
+    if args[0] == "compose":
+        return compose(host, args)
+    if args[0] == "inspect":
+        _query(host, ["docker", *args])
+        container = containers.get(args[-1])
+        if container is None:
+            fail(f"Error: No such object: {args[-1]}")
+        print(container["image"] if "Image" in args[2] else str(container["running"]).lower())
+        return
+    _change(host, ["docker", *args]) if args[0] != "exec" or "--interactive" in args else _query(
+        host, ["docker", *args])
+    if args[0] == "run":
+        i, options = 1, {}
+        while args[i].startswith("--"):
+            if args[i] in RUN_OPTIONS_WITH_VALUE:
+                options.setdefault(args[i], []).append(args[i + 1])
+                i += 2
+            else:
+                i += 1
+        env = {}
+        for env_file in options.get("--env-file", []):
+            env.update(line.split("=", 1) for line in Path(env_file).read_text().splitlines())
+        containers[options["--name"][0]] = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
+                                            "volumes": options.get("--volume", []),
+                                            "network": options.get("--network", [""])[0]}
+    elif args[0] in ("rm", "start", "restart"):
+        name = args[-1]
+        if name not in containers:
+            fail(f"Error: No such container: {name}")
+        if args[0] == "rm":
+            del containers[name]
+        else:
+            containers[name]["running"] = True
+            containers[name]["restarts"] = containers[name].get("restarts", 0) + (args[0] == "restart")
+    elif args[0] == "exec":
+        name = args[2] if args[1] == "--interactive" else args[1]
+        if not containers.get(name, {}).get("running"):
+            fail(f"Error response from daemon: container {name} is not running")
+        if "--interactive" in args:
+            if "MARIADB_ROOT_PASSWORD" not in containers[name]["env"]:
+                fail("ERROR 1045 (28000): Access denied for user 'root'@'localhost'")
+            containers[name]["sql"] = sys.stdin.read()
+    else:
+        fail(f"docker stub: unsupported {args}")
+
+
+def compose(host, args):
+    postal = host.get("postal", {})
+    rest = args[3:]  # compose -p postal ...
+    compose_file = Path.cwd() / "docker-compose.yml"
+    if not compose_file.exists():
+        fail("no configuration file provided: not found")
+    version = compose_file.read_text().split("postal:")[1].split()[0]
+    if rest[0] == "ps":
+        _query(host, ["docker", *args])
+        print("\n".join(postal.get("running", [])))
+        return
+    _change(host, ["docker", *args])
+    if rest[0] == "pull":
+        postal["pulled"] = version
+    elif rest[0] == "up":
+        postal.update(running=["web", "smtp", "worker"], version=version)
+    elif rest[:5] == ["run", "--rm", "-T", "runner", "postal"]:
+        if postal.get("pulled") != version:
+            fail(f"Unable to find image 'ghcr.io/postalserver/postal:{version}' locally")
+        postal.setdefault("tasks", []).append(f"{rest[5]} {version}")
+    elif rest[4:] == ["bundle", "exec", "rails", "runner", "/config/provision.rb"]:
+        config = host.root / "opt/postal/config"
+        if not (config / "provision.rb").exists() or not (config / "postal.yml").exists():
+            fail("provision: /config/provision.rb or /config/postal.yml missing")
+        spec = json.loads(sys.stdin.read())
+        postal["provisioned"] = spec
+        print("[postal-gateway:provision] done")
+    else:
+        fail(f"docker compose stub: unsupported {rest}")
+
+
+HANDLERS = {"sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
+            "chown": lambda h, a: _change(h, ["chown", *a]), "systemctl": systemctl, "getenforce": getenforce,
+            "setenforce": setenforce, "rpm": rpm, "dnf": dnf, "firewall-cmd": firewall_cmd, "blkid": blkid,
+            "mkfs.xfs": mkfs_xfs, "mountpoint": mountpoint, "mount": mount, "semanage": semanage, "git": git,
+            "docker": docker}
