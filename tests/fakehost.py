@@ -14,7 +14,7 @@ import shlex
 import sys
 from pathlib import Path
 
-COMMANDS = ("sudo", "sleep", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
+COMMANDS = ("sudo", "sleep", "curl", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
             "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker")
 DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
 FAKE_POSTAL_HELPER = """#!/usr/bin/env bash
@@ -270,7 +270,8 @@ def compose(host, args):
     if rest[0] == "pull":
         postal["pulled"] = version
     elif rest[0] == "up":
-        postal.update(running=["web", "smtp", "worker"], version=version)
+        crashing = postal.get("crashing", [])
+        postal.update(running=[s for s in ("web", "smtp", "worker") if s not in crashing], version=version)
     elif rest[:5] == ["run", "--rm", "-T", "runner", "postal"]:
         if postal.get("pulled") != version:
             fail(f"Unable to find image 'ghcr.io/postalserver/postal:{version}' locally")
@@ -286,7 +287,21 @@ def compose(host, args):
         fail(f"docker compose stub: unsupported {rest}")
 
 
-HANDLERS = {"sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
+HEALTH = {"5000": "web", "9090": "worker", "9091": "smtp"}
+
+
+def curl(host, args):
+    """Postal's health endpoints answer once its service runs (and, for web, with the right Host)."""
+    _query(host, ["curl", *args])
+    url = args[-1]
+    service = HEALTH.get(url.split(":")[2].split("/")[0]) if url.startswith("http://127.0.0.1:") else None
+    if service not in host.get("postal", {}).get("running", []):
+        return 7
+    if service == "web" and "Host: localhost" in args:
+        return 22  # 403 Blocked host
+
+
+HANDLERS = {"curl": curl, "sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
             "chown": lambda h, a: _change(h, ["chown", *a]), "systemctl": systemctl, "getenforce": getenforce,
             "setenforce": setenforce, "rpm": rpm, "dnf": dnf, "firewall-cmd": firewall_cmd, "blkid": blkid,
             "mkfs.xfs": mkfs_xfs, "mountpoint": mountpoint, "mount": mount, "semanage": semanage, "git": git,

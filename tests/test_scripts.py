@@ -55,10 +55,10 @@ class Machine:
         (self.root / "etc/fstab").write_text("UUID=0b0e7f5c / xfs defaults 0 0\n")
         (self.root / "dev/disk/by-id/google-postal-data").write_text("")
 
-    def run(self, command: tuple[str, str], fail: str = "") -> subprocess.CompletedProcess:
+    def run(self, command: tuple[str, str], fail: str = "", **extra: str) -> subprocess.CompletedProcess:
         create, stdin = command
         env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "PG_ROOT": str(self.root),
-               "TMPDIR": str(self.root / "tmp"), "STUB_FAIL": fail}
+               "TMPDIR": str(self.root / "tmp"), "STUB_FAIL": fail, **extra}
         return subprocess.run(["bash", "-c", create], input=stdin, env=env, capture_output=True, text=True,
                               timeout=60)
 
@@ -169,6 +169,9 @@ def test_fresh_host_runs_every_step_in_order(fresh):
     assert index(calls, r"^docker compose -p postal up ") < index(calls, r"^docker run .*--name postal-caddy") < \
         index(calls, r"rails runner /config/provision.rb$")
     assert not any("postal upgrade" in c for c in calls)
+    queries = fresh.calls()
+    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*9091/health") < \
+        index(queries, r"^M docker run .*--name postal-caddy")
 
 
 def test_fresh_host_ends_in_the_configured_state(fresh, registered):
@@ -332,6 +335,15 @@ def test_stopped_containers_are_started_again(fresh, registered):
     calls = [c[2:] for c in fresh.calls()[start:] if c.startswith("M ")]
     assert "docker start postal-mariadb" in calls
     assert any(c.endswith("up --detach --remove-orphans") for c in calls)
+
+
+def test_postal_step_fails_when_postal_never_becomes_healthy(fresh, registered):
+    host = fakehost.Host(fresh.root)
+    host.state["postal"].update(running=["web", "smtp"], crashing=["worker"])
+    host.save()
+    result = fresh.run(registered["base"]["postal"], PG_WAIT_TRIES="2")
+    assert result.returncode != 0
+    assert "Postal's worker did not answer http://127.0.0.1:9090/health in 5 minutes" in result.stderr
 
 
 @pytest.mark.parametrize("step,stub,not_after", [

@@ -63,5 +63,15 @@ pg_enable_unit() {
 pg_container_image() { docker inspect --format '{{.Config.Image}}' "$1" 2>/dev/null || true; }
 pg_container_running() { [[ $(docker inspect --format '{{.State.Running}}' "$1" 2>/dev/null || true) == true ]]; }
 
+# pg_wait_http <what> <url> [Host header]: waits up to 5 minutes (PG_WAIT_TRIES x 5 s) for a 2xx answer.
+pg_wait_http() {
+  local what=$1 url=$2 host=${3:-localhost}
+  for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+    curl --silent --fail --output /dev/null --max-time 5 --header "Host: $host" "$url" && return 0
+    sleep 5
+  done
+  pg_fail "$what did not answer $url in 5 minutes"
+}
+
 pg_compose() { (cd "$PG_ROOT$PG_DATA_DIR/install" && docker compose -p postal "$@"); }
 PG_DATA_DIR="${PG_DATA_DIR:-/opt/postal}"

@@ -54,4 +54,8 @@ elif [[ $running != "smtp web worker " ]]; then
   pg_log "starting Postal (running: ${running:-none})"
   pg_compose up --detach --remove-orphans
 fi
-pg_log "done: Postal $PG_POSTAL_VERSION"
+# Puma only answers for web_hostname (Rails host authorization); worker and SMTP server have /health.
+pg_wait_http "Postal's web server" http://127.0.0.1:5000/login "$PG_HOSTNAME"
+pg_wait_http "Postal's worker" http://127.0.0.1:9090/health
+pg_wait_http "Postal's SMTP server" http://127.0.0.1:9091/health
+pg_log "done: Postal $PG_POSTAL_VERSION (web, worker and SMTP server healthy)"
