@@ -19,7 +19,7 @@ def classify(code, text):
     lowered = text.lower()
     if any(marker in lowered for marker in NOT_ALLOWLISTED):
         return "not-allowlisted"
-    if "tls required" in lowered:
+    if "tls required" in lowered or "must issue a starttls" in lowered:
         return "tls-failed"
     if "limit exceeded" in lowered:
         return "rate-limited"
