@@ -1,0 +1,170 @@
+"""The CrossGuard pack (policy/) against what the real program registers under mocks.
+
+Each resource becomes the same ResourceValidationArgs the analyzer builds (props wrapped in
+pulumi_policy's unknown-checking proxy, options in PolicyResourceOptions), and every policy's
+`validate` runs with a collecting report_violation.
+"""
+
+import ast
+import copy
+import dataclasses
+import shlex
+
+import pytest
+import yaml
+from pulumi_policy import (EnforcementLevel, PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs,
+                           ResourceValidationPolicy)
+from pulumi_policy.proxy import unknown_checking_proxy
+
+import program
+from policy.policies import POLICIES, policy_named
+
+NS = "postal-gateway:"
+POLICY_DIR = program.ROOT / "policy"
+FIREWALL, ADDRESS, DISK = "gcp:compute/firewall:Firewall", "gcp:compute/address:Address", "gcp:compute/disk:Disk"
+DNS_RECORD, COMMAND = "cloudflare:index/dnsRecord:DnsRecord", "command:remote:Command"
+PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
+
+
+def args_for(res: program.Registered) -> ResourceValidationArgs:
+    """What the analyzer hands a policy for this resource."""
+    opts = PolicyResourceOptions(protect=res.protect, ignore_changes=list(res.ignore_changes),
+                                 delete_before_replace=None, aliases=[], custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+                                 additional_secret_outputs=sorted(res.secret_outputs), parent=res.parent or None)
+    return ResourceValidationArgs(res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name,
+                                  opts, None)
+
+
+def violations(resources, policies=POLICIES):
+    """(policy name, urn, message) for every violation."""
+    found = []
+    for res in resources:
+        for policy in policies:
+            result = policy.validate(args_for(res), lambda message, urn=None, p=policy.name: found.append(
+                (p, urn, message)))
+            assert result is None  # all checks are synchronous
+    return found
+
+
+def with_inputs(res, **changes):
+    return dataclasses.replace(res, inputs={**copy.deepcopy(res.inputs), **changes})
+
+
+@pytest.fixture(scope="module")
+def run():
+    result = program.run()
+    assert result.error is None, result.error
+    return result
+
+
+def test_default_program_passes_every_policy(run):
+    assert violations(run.resources) == []
+    # each policy had something to look at
+    for typ in (FIREWALL, ADDRESS, DISK, DNS_RECORD, COMMAND):
+        assert run.of_type(typ), typ
+
+
+def test_ssh_and_smtp_open_to_the_internet_are_flagged():
+    bad = program.run({NS + "sshSourceRanges": '["0.0.0.0/0"]', NS + "smtpSourceRanges": '["0.0.0.0/0"]'})
+    assert bad.error is None, bad.error  # config accepts it (with a warning); the policy stops it
+    found = violations(bad.resources)
+    assert {p for p, _, _ in found} == {"no-open-ssh-smtp"}
+    by_urn = {urn: message for _, urn, message in found}
+    assert set(by_urn) == {bad.named("postal-allow-ssh").urn, bad.named("postal-allow-smtp").urn}
+    ssh, smtp = by_urn[bad.named("postal-allow-ssh").urn], by_urn[bad.named("postal-allow-smtp").urn]
+    assert "'postal-allow-ssh'" in ssh and "port 22" in ssh and "postal-gateway:sshSourceRanges" in ssh
+    assert "'postal-allow-smtp'" in smtp and "port 25" in smtp and "postal-gateway:smtpSourceRanges" in smtp
+
+
+@pytest.mark.parametrize("changes, flagged", [
+    ({"allows": [{"protocol": "tcp", "ports": ["20-30"]}]}, True),  # a range containing 22
+    ({"allows": [{"protocol": "all"}]}, True),  # every protocol and port
+    ({"allows": [{"protocol": "tcp"}]}, True),  # no ports: every port
+    ({"allows": [{"protocol": "6", "ports": [25]}]}, True),  # protocol number, integer port
+    ({"sourceRanges": ["10.0.0.0/8", "::/0"]}, True),
+    ({"sourceRanges": []}, True),  # no source at all: GCP applies 0.0.0.0/0
+    ({"sourceRanges": [], "sourceTags": ["bastion"]}, False),
+    ({"direction": "EGRESS"}, False),
+    ({"allows": [{"protocol": "udp", "ports": ["22"]}]}, False),
+    ({"allows": [{"protocol": "tcp", "ports": ["80", "443", "26-1000"]}]}, False),
+    ({"sourceRanges": ["203.0.113.7/32"]}, False),
+])
+def test_firewall_rule_shapes(run, changes, flagged):
+    rule = with_inputs(run.named("postal-allow-ssh"), sourceRanges=["0.0.0.0/0"])
+    found = violations([with_inputs(rule, **changes)], [policy_named("no-open-ssh-smtp")])
+    assert bool(found) == flagged, found
+
+
+def test_static_ip_and_data_disk_must_be_protected(run):
+    (address,) = run.of_type(ADDRESS)
+    data = run.named("postal-data")
+    boot = run.named("postal-boot")
+    assert address.protect and data.protect and not boot.protect  # the program's own choice
+    unprotected = [dataclasses.replace(r, protect=False) for r in (address, data, boot)]
+    found = violations(unprotected)
+    assert [(p, urn) for p, urn, _ in found] == [("static-ip-protected", address.urn),
+                                                  ("data-disk-protected", data.urn)]
+    assert all("protect=True" in message for _, _, message in found)
+    # a blank disk under another name is still data; one built from an image is not
+    renamed = dataclasses.replace(data, name="postal-spare", protect=False)
+    assert [p for p, _, _ in violations([renamed])] == ["data-disk-protected"]
+
+
+def test_proxied_dns_record_is_flagged(run):
+    records = run.of_type(DNS_RECORD)
+    assert all(r.inputs["proxied"] is False for r in records)
+    found = violations([with_inputs(records[0], proxied=True)])
+    assert [(p, urn) for p, urn, _ in found] == [("mail-records-unproxied", records[0].urn)]
+    assert "proxied=False" in found[0][2]
+
+
+@pytest.mark.parametrize("field, text", [
+    ("create", "sudo env PG_STEP=database PG_DB_PASSWORD=hunter2 bash -c true postal-gateway-database"),
+    ("create", f"sudo env PG_STEP=caddy {shlex.quote('PG_KEY=' + PEM_KEY)} bash -c true x"),
+    ("create", "printf %s " + shlex.quote(PEM_KEY) + " > /tmp/key"),
+    ("update", "export API_TOKEN='tok-123'; ./rotate"),
+    ("delete", "mysql --password=hunter2 -e 'DROP DATABASE postal'"),
+])
+def test_plain_secret_in_a_command_is_flagged(run, field, text):
+    command = run.named("postal-database")
+    found = violations([with_inputs(command, **{field: text})], [policy_named("no-plain-secrets-in-commands")])
+    assert [urn for _, urn, _ in found] == [command.urn]
+    message = found[0][2]
+    assert f"`{field}`" in message and "stdin" in message
+    assert "hunter2" not in message and "tok-123" not in message  # never echo the secret
+
+
+def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):
+    steps = program.commands(run)
+    # provision.rb and database.sh mention keys and passwords; they only read them at run time
+    assert "dkim_private_key" in steps["provision"].inputs["create"]
+    assert "db_password=" in steps["database"].inputs["create"]
+    assert violations(steps.values(), [policy_named("no-plain-secrets-in-commands")]) == []
+
+
+def test_pack_entry_point_uses_every_policy():
+    names = [p.name for p in POLICIES]
+    assert len(names) == len(set(names)) == 5
+    assert set(names) == {"no-open-ssh-smtp", "static-ip-protected", "data-disk-protected",
+                          "mail-records-unproxied", "no-plain-secrets-in-commands"}
+    assert all(isinstance(p, ResourceValidationPolicy) and p.description for p in POLICIES)
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES)
+    # __main__.py is parsed, not imported: building a PolicyPack waits for the engine
+    tree = ast.parse((POLICY_DIR / "__main__.py").read_text())
+    imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert ("policies", "POLICIES") in imports
+    (call,) = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", None) == "PolicyPack"]
+    kwargs = {k.arg: k.value for k in call.keywords}
+    assert ast.literal_eval(kwargs["name"]) == "postal-gateway-guardrails"
+    assert ast.unparse(kwargs["enforcement_level"]) == "EnforcementLevel.MANDATORY"
+    assert ast.unparse(kwargs["policies"]) == "POLICIES"
+
+
+def test_pack_metadata_and_pins():
+    meta = yaml.safe_load((POLICY_DIR / "PulumiPolicy.yaml").read_text())
+    assert meta["runtime"]["name"] == "python" and meta["description"]
+    pins = dict(line.split("==") for line in (POLICY_DIR / "requirements.txt").read_text().split())
+    root = dict(line.split("==") for line in (program.ROOT / "requirements.txt").read_text().split())
+    dev = (program.ROOT / "requirements-dev.txt").read_text()
+    assert pins == {"pulumi": root["pulumi"], "pulumi-policy": "1.21.0"}
+    assert "pulumi-policy==1.21.0" in dev
