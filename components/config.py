@@ -15,7 +15,7 @@ import ipaddress
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Optional
 
 import pulumi
 from pulumi.runtime import config as runtime_config

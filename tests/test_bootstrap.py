@@ -1,6 +1,5 @@
 """Bootstrap steps under mocks: order, what each step receives, secrecy and what reruns them."""
 
-import base64
 import shlex
 
 import pytest
@@ -15,15 +14,8 @@ CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERT
 KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
 
 
-@pytest.fixture(scope="module")
-def base():
-    run = program.run()
-    assert run.error is None, run.error
-    return run
-
-
-def test_one_command_per_step_running_its_script(base):
-    steps = commands(base)
+def test_one_command_per_step_running_its_script(run):
+    steps = commands(run)
     assert set(steps) == set(STEPS)
     for step, command in steps.items():
         words = shlex.split(command.inputs["create"])
@@ -31,20 +23,20 @@ def test_one_command_per_step_running_its_script(base):
         assert env_of(command)["PG_STEP"] == step
 
 
-def test_steps_run_in_order(base):
-    steps = commands(base)
+def test_steps_run_in_order(run):
+    steps = commands(run)
     urn = {step: c.urn for step, c in steps.items()}
     deps = {step: set(c.depends_on) for step, c in steps.items()}
     assert urn["os"] in deps["database"] and urn["database"] in deps["postal"]
     assert urn["postal"] in deps["provision"] and urn["os"] in deps["caddy"] and urn["os"] in deps["preflight"]
-    record_urns = {r.urn: r.inputs for r in base.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    record_urns = {r.urn: r.inputs for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
     caddy_records = [record_urns[u] for u in deps["caddy"] if u in record_urns]
     assert [(r["name"], r["type"]) for r in caddy_records] == [("postal.rdo-dev.com", "A")]  # ACME needs it
     assert {u for u in deps["provision"] if u in record_urns} == set(record_urns)  # check_dns needs them
 
 
-def test_connection_and_triggers(base):
-    for command in commands(base).values():
+def test_connection_and_triggers(run):
+    for command in commands(run).values():
         assert command.inputs["connection"]["host"] == program.FAKE_IP
         assert command.inputs["connection"]["user"] == "postal-ops"
         assert command.inputs["connection"]["dialErrorLimit"] == 60
@@ -53,8 +45,8 @@ def test_connection_and_triggers(base):
         assert len(command.inputs["triggers"][1]) == 64
 
 
-def test_secrets_travel_only_in_secret_stdin(base):
-    steps = commands(base)
+def test_secrets_travel_only_in_secret_stdin(run):
+    steps = commands(run)
     assert payload_of(steps["database"]).keys() == {"db_root_password", "db_password"}
     assert payload_of(steps["postal"]).keys() == {"postal_yml", "signing_key"}
     assert payload_of(steps["provision"]).keys() == {"provision_json"}
@@ -68,8 +60,8 @@ def test_secrets_travel_only_in_secret_stdin(base):
     assert "create" not in set().union(*(c.secret_inputs for c in steps.values()))
 
 
-def test_step_settings(base):
-    steps = commands(base)
+def test_step_settings(run):
+    steps = commands(run)
     assert env_of(steps["os"])["PG_SELINUX"] == "enforcing"
     assert env_of(steps["os"])["PG_DATA_DEVICE"] == "/dev/disk/by-id/google-postal-data"
     postal = env_of(steps["postal"])
@@ -83,23 +75,23 @@ def test_step_settings(base):
         "smtp-relay.gmail.com", "587", "relay-preflight@rp.postal.rdo-dev.com")
 
 
-def test_provisioning_uses_the_pulumi_keys(base):
+def test_provisioning_uses_the_pulumi_keys(run):
     import json
-    spec = json.loads(payload_of(commands(base)["provision"])["provision_json"])
+    spec = json.loads(payload_of(commands(run)["provision"])["provision_json"])
     assert [d["name"] for d in spec["domains"]] == ["rdo-dev.com", "rdo-studio.net"]
-    selectors = {r.name.rsplit("-", 1)[-1] for r in base.of_type("random:index/randomString:RandomString")}
+    selectors = {r.name.rsplit("-", 1)[-1] for r in run.of_type("random:index/randomString:RandomString")}
     assert all(d["dkim_private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----") for d in spec["domains"])
-    dkim_names = {r.inputs["name"] for r in base.of_type("cloudflare:index/dnsRecord:DnsRecord")
+    dkim_names = {r.inputs["name"] for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")
                   if "._domainkey." in r.inputs["name"] and not r.inputs["name"].startswith("postal._")}
     assert dkim_names == {f"postal-{d['dkim_selector']}._domainkey.{d['name']}" for d in spec["domains"]}
     keys = {c["type"]: c["key"] for c in spec["credentials"]}
-    assert keys == {"API": base.outputs["apiKey"][0], "SMTP": base.outputs["smtpPassword"][0]}
-    assert spec["admin"]["password"] == base.outputs["adminPassword"][0]
+    assert keys == {"API": run.outputs["apiKey"][0], "SMTP": run.outputs["smtpPassword"][0]}
+    assert spec["admin"]["password"] == run.outputs["adminPassword"][0]
     assert selectors
 
 
-def test_relay_status_output_comes_from_the_preflight(base):
-    assert base.outputs["relayStatus"] == ("not-allowlisted", False)
+def test_relay_status_output_comes_from_the_preflight(run):
+    assert run.outputs["relayStatus"] == ("not-allowlisted", False)
 
 
 def changed(before, after):
@@ -118,8 +110,8 @@ def changed(before, after):
     ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh"}),
     ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),
 ])
-def test_each_setting_reruns_only_the_steps_that_depend_on_it(base, overrides, expected):
-    assert changed(base, program.run(overrides)) == expected
+def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):
+    assert changed(run, program.run(overrides)) == expected
 
 
 def test_custom_tls_sends_the_pair_to_caddy_only():

@@ -50,13 +50,6 @@ def with_inputs(res, **changes):
     return dataclasses.replace(res, inputs={**copy.deepcopy(res.inputs), **changes})
 
 
-@pytest.fixture(scope="module")
-def run():
-    result = program.run()
-    assert result.error is None, result.error
-    return result
-
-
 def test_default_program_passes_every_policy(run):
     assert violations(run.resources) == []
     # each policy had something to look at

@@ -1,7 +1,5 @@
 """The real program under mocks: resources, properties, parenting, zones, outputs and secrecy."""
 
-import pytest
-
 import program
 from components import dns
 
@@ -10,13 +8,6 @@ CONTRACT = {"publicIp", "hostname", "webUrl", "apiUrl", "smtpHost", "smtpPort", 
             "apiKey", "smtpUsername", "smtpPassword", "adminEmail", "adminPassword", "sshUser", "sshPrivateKey"}
 SECRET_OUTPUTS = {"apiKey", "smtpPassword", "adminPassword", "sshPrivateKey"}
 COMPONENT_PREFIX = "postal-gateway:index:"
-
-
-@pytest.fixture(scope="module")
-def run():
-    result = program.run()
-    assert result.error is None, result.error
-    return result
 
 
 def records(run):
