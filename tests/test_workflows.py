@@ -59,14 +59,13 @@ def test_preview_comments_a_preview_of_prod_on_pull_requests():
     assert "test" in job["needs"]
 
 
-def test_preview_runs_the_policy_pack_in_the_venv_its_yaml_names():
-    _, step = pulumi_step(load(PREVIEW))
-    assert "'policy'" in step["with"]["policyPacks"]
-    install = next(s for _, s in steps(load(PREVIEW)) if "policy/requirements.txt" in s.get("run", ""))
-    policy_yaml = program.ROOT / "policy" / "PulumiPolicy.yaml"
-    if policy_yaml.exists():
-        venv = yaml.safe_load(policy_yaml.read_text())["runtime"]["options"]["virtualenv"]
-        assert f"-m venv policy/{venv} " in install["run"]
+@pytest.mark.parametrize("workflow", [PREVIEW, DEPLOY])
+def test_preview_and_up_run_the_policy_pack_in_the_venv_its_yaml_names(workflow):
+    _, step = pulumi_step(load(workflow))
+    assert step["with"]["policyPacks"].split()[0] == "policy"
+    install = next(s for _, s in steps(load(workflow)) if "policy/requirements.txt" in s.get("run", ""))
+    venv = yaml.safe_load((program.ROOT / "policy" / "PulumiPolicy.yaml").read_text())["runtime"]["options"]
+    assert f"-m venv policy/{venv['virtualenv']} " in install["run"]
 
 
 def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment():
