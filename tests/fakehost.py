@@ -2,17 +2,18 @@
 
 `install(bin_dir)` links the stubs into a directory put first on PATH. Each call is appended to
 `$PG_ROOT/.fake/calls.log` as `M <argv>` (it changes the host) or `Q <argv>` (it only looks),
-and the host's state (packages, units, disks, containers, Postal) lives in `.fake/state.json`.
+and the host's state (packages, units, disks, containers, Postal) lives in `.fake/state` (marshal).
 `STUB_FAIL=<command>` makes that command fail with a message on stderr.
 """
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
-import shlex
 import sys
-from pathlib import Path
+
+# Each stub call is a new process: stdlib imports that pull in `re` (json, shlex, pathlib) would
+# double its start-up time, so they are imported only where needed.
 
 COMMANDS = ("sudo", "sleep", "curl", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
             "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker")
@@ -28,34 +29,49 @@ for svc in web smtp worker runner; do printf '  %s:\\n    image: ghcr.io/postals
 """
 
 
-def install(bin_dir: Path) -> None:
+def install(bin_dir) -> None:
     bin_dir.mkdir(parents=True, exist_ok=True)
     stub = bin_dir / "_fakehost"
-    stub.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+    stub.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
                     "import fakehost\nfakehost.main()\n")
     stub.chmod(0o755)
     for name in COMMANDS:
         (bin_dir / name).symlink_to(stub)
 
 
+SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,@%+")
+
+
+def quote(arg: str) -> str:
+    """shlex.quote without importing re."""
+    return arg if arg and set(arg) <= SAFE else "'" + arg.replace("'", "'\"'\"'") + "'"
+
+
 class Host:
-    def __init__(self, root: Path):
-        self.root = root
-        self.dir = root / ".fake"
-        self.dir.mkdir(exist_ok=True)
-        path = self.dir / "state.json"
-        self.state = json.loads(path.read_text()) if path.exists() else {}
+    def __init__(self, root):
+        self.root = str(root)
+        self.dir = os.path.join(self.root, ".fake")
+        os.makedirs(self.dir, exist_ok=True)
+        try:
+            with open(os.path.join(self.dir, "state"), "rb") as f:
+                self.state = marshal.load(f)
+        except FileNotFoundError:
+            self.state = {}
+
+    def path(self, path: str) -> str:
+        return self.root + "/" + path.lstrip("/")
 
     def save(self) -> None:
-        (self.dir / "state.json").write_text(json.dumps(self.state, indent=1, sort_keys=True))
+        with open(os.path.join(self.dir, "state"), "wb") as f:
+            marshal.dump(self.state, f)
 
     def log(self, kind: str, argv: list[str]) -> None:
-        with open(self.dir / "calls.log", "a") as f:
-            f.write(f"{kind} {shlex.join(argv)}\n")
+        with open(os.path.join(self.dir, "calls.log"), "a") as f:
+            f.write(f"{kind} {' '.join(map(quote, argv))}\n")
 
     def rel(self, path: str) -> str:
         """A path as the real host would see it (without the test's root)."""
-        return path.removeprefix(str(self.root)) or "/"
+        return path.removeprefix(self.root) or "/"
 
     def get(self, key: str, default):
         return self.state.setdefault(key, default)
@@ -70,7 +86,7 @@ def main() -> None:
     name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
     if name == "sudo":
         os.execvp(args[0], args)
-    host = Host(Path(os.environ["PG_ROOT"]))
+    host = Host(os.environ["PG_ROOT"])
     if os.environ.get("STUB_FAIL") == name:
         host.log("Q", [name, *args])
         fail(f"{name}: simulated failure: {' '.join(args)}")
@@ -85,6 +101,11 @@ def _query(host: Host, argv: list[str]) -> None:
 
 def _change(host: Host, argv: list[str]) -> None:
     host.log("M", argv)
+
+
+def write(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def systemctl(host, args):
@@ -126,9 +147,10 @@ def dnf(host, args):
     if "install" in args:
         host.get("packages", []).extend(a for a in args[args.index("install") + 1:] if not a.startswith("-"))
     elif args[:2] == ["config-manager", "--add-repo"]:
-        repo = host.root / "etc/yum.repos.d/docker-ce.repo"
-        repo.parent.mkdir(parents=True, exist_ok=True)
-        repo.write_text(f"# from {args[2]}\n")
+        repo = host.path("etc/yum.repos.d/docker-ce.repo")
+        os.makedirs(os.path.dirname(repo), exist_ok=True)
+        with open(repo, "w") as f:
+            f.write(f"# from {args[2]}\n")
     else:
         fail(f"dnf stub: unsupported {args}")
 
@@ -166,7 +188,8 @@ def mountpoint(host, args):
 
 def mount(host, args):
     _change(host, ["mount", *args])
-    fstab = (host.root / "etc/fstab").read_text()
+    with open(host.path("etc/fstab")) as f:
+        fstab = f.read()
     if f" {host.rel(args[-1])} " not in fstab:
         fail(f"mount: {args[-1]}: can't find in /etc/fstab")
     host.get("mounts", []).append(host.rel(args[-1]))
@@ -185,21 +208,22 @@ def semanage(host, args):
 def git(host, args):
     if args[0] == "clone":
         _change(host, ["git", *args])
-        repo = Path(args[-1])
-        (repo / ".git").mkdir(parents=True)
-        (repo / ".git/FAKE_HEAD").write_text("0" * 40)
-        (repo / "bin").mkdir()
-        (repo / "bin/postal").write_text(FAKE_POSTAL_HELPER)
-        (repo / "bin/postal").chmod(0o755)
+        repo = args[-1]
+        os.makedirs(repo + "/.git")
+        os.makedirs(repo + "/bin")
+        write(repo + "/.git/FAKE_HEAD", "0" * 40)
+        write(repo + "/bin/postal", FAKE_POSTAL_HELPER)
+        os.chmod(repo + "/bin/postal", 0o755)
         return
-    repo, verb = Path(args[1]), args[2]
+    repo, verb = args[1], args[2]
     if verb == "rev-parse":
         _query(host, ["git", *args])
-        print((repo / ".git/FAKE_HEAD").read_text())
+        with open(repo + "/.git/FAKE_HEAD") as f:
+            print(f.read())
     elif verb in ("fetch", "checkout"):
         _change(host, ["git", *args])
         if verb == "checkout":
-            (repo / ".git/FAKE_HEAD").write_text(args[-1])
+            write(repo + "/.git/FAKE_HEAD", args[-1])
     else:
         fail(f"git stub: unsupported {args}")
 
@@ -230,7 +254,8 @@ def docker(host, args):
                 i += 1
         env = {}
         for env_file in options.get("--env-file", []):
-            env.update(line.split("=", 1) for line in Path(env_file).read_text().splitlines())
+            with open(env_file) as f:
+                env.update(line.split("=", 1) for line in f.read().splitlines())
         containers[options["--name"][0]] = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
                                             "volumes": options.get("--volume", []),
                                             "network": options.get("--network", [""])[0]}
@@ -258,10 +283,10 @@ def docker(host, args):
 def compose(host, args):
     postal = host.get("postal", {})
     rest = args[3:]  # compose -p postal ...
-    compose_file = Path.cwd() / "docker-compose.yml"
-    if not compose_file.exists():
+    if not os.path.exists("docker-compose.yml"):
         fail("no configuration file provided: not found")
-    version = compose_file.read_text().split("postal:")[1].split()[0]
+    with open("docker-compose.yml") as f:
+        version = f.read().split("postal:")[1].split()[0]
     if rest[0] == "ps":
         _query(host, ["docker", *args])
         print("\n".join(postal.get("running", [])))
@@ -277,8 +302,10 @@ def compose(host, args):
             fail(f"Unable to find image 'ghcr.io/postalserver/postal:{version}' locally")
         postal.setdefault("tasks", []).append(f"{rest[5]} {version}")
     elif rest[4:] == ["bundle", "exec", "rails", "runner", "/config/provision.rb"]:
-        config = host.root / "opt/postal/config"
-        if not (config / "provision.rb").exists() or not (config / "postal.yml").exists():
+        import json
+
+        config = host.path("opt/postal/config")
+        if not os.path.exists(config + "/provision.rb") or not os.path.exists(config + "/postal.yml"):
             fail("provision: /config/provision.rb or /config/postal.yml missing")
         spec = json.loads(sys.stdin.read())
         postal["provisioned"] = spec
