@@ -71,7 +71,9 @@ class MailHost(pulumi.ComponentResource):
             }, opts=child)
         self.snapshot_attachment = gcp.compute.DiskResourcePolicyAttachment(
             f"{name}-data-snapshots", project=args.project, zone=args.zone,
-            disk=self.data_disk.name, name=self.snapshot_policy.name, opts=child)
+            disk=self.data_disk.name, name=self.snapshot_policy.name,
+            # a disk takes one snapshot schedule: detach the old one before attaching its replacement
+            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
         # A separate boot disk resizes in place; a size in the instance's initializeParams would replace the VM.
         self.boot_disk = gcp.compute.Disk(
             f"{name}-boot", project=args.project, zone=args.zone, image=ROCKY_IMAGE,

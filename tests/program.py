@@ -73,6 +73,7 @@ class Registered:
     depends_on: list
     secret_outputs: set
     custom: bool
+    delete_before_replace: bool = False
     timeouts: dict = field(default_factory=dict)
 
 
@@ -158,6 +159,7 @@ class RecordingMonitor(mocks.MockMonitor):
             secret_inputs={k for k, v in raw_inputs.items() if unwrap(v)[1]}, parent=request.parent,
             protect=request.protect, ignore_changes=list(request.ignoreChanges),
             depends_on=list(request.dependencies), secret_outputs=secret_outputs, custom=request.custom,
+            delete_before_replace=request.deleteBeforeReplace,
             timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update}))
         return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=obj)
 

@@ -46,6 +46,7 @@ def test_protected_data_disk_with_daily_snapshots(run):
     assert schedule["retentionPolicy"]["maxRetentionDays"] == 14
     (attachment,) = run.of_type("gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment")
     assert attachment.inputs["disk"] == disk.name and attachment.inputs["name"] == policy.name
+    assert attachment.delete_before_replace  # a disk takes one schedule: a new policy must not collide
 
 
 def test_firewall_rules_exactly_as_configured(run):
