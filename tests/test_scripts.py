@@ -6,7 +6,9 @@ system commands are stubs that log their calls and keep state in a temporary roo
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -105,6 +107,11 @@ def stubs(tmp_path_factory):
     bin_dir = tmp_path_factory.mktemp("stubs")
     fakehost.install(bin_dir)
     return bin_dir
+
+
+def decode(stdin: str) -> dict[str, str]:
+    """A step's stdin payload: file name -> text."""
+    return {n: base64.b64decode(d).decode() for n, d in (line.split() for line in stdin.splitlines())}
 
 
 @pytest.fixture
@@ -232,18 +239,13 @@ def test_provisioning_reruns_with_the_same_input(fresh, registered):
 
 # --- secrets ---
 
-def decode(stdin: str) -> dict[str, str]:
-    import base64
-    return {n: base64.b64decode(d).decode() for n, d in (line.split() for line in stdin.splitlines())}
-
-
 def secret_values(steps: dict) -> set[str]:
     values = set()
     for _, stdin in steps.values():
         for name, text in decode(stdin).items():
             if name in ("db_root_password", "db_password", "signing_key", "tls_private_key"):
                 values.add(text.strip())
-    provision = __import__("json").loads(decode(steps["provision"][1])["provision_json"])
+    provision = json.loads(decode(steps["provision"][1])["provision_json"])
     values |= {provision["admin"]["password"], *(c["key"] for c in provision["credentials"])}
     values |= {d["dkim_private_key"].strip() for d in provision["domains"]}
     return {v for v in values if v}
@@ -362,3 +364,74 @@ def test_a_failing_command_fails_the_step_with_its_message(machine, fresh, regis
     assert f"[postal-gateway:{step}] ERROR" in result.stderr
     assert not any(re.search(not_after, c) for c in
                    [c[2:] for c in machine.calls()[start:] if c.startswith("M ")])
+
+
+# --- provision.rb against Postal's models (tests/fake_postal.rb) ---
+
+class FakePostal:
+    def __init__(self, tmp: Path):
+        self.db, self.log = tmp / "postal.db", tmp / "postal.log"
+
+    def run(self, spec: dict) -> str:
+        self.log.unlink(missing_ok=True)
+        result = subprocess.run([program.tool("ruby"), "-r", str(program.ROOT / "tests/fake_postal.rb"),
+                                 str(SCRIPTS / "provision.rb")], input=json.dumps(spec), capture_output=True,
+                                text=True, env={**os.environ, "FAKE_POSTAL_DB": str(self.db),
+                                                "FAKE_POSTAL_LOG": str(self.log)}, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def writes(self) -> list[str]:
+        return self.log.read_text().splitlines() if self.log.exists() else []
+
+    def records(self, model: str) -> dict[str, dict]:
+        rows = json.loads(Path(f"{self.db}.json").read_text()).get(model, [])
+        key = {"User": "email_address", "Domain": "name", "Credential": "name"}.get(model, "permalink")
+        return {row[key]: row for row in rows}
+
+
+@pytest.fixture
+def provision_spec(registered):
+    return json.loads(decode(registered["base"]["provision"][1])["provision_json"])
+
+
+def test_provision_creates_everything_with_the_stacks_keys(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    out = postal.run(provision_spec)
+    admin = postal.records("User")["ops@rdo-dev.com"]
+    assert admin["admin"] == "true" and admin["email_verified_at"]
+    assert postal.records("Organization")["postal-gateway"]["owner"] == "ops@rdo-dev.com"
+    assert postal.records("Server")["gateway"]["mode"] == "Live"
+    domains = postal.records("Domain")
+    for spec in provision_spec["domains"]:
+        domain = domains[spec["name"]]
+        assert domain["owner"] == "gateway" and domain["verified_at"] and domain["dkim_status"] == "OK"
+        assert domain["dkim_private_key"] == spec["dkim_private_key"]  # not Postal's generated key
+        assert domain["dkim_identifier_string"] == spec["dkim_selector"]
+    credentials = postal.records("Credential")
+    assert {c["name"]: (c["type"], c["key"]) for c in credentials.values()} == \
+        {c["name"]: (c["type"], c["key"]) for c in provision_spec["credentials"]}
+    secrets = [provision_spec["admin"]["password"], *(c["key"] for c in provision_spec["credentials"])]
+    assert not any(s in out for s in secrets)
+    assert "domain rdo-dev.com: spf OK, dkim OK, return path OK" in out
+
+
+def test_provision_rerun_only_rechecks_dns(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    postal.run(provision_spec)
+    assert postal.writes() == [f"check_dns {d['name']}" for d in provision_spec["domains"]]
+
+
+def test_provision_applies_a_rotated_key_and_password_only(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    rotated = json.loads(json.dumps(provision_spec))
+    rotated["credentials"][0]["key"] = "rotated-api-key-0123456789"
+    rotated["admin"]["password"] = "rotated-admin-password"
+    out = postal.run(rotated)
+    assert [w for w in postal.writes() if not w.startswith("check_dns")] == [
+        "update User ops@rdo-dev.com password_digest",
+        "update_column Credential API/postal-gateway-api key"]
+    assert postal.records("Credential")["postal-gateway-api"]["key"] == "rotated-api-key-0123456789"
+    assert "reset the admin password" in out

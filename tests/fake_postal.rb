@@ -1,0 +1,191 @@
+# frozen_string_literal: true
+
+# Postal's models as far as scripts/remote/provision.rb uses them, in memory, kept between runs in
+# the Marshal file $FAKE_POSTAL_DB. Every write is logged to $FAKE_POSTAL_LOG. Postal's own quirks
+# are kept: a new domain gets a generated DKIM key and selector, a new credential a random key that
+# validations then forbid changing, and passwords are only stored as digests.
+require "digest"
+require "json"
+require "securerandom"
+
+class FakeRecord
+  DB = {}  # class name -> records; loaded at the end of this file, once every class exists
+  at_exit do
+    File.binwrite(ENV.fetch("FAKE_POSTAL_DB"), Marshal.dump(DB))
+    File.write("#{ENV.fetch('FAKE_POSTAL_DB')}.json", JSON.generate(DB.transform_values do |rows|
+      rows.map { |r| r.attributes.transform_values { |v| v.is_a?(FakeRecord) ? v.label : v.to_s } }
+    end))
+  end
+
+  def self.log(line)
+    File.open(ENV.fetch("FAKE_POSTAL_LOG"), "a") { |f| f.puts(line) }
+  end
+
+  def self.rows
+    DB[name] ||= []
+  end
+
+  def self.where(conditions)
+    rows.select { |r| conditions.all? { |k, v| r.attributes[k.to_sym] == v } }
+  end
+
+  def self.find_by(conditions)
+    where(conditions).first
+  end
+
+  def self.create!(attributes)
+    record = new
+    attributes.each { |k, v| record.attributes[k.to_sym] = v }
+    record.before_create
+    record.validate!
+    rows << record
+    log("create #{name} #{record.label}")
+    record
+  end
+
+  attr_reader :attributes
+
+  def initialize
+    @attributes = {}
+  end
+
+  def before_create; end
+
+  def validate!; end
+
+  def update!(changes)
+    changes.each { |k, v| check_change!(k.to_sym, v) }
+    changes.each { |k, v| attributes[k.to_sym] = v }
+    self.class.log("update #{self.class.name} #{label} #{changes.keys.sort.join(',')}")
+    true
+  end
+
+  def check_change!(_key, _value); end
+
+  def update_column(key, value)
+    attributes[key.to_sym] = value
+    self.class.log("update_column #{self.class.name} #{label} #{key}")
+  end
+
+  def method_missing(name, *args)
+    attributes.key?(name) ? attributes[name] : super
+  end
+
+  def respond_to_missing?(name, include_private = false)
+    attributes.key?(name) || super
+  end
+end
+
+# `owner.servers`, `server.domains`, `server.credentials`.
+class Association
+  def initialize(klass, owner_key, owner)
+    @klass, @owner_key, @owner = klass, owner_key, owner
+  end
+
+  def find_by(conditions)
+    @klass.find_by(conditions.merge(@owner_key => @owner))
+  end
+
+  def create!(attributes)
+    @klass.create!(attributes.merge(@owner_key => @owner))
+  end
+end
+
+class User < FakeRecord
+  # has_secure_password: only a digest is kept; minimum length 8.
+  def self.digest(attributes)
+    password = attributes.delete(:password) or return attributes
+    raise "Password is too short (minimum is 8 characters)" if password.length < 8
+
+    attributes.merge(password_digest: Digest::SHA256.hexdigest(password))
+  end
+
+  def self.create!(attributes)
+    super(digest(attributes.dup))
+  end
+
+  def update!(changes)
+    super(User.digest(changes.dup))
+  end
+
+  def authenticate(password)
+    attributes[:password_digest] == Digest::SHA256.hexdigest(password) && self
+  end
+
+  def admin?
+    attributes[:admin] == true
+  end
+
+  def label
+    attributes[:email_address]
+  end
+end
+
+class Organization < FakeRecord
+  def validate!
+    raise "Owner must exist" unless owner.is_a?(User)
+  end
+
+  def servers
+    Association.new(Server, :organization, self)
+  end
+
+  def label
+    attributes[:permalink]
+  end
+end
+
+class Server < FakeRecord
+  def validate!
+    raise "Mode is not included in the list" unless %w[Live Development].include?(mode)
+  end
+
+  def domains
+    Association.new(Domain, :owner, self)
+  end
+
+  def credentials
+    Association.new(Credential, :server, self)
+  end
+
+  def label
+    attributes[:permalink]
+  end
+end
+
+class Domain < FakeRecord
+  def before_create
+    attributes[:dkim_private_key] = "generated-#{SecureRandom.hex(4)}"  # Postal: OpenSSL::PKey::RSA.new(1024)
+    attributes[:dkim_identifier_string] = SecureRandom.alphanumeric(6).upcase
+  end
+
+  def check_dns
+    %i[spf_status dkim_status return_path_status].each { |s| attributes[s] = "OK" }
+    attributes[:dns_checked_at] = Time.now
+    self.class.log("check_dns #{label}")
+  end
+
+  def label
+    attributes[:name]
+  end
+end
+
+class Credential < FakeRecord
+  def before_create
+    attributes[:key] = SecureRandom.alphanumeric(24)  # Postal: before_validation :generate_key
+  end
+
+  def check_change!(key, value)
+    raise "Key cannot be changed" if key == :key && value != attributes[:key]
+  end
+
+  def type
+    attributes[:type]
+  end
+
+  def label
+    "#{attributes[:type]}/#{attributes[:name]}"
+  end
+end
+
+FakeRecord::DB.replace(Marshal.load(File.binread(ENV.fetch("FAKE_POSTAL_DB")))) if File.exist?(ENV.fetch("FAKE_POSTAL_DB"))
