@@ -127,6 +127,17 @@ def test_defaults_match_pulumi_yaml():
     assert set(declared) <= set(config.KEYS)
 
 
+@pytest.mark.parametrize("project,stack", [("Pulumi.yaml", "Pulumi.prod.yaml"),
+                                           ("examples/consumer/Pulumi.yaml", None)])
+def test_the_cli_would_find_every_required_key(project, stack):
+    """Pulumi refuses to run a stack that lacks a declared key without a default."""
+    declared = yaml.safe_load(open(program.ROOT / project))["config"]
+    required = {f"{yaml.safe_load(open(program.ROOT / project))['name']}:{k}"
+                for k, v in declared.items() if "default" not in v}
+    provided = set(yaml.safe_load(open(program.ROOT / stack))["config"]) if stack else set()
+    assert required <= provided
+
+
 def test_defaults_and_normalisation():
     cfg = load({NS + "hostname": "Postal.RDO-dev.com.", NS + "sshSourceRanges": '["203.0.113.7"]',
                 NS + "relayTls": "STARTTLS "})
