@@ -92,7 +92,8 @@ class MailHost(pulumi.ComponentResource):
             service_account={"email": self.service_account.email, "scopes": ["cloud-platform"]},
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True,
                                       "enable_integrity_monitoring": True},
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles))
+            # the new VM needs the static IP and the data disk the old one holds: delete it first
+            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles, delete_before_replace=True))
         self.instance_id = self.instance.instance_id
         self.ssh_user = SSH_USER
         self.ssh_private_key = pulumi.Output.secret(self.ssh_key.private_key_openssh)

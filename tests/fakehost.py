@@ -120,7 +120,7 @@ def systemctl(host, args):
     elif verb in ("enable", "start"):
         _change(host, ["systemctl", *args])
         units.setdefault(unit, {})["is-enabled" if verb == "enable" else "is-active"] = True
-    elif verb == "daemon-reload":
+    elif verb in ("daemon-reload", "restart"):
         _change(host, ["systemctl", *args])
     else:
         fail(f"systemctl stub: unsupported {args}")

@@ -47,6 +47,7 @@ def test_protected_data_disk_with_daily_snapshots(run):
     (attachment,) = run.of_type("gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment")
     assert attachment.inputs["disk"] == disk.name and attachment.inputs["name"] == policy.name
     assert attachment.delete_before_replace  # a disk takes one schedule: a new policy must not collide
+    assert vm.delete_before_replace  # a replacement VM needs the IP and the disk the old one holds
 
 
 def test_firewall_rules_exactly_as_configured(run):

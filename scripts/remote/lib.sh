@@ -27,20 +27,36 @@ pg_read_payload() {
 pg_need() { [[ -s "$PG_PAYLOAD/$1" ]] || pg_fail "stdin payload lacks $1"; }
 
 # pg_install <mode> <owner> <dest> < content: writes dest only when its content or mode differs.
-# Returns 0 when it changed the file, 1 when it was already up to date.
+# Returns 0 when it changed the file, 1 when it was already up to date. The new file is made in
+# dest's directory, so it gets that directory's SELinux label (a file moved from /tmp keeps tmp's).
 pg_install() {
   local mode=$1 owner=$2 dest=$PG_ROOT$3 tmp
-  tmp="$(umask 077 && mktemp)"
+  mkdir -p "$(dirname "$dest")"
+  tmp="$(mktemp "$dest.XXXXXX")"
   cat >"$tmp"
   if [[ -f $dest ]] && cmp -s "$tmp" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
     rm -f "$tmp"
     return 1
   fi
-  mkdir -p "$(dirname "$dest")"
   chmod "$mode" "$tmp"
   chown "$owner" "$tmp"
   mv -f "$tmp" "$dest"
   pg_log "wrote $3"
+}
+
+# What a step last applied successfully, as a hash of the files it applied (kept in
+# /var/lib/postal-gateway). Steps compare against it rather than against "written in this run", so a change that a
+# failed run wrote to disk is still applied (restarted into) by the next run.
+pg_fingerprint() {
+  local file
+  for file in "$@"; do
+    printf '%s\n' "$file"
+    if [[ -f $PG_ROOT$file ]]; then cat "$PG_ROOT$file"; fi
+  done | sha256sum | cut -d ' ' -f 1
+}
+pg_applied() { [[ $(cat "$PG_ROOT/var/lib/postal-gateway/$1.applied" 2>/dev/null || true) == "$2" ]]; }
+pg_mark_applied() {
+  pg_applied "$1" "$2" || printf '%s\n' "$2" | pg_install 0644 root:root "/var/lib/postal-gateway/$1.applied" || true
 }
 
 # Installs the RPM packages that are missing, in one dnf transaction.

@@ -66,10 +66,20 @@ if [[ $PG_SELINUX == enforcing ]]; then
   fi
 fi
 
-# Containers must never start before the data disk is mounted (they would write to the boot disk).
-if printf '[Unit]\nRequiresMountsFor=%s\n' "$PG_DATA_DIR" |
-  pg_install 0644 root:root /etc/systemd/system/docker.service.d/postal-gateway.conf; then
+# Containers must never start before the data disk is mounted (they would write to the boot
+# disk); with SELinux enforcing, Docker confines them too (container_t, volumes container_file_t).
+dropin=/etc/systemd/system/docker.service.d/postal-gateway.conf
+printf '[Unit]\nRequiresMountsFor=%s\n' "$PG_DATA_DIR" | pg_install 0644 root:root "$dropin" || true
+printf '{\n  "selinux-enabled": %s\n}\n' "$([[ $PG_SELINUX == enforcing ]] && echo true || echo false)" |
+  pg_install 0644 root:root /etc/docker/daemon.json || true
+docker_config=$(pg_fingerprint "$dropin" /etc/docker/daemon.json)
+if ! pg_applied docker "$docker_config"; then
   systemctl daemon-reload
+  if systemctl is-active --quiet docker; then
+    pg_log "restarting Docker for its new settings"
+    systemctl restart docker
+  fi
 fi
 pg_enable_unit docker
+pg_mark_applied docker "$docker_config"
 pg_log "done"

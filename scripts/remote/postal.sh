@@ -20,9 +20,8 @@ if [[ $(readlink "$PG_ROOT/usr/bin/postal" || true) != "$PG_DATA_DIR/install/bin
   ln -sfn "$PG_DATA_DIR/install/bin/postal" "$PG_ROOT/usr/bin/postal"
 fi
 
-changed=0
-pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" && changed=1
-pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" && changed=1
+pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" || true
+pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" || true
 
 # The version that initialize/upgrade last completed for, kept on the data disk.
 version_file=$PG_ROOT$PG_DATA_DIR/config/postal-gateway.version
@@ -37,17 +36,18 @@ if [[ -z $current ]]; then
   pg_compose pull --quiet
   pg_compose run --rm -T runner postal initialize
   echo "$PG_POSTAL_VERSION" >"$version_file"
-  changed=1
 elif [[ $current != "$PG_POSTAL_VERSION" ]]; then
   pg_log "upgrading Postal $current -> $PG_POSTAL_VERSION"
   pg_compose pull --quiet
   pg_compose run --rm -T runner postal upgrade
   echo "$PG_POSTAL_VERSION" >"$version_file"
-  changed=1
 fi
 
+# Postal reads its configuration at start: recreate it unless it runs what is on disk now.
+applied=$(pg_fingerprint "$PG_DATA_DIR/config/postal.yml" "$PG_DATA_DIR/config/signing.key" \
+  "$PG_DATA_DIR/install/docker-compose.yml")
 running=$(pg_compose ps --services --status running | sort | tr '\n' ' ')
-if ((changed)); then
+if ! pg_applied postal "$applied"; then
   pg_log "starting Postal with the new configuration"
   pg_compose up --detach --remove-orphans --force-recreate
 elif [[ $running != "smtp web worker " ]]; then
@@ -58,4 +58,5 @@ fi
 pg_wait_http "Postal's web server" http://127.0.0.1:5000/login "$PG_HOSTNAME"
 pg_wait_http "Postal's worker" http://127.0.0.1:9090/health
 pg_wait_http "Postal's SMTP server" http://127.0.0.1:9091/health
+pg_mark_applied postal "$applied"
 pg_log "done: Postal $PG_POSTAL_VERSION (web, worker and SMTP server healthy)"
