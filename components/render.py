@@ -24,6 +24,9 @@ ORGANIZATION = {"name": "Postal Gateway", "permalink": "postal-gateway"}
 SERVER = {"name": "Gateway", "permalink": "gateway", "mode": "Live"}
 API_CREDENTIAL = "postal-gateway-api"
 SMTP_CREDENTIAL = "postal-gateway-smtp"
+# Postal's own mail (password resets, notices) goes to its SMTP server on 127.0.0.1:25 without
+# SMTP AUTH; an SMTP-IP credential lets it relay like any authenticated client.
+LOCAL_CREDENTIAL = {"type": "SMTP-IP", "name": "postal-gateway-localhost", "key": "127.0.0.1"}
 
 
 def dkim_txt(public_key_pem: str) -> str:
@@ -87,7 +90,7 @@ def provision_json(*, admin_email: str, admin_password: str, sending_domains: Ma
         "domains": [{"name": name, "dkim_private_key": pem, "dkim_selector": selector}
                     for name, (pem, selector) in sending_domains.items()],
         "credentials": [{"type": "API", "name": API_CREDENTIAL, "key": api_key},
-                        {"type": "SMTP", "name": SMTP_CREDENTIAL, "key": smtp_key}],
+                        {"type": "SMTP", "name": SMTP_CREDENTIAL, "key": smtp_key}, LOCAL_CREDENTIAL],
     }, sort_keys=True)
 
 

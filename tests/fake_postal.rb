@@ -172,11 +172,18 @@ end
 
 class Credential < FakeRecord
   def before_create
+    return if type == "SMTP-IP"  # the key is the address
+
     attributes[:key] = SecureRandom.alphanumeric(24)  # Postal: before_validation :generate_key
   end
 
+  def validate!
+    raise "Type is not included in the list" unless %w[SMTP API SMTP-IP].include?(type)
+    raise "Key must be a valid IPv4 or IPv6 address" if type == "SMTP-IP" && !attributes[:key].to_s.match?(/\A[\d.:a-f]+\z/)
+  end
+
   def check_change!(key, value)
-    raise "Key cannot be changed" if key == :key && value != attributes[:key]
+    raise "Key cannot be changed" if key == :key && value != attributes[:key] && type != "SMTP-IP"
   end
 
   def type

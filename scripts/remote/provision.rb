@@ -53,11 +53,13 @@ spec.fetch("domains").each do |domain_spec|
 end
 
 spec.fetch("credentials").each do |credential_spec|
-  credential = server.credentials.find_by(type: credential_spec.fetch("type"), name: credential_spec.fetch("name")) ||
-               server.credentials.create!(type: credential_spec.fetch("type"), name: credential_spec.fetch("name"))
-  # Postal replaces the key of a new credential with a random one and forbids changing it
-  # through validations, so the stack's key is written to the column directly.
-  credential.update_column(:key, credential_spec.fetch("key")) unless credential.key == credential_spec.fetch("key")
+  type, name, key = credential_spec.values_at("type", "name", "key")
+  credential = server.credentials.find_by(type: type, name: name) ||
+               server.credentials.create!(type: type, name: name, key: key)
+  # Postal replaces the key of a new API/SMTP credential with a random one and forbids changing
+  # it through validations, so the stack's key is written to the column directly. (An SMTP-IP
+  # credential's key is its address and is kept as given.)
+  credential.update_column(:key, key) unless credential.key == key
   say "#{credential.type} credential #{credential.name}"
 end
 say "done"
