@@ -32,6 +32,8 @@ GOOGLE_SPF = "_spf.google.com"
 ALLOWLIST_PATH = ("Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
                   "→ Only accept mail from the specified IP addresses")
 DONE, FAILED = {"Sent"}, {"HardFail", "Bounced"}
+HELD_FIX = ("Postal held the message (a Development-mode server, a send limit or spam checks): "
+            "release it in Postal's web UI and check the server's mode and limits")
 CERT_WARN_DAYS = 14
 
 
@@ -165,7 +167,11 @@ class SmokeTest:
                 continue
             seen.append(name)
             lookups += name != domain
-            spf = [t for t in self.answers(name, "TXT") if t.startswith("v=spf1")]
+            try:
+                spf = [t for t in self.answers(name, "TXT") if t.startswith("v=spf1")]
+            except dns.exception.DNSException as err:
+                return Check("spf", False, f"{domain}: lookup of {name} failed ({err.__class__.__name__})",
+                             "check this machine's resolver, or pass --nameserver 1.1.1.1")
             if len(spf) != 1:
                 return Check("spf", False, f"{domain}: {name} has {len(spf)} SPF records",
                              f"publish exactly one v=spf1 record at {name} (postal-gateway:manageSpf)")
@@ -264,7 +270,14 @@ class SmokeTest:
                 self.end_progress()
                 self.report(Check("delivery", False, f"cannot read the deliveries: {err}", "see the https check"))
                 return
-            deliveries = reply.get("data") if reply.get("status") == "success" else []
+            if reply.get("status") != "success":
+                data = reply.get("data") or {}
+                self.end_progress()
+                self.report(Check("delivery", False, f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
+                                                     f" {data.get('message', '')}".rstrip(),
+                                  self.SEND_FIXES.get(data.get("code"), "on the VM: postal logs web")))
+                return
+            deliveries = reply.get("data") or []
             latest = deliveries[-1] if deliveries else None
             status = latest["status"] if latest else "Pending"
             elapsed = self.clock() - start
@@ -275,7 +288,9 @@ class SmokeTest:
                 return
             text = f"{latest.get('details') or ''} {latest.get('output') or ''}".strip() if latest else ""
             diagnosis, fix = relay_fix(text, self.o) if latest else ("", "")
-            if status in FAILED or (latest and status == "SoftFail" and diagnosis != "the relay refused the message"):
+            if status == "Held":
+                diagnosis, fix = "held by Postal", HELD_FIX
+            if status in FAILED | {"Held"} or (status == "SoftFail" and diagnosis != "the relay refused the message"):
                 self.end_progress()
                 self.report(Check("delivery", False, f"{status}: {diagnosis}: {text}", fix))
                 return

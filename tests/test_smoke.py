@@ -91,6 +91,9 @@ class Postal(BaseHTTPRequestHandler):
                 "message_id": "abc@rp.postal.example.com", "messages": {body["to"][0]: {"id": 42, "token": "t"}}}})
         if self.path == "/api/v1/messages/deliveries" and body == {"id": 42}:
             deliveries = srv.deliveries.pop(0) if len(srv.deliveries) > 1 else srv.deliveries[0]
+            if isinstance(deliveries, dict):
+                return self.reply(200, {"status": "error", "data": {"code": deliveries["error"],
+                                                                   "message": "No message found matching provided ID"}})
             return self.reply(200, {"status": "success", "data": deliveries})
         self.reply(404, "not found", "text/plain")
 
@@ -197,6 +200,8 @@ def mutate(resolver, name, rdtype, value):
      "SPF never includes _spf.google.com", "add include:spf.postal.example.com"),
     (lambda r: (r.add("example.com", "TXT", "v=spf1 -all"), r)[1], "example.com has 2 SPF records",
      "publish exactly one v=spf1 record"),
+    (lambda r: mutate(r, "spf.postal.example.com", "TXT", "timeout"),
+     "example.com: lookup of spf.postal.example.com failed (Timeout)", "--nameserver"),
 ])
 def test_every_dns_failure_prints_its_fix(tmp_path, capsys, postal, certs, setup, line, fix):
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, resolver=setup(Resolver()))
@@ -277,6 +282,7 @@ def test_every_send_failure_prints_its_fix(tmp_path, capsys, postal, certs, chan
     ("SoftFail", "Connection refused - connect(2) for 142.250.0.1:587", "cannot reach the relay",
      "GCP blocks outbound port 25"),
     ("HardFail", "554 5.6.0 Message rejected", "the relay refused the message", "postal logs worker"),
+    ("Held", "", "held by Postal", "release it in Postal's web UI"),
 ])
 def test_every_relay_answer_is_diagnosed_with_its_fix(tmp_path, capsys, postal, certs, status, output,
                                                        diagnosis, fix):
@@ -286,6 +292,13 @@ def test_every_relay_answer_is_diagnosed_with_its_fix(tmp_path, capsys, postal, 
     assert code == 1 and fail.startswith(f"FAIL  delivery  {status}: ") and diagnosis in fail
     assert output in fail and fix in fix_line
     assert out.rstrip().endswith("NOT delivered")
+
+
+def test_an_api_error_while_polling_is_reported_not_waited_out(tmp_path, capsys, postal, certs):
+    postal.deliveries = [{"error": "MessageNotFound"}]
+    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs)
+    (fail, fix), = failures(out)
+    assert code == 1 and "cannot read the deliveries: MessageNotFound" in fail and "postal logs web" in fix
 
 
 def test_a_message_that_never_leaves_times_out(tmp_path, capsys, postal, certs):
