@@ -22,6 +22,7 @@ host = MailHost("postal", HostArgs(
     project=cfg.project, region=cfg.region, zone=cfg.zone, stack=cfg.stack, machine_type=cfg.machine_type,
     boot_disk_size_gb=cfg.boot_disk_size_gb, data_disk_size_gb=cfg.data_disk_size_gb,
     snapshot_retention_days=cfg.snapshot_retention_days, labels=cfg.gcp_labels,
+    data_disk_snapshot=cfg.data_disk_snapshot,
     subnetwork_id=network.subnetwork_id, public_ip=network.public_ip, target_tag=network.target_tag))
 
 secrets = MailSecrets("postal", SecretsArgs(sending_domains=cfg.sending_domains))

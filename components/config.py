@@ -53,6 +53,7 @@ KEYS = (
     "smtpSourceRanges", "webSourceRanges", "tls", "tlsCertificate", "tlsPrivateKey",
     "machineType", "bootDiskSizeGb", "dataDiskSizeGb", "snapshotRetentionDays", "postalVersion",
     "relayHost", "relayPort", "relayTls", "selinux", "dmarcPolicy", "manageSpf", "labels",
+    "dataDiskSnapshot",
 )
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
@@ -98,6 +99,7 @@ class MailConfig:
     dmarc_policy: Optional[str]
     manage_spf: bool
     labels: tuple[tuple[str, str], ...]
+    data_disk_snapshot: Optional[str] = None  # restore: the data disk is (re)created from this snapshot
 
     @property
     def relay_url(self) -> str:
@@ -283,6 +285,15 @@ def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
+_SNAPSHOT = re.compile(r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def parse_snapshot(raw: str) -> str:
+    if not _SNAPSHOT.match(raw.strip()):
+        raise ValueError(f"{raw!r} is not a snapshot name")
+    return raw.strip()
+
+
 def parse_pem(kind: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         blocks = _PEM.findall(raw)
@@ -363,6 +374,9 @@ def load(stack: Optional[str] = None) -> MailConfig:
     manage_spf = r.value("manageSpf", parse_bool, "true or false", "pulumi config set manageSpf true")
     labels = r.value("labels", parse_labels, "a map of GCP labels",
                      "pulumi config set --path 'labels.team' platform")
+    snapshot = r.value("dataDiskSnapshot", parse_snapshot,
+                       "a snapshot name (or projects/<project>/global/snapshots/<name>)",
+                       "gcloud compute snapshots list; pulumi config set dataDiskSnapshot <name>")
 
     zone_fix = "pulumi config set cloudflareZone example.com"
     cf_zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
@@ -403,7 +417,7 @@ def load(stack: Optional[str] = None) -> MailConfig:
         machine_type=machine, boot_disk_size_gb=boot, data_disk_size_gb=data,
         snapshot_retention_days=retention, postal_version=version, relay_host=relay_host,
         relay_port=relay_port, relay_tls=relay_tls, selinux=selinux, dmarc_policy=dmarc,
-        manage_spf=manage_spf, labels=labels,
+        manage_spf=manage_spf, labels=labels, data_disk_snapshot=snapshot,
     )
 
 

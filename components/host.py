@@ -32,6 +32,7 @@ class HostArgs:
     subnetwork_id: pulumi.Input[str]
     public_ip: pulumi.Input[str]
     target_tag: str
+    data_disk_snapshot: Optional[str] = None  # set to restore: the data disk is recreated from it
 
 
 def service_account_id(stack: str) -> str:
@@ -58,7 +59,7 @@ class MailHost(pulumi.ComponentResource):
         self.ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
         self.data_disk = gcp.compute.Disk(
             f"{name}-data", project=args.project, zone=args.zone, size=args.data_disk_size_gb,
-            type="pd-balanced", labels=args.labels,
+            type="pd-balanced", labels=args.labels, snapshot=args.data_disk_snapshot,
             opts=pulumi.ResourceOptions(parent=self, protect=True))
         self.snapshot_policy = gcp.compute.ResourcePolicy(
             f"{name}-snapshots", project=args.project, region=args.region,

@@ -74,8 +74,8 @@ def relay_fix(text: str, outputs: dict) -> tuple[str, str]:
     if any(m in lowered for m in ("connection refused", "timed out", "timeout", "unreachable", "no route")):
         return ("Postal cannot reach the relay",
                 "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress; "
-                "on the VM: postal logs worker")
-    return "the relay refused the message", "read the relay's answer above; on the VM: postal logs worker"
+                "on the VM: sudo postal logs worker")
+    return "the relay refused the message", "read the relay's answer above; on the VM: sudo postal logs worker"
 
 
 # --- stack outputs ---
@@ -199,26 +199,26 @@ class SmokeTest:
         except ssl.SSLCertVerificationError as err:
             return not self.report(Check("https", False, f"{host}: certificate not trusted ({err.verify_message})",
                                          "tls=letsencrypt: ports 80/443 must be reachable from the internet "
-                                         "(webSourceRanges) and the A record right; see docker logs postal-caddy. "
+                                         "(webSourceRanges) and the A record right; see sudo docker logs postal-caddy. "
                                          "tls=internal: pass --ca-bundle with Caddy's root or --insecure"))
         except OSError as err:
             return not self.report(Check("https", False, f"{host}:{port} unreachable ({err})",
-                                         "check webSourceRanges and that postal-caddy runs (docker ps on the VM)"))
+                                         "check webSourceRanges and that postal-caddy runs (sudo docker ps on the VM)"))
         days = ""
         if cert:
             left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
             if left < CERT_WARN_DAYS:
                 return not self.report(Check("https", False, f"{host}: certificate expires in {left:.0f} days",
-                                             "Caddy renews 30 days ahead: see docker logs postal-caddy"))
+                                             "Caddy renews 30 days ahead: see sudo docker logs postal-caddy"))
             days = f", expires in {left:.0f} days"
         try:
             response = requests.get(f"{self.o['webUrl']}/login", timeout=15, verify=self.verify)
         except requests.RequestException as err:
             return not self.report(Check("https", False, f"{self.o['webUrl']}/login: {err}",
-                                         "see docker logs postal-caddy"))
+                                         "see sudo docker logs postal-caddy"))
         if response.status_code != 200:
             return not self.report(Check("https", False, f"{self.o['webUrl']}/login answered {response.status_code}",
-                                         "502: Postal's web server is down (postal status; postal logs web)"))
+                                         "502: Postal's web server is down (sudo postal status; sudo postal logs web)"))
         return self.report(Check("https", True, f"{self.o['webUrl']} certificate valid{days}, Postal answers")).ok
 
     # Send API: Postal answers HTTP 200 even for errors; `status` tells.
@@ -254,7 +254,7 @@ class SmokeTest:
         if reply.get("status") != "success":
             code = data.get("code", reply.get("status"))
             self.report(Check("send", False, f"{code}: {data.get('message', '')}",
-                              self.SEND_FIXES.get(code, "read Postal's answer; on the VM: postal logs web")))
+                              self.SEND_FIXES.get(code, "read Postal's answer; on the VM: sudo postal logs web")))
             return None
         message = (data.get("messages") or {}).get(self.recipient) or {}
         self.report(Check("send", True, f"accepted as message {message.get('id')} ({data.get('message_id')})"))
@@ -275,7 +275,7 @@ class SmokeTest:
                 self.end_progress()
                 self.report(Check("delivery", False, f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
                                                      f" {data.get('message', '')}".rstrip(),
-                                  self.SEND_FIXES.get(data.get("code"), "on the VM: postal logs web")))
+                                  self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web")))
                 return
             deliveries = reply.get("data") or []
             latest = deliveries[-1] if deliveries else None
@@ -297,8 +297,8 @@ class SmokeTest:
             if elapsed >= self.timeout:
                 self.end_progress()
                 self.report(Check("delivery", False, f"still {status} after {self.timeout:.0f}s {text}".strip(),
-                                  "Postal's worker has not delivered it: on the VM, postal status and "
-                                  "postal logs worker"))
+                                  "Postal's worker has not delivered it: on the VM, sudo postal status and "
+                                  "sudo postal logs worker"))
                 return
             self.show_progress(f"waiting for delivery: {status}, {elapsed:.0f}s of {self.timeout:.0f}s",
                                changed=status != last)

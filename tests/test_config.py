@@ -19,6 +19,8 @@ BAD = [
     ("hostname", "postal..rdo-dev.com", "not a fully qualified domain name"),
     ("hostname", "-postal.rdo-dev.com", "not a fully qualified domain name"),
     ("hostname", "postal.rdo-dev.123", "top-level label"),
+    ("dataDiskSnapshot", "Daily_Snapshot", "not a snapshot name"),
+    ("dataDiskSnapshot", "projects/x/global/snapshots/s1", "not a snapshot name"),
     ("sendingDomains", None, "is required"),
     ("sendingDomains", "[]", "empty"),
     ("sendingDomains", '["rdo-dev.com", "rdo-dev.com"]', "listed twice"),

@@ -50,6 +50,14 @@ def test_protected_data_disk_with_daily_snapshots(run):
     assert vm.delete_before_replace  # a replacement VM needs the IP and the disk the old one holds
 
 
+def test_restore_recreates_the_data_disk_from_a_snapshot():
+    restored = program.run({NS + "dataDiskSnapshot": "postal-data-20261120"})
+    (disk,) = [d for d in restored.of_type("gcp:compute/disk:Disk") if d.protect]
+    assert disk.inputs["snapshot"] == "postal-data-20261120"  # a new input: forces a new disk (once unprotected)
+    (vm,) = restored.of_type("gcp:compute/instance:Instance")
+    assert vm.inputs["attachedDisks"][0]["source"].endswith(disk.name)
+
+
 def test_firewall_rules_exactly_as_configured(run):
     rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in run.of_type("gcp:compute/firewall:Firewall")}
     assert set(rules) == {("22",), ("25",), ("80", "443")}
