@@ -213,7 +213,7 @@ def test_files_on_the_host_are_what_the_program_rendered(fresh, registered):
     assert fresh.file("/opt/postal/config/signing.key").read_text() == sent["signing_key"]
     for name in ("postal.yml", "signing.key"):
         assert stat.S_IMODE(fresh.file(f"/opt/postal/config/{name}").stat().st_mode) == 0o640
-    assert "chown root:999" in " ".join(fresh.changes())  # readable by Postal's container user only
+    assert "chown 999:999" in " ".join(fresh.changes())  # owned by the container user (uid 999)
     caddyfile = fresh.file("/opt/postal/config/Caddyfile").read_text()
     assert caddyfile == render.caddyfile(hostname="postal.rdo-dev.com", tls="letsencrypt",
                                          admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"])

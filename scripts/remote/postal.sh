@@ -20,8 +20,8 @@ if [[ $(readlink "$PG_ROOT/usr/bin/postal" || true) != "$PG_DATA_DIR/install/bin
   ln -sfn "$PG_DATA_DIR/install/bin/postal" "$PG_ROOT/usr/bin/postal"
 fi
 
-pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" || true
-pg_install 0640 "root:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" || true
+pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" || true
+pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" || true
 
 # The version that initialize/upgrade last completed for, kept on the data disk.
 version_file=$PG_ROOT$PG_DATA_DIR/config/postal-gateway.version
