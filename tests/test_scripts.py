@@ -78,8 +78,9 @@ class Machine:
         log = self.root / ".fake/calls.log"
         return log.read_text().splitlines() if log.exists() else []
 
-    def changes(self) -> list[str]:
-        return [c[2:] for c in self.calls() if c.startswith("M ")]
+    def changes(self, since: int = 0) -> list[str]:
+        """The calls that changed the host, from call number `since` on."""
+        return [c[2:] for c in self.calls()[since:] if c.startswith("M ")]
 
     def state(self) -> dict:
         return fakehost.Host(self.root).state
@@ -229,7 +230,7 @@ DECLARATIVE = (r"^docker exec --interactive postal-mariadb ", r" rails runner /c
 def test_second_run_changes_nothing(fresh, registered):
     before, calls_before = fresh.tree(), len(fresh.calls())
     fresh.up(registered["base"])
-    changes = [c[2:] for c in fresh.calls()[calls_before:] if c.startswith("M ")]
+    changes = fresh.changes(calls_before)
     assert len(fresh.calls()) > calls_before
     assert [c for c in changes if not any(re.search(p, c) for p in DECLARATIVE)] == []
     assert fresh.tree() == before  # files, modes and host state (incl. the SQL and provision input) unchanged
@@ -288,7 +289,7 @@ def test_a_step_without_its_payload_fails_before_doing_anything(machine, registe
 def test_new_postal_version_upgrades_in_place(fresh, registered):
     start = len(fresh.calls())
     fresh.up(registered["upgrade"], ["postal"])
-    calls = [c[2:] for c in fresh.calls()[start:] if c.startswith("M ")]
+    calls = fresh.changes(start)
     assert index(calls, r"^postal set-version 3.3.7$") < index(calls, r"pull") < \
         index(calls, r"runner postal upgrade$") < index(calls, r"up --detach --remove-orphans --force-recreate")
     assert not any("initialize" in c or "git clone" in c for c in calls)
@@ -301,7 +302,7 @@ def test_new_postal_version_upgrades_in_place(fresh, registered):
 def test_tls_change_rewrites_caddy_and_restarts_it(fresh, registered, variant):
     start = len(fresh.calls())
     fresh.up(registered[variant], ["caddy"])
-    calls = [c[2:] for c in fresh.calls()[start:] if c.startswith("M ")]
+    calls = fresh.changes(start)
     assert "docker restart postal-caddy" in calls and not any("docker run" in c for c in calls)
     assert fresh.state()["containers"]["postal-caddy"]["restarts"] == 1
     caddyfile = fresh.file("/opt/postal/config/Caddyfile").read_text()
@@ -323,13 +324,13 @@ def test_a_change_written_by_a_failed_run_is_applied_by_the_next(fresh, register
     assert failed.returncode != 0
     start = len(fresh.calls())
     fresh.up(registered[variant], [step])
-    assert any(re.search(applied, c[2:]) for c in fresh.calls()[start:] if c.startswith("M "))
+    assert any(re.search(applied, c) for c in fresh.changes(start))
 
 
 def test_permissive_selinux_is_set_now_and_persistently(fresh, registered):
     start = len(fresh.calls())
     fresh.up(registered["permissive"], ["os"])
-    calls = [c[2:] for c in fresh.calls()[start:] if c.startswith("M ")]
+    calls = fresh.changes(start)
     assert "setenforce 0" in calls and not any(c.startswith("semanage") for c in calls)
     assert '"selinux-enabled": false' in fresh.file("/etc/docker/daemon.json").read_text()
     assert "systemctl restart docker" in calls  # Docker drops SELinux confinement now
@@ -353,7 +354,7 @@ def test_stopped_containers_are_started_again(fresh, registered):
     host.save()
     start = len(fresh.calls())
     fresh.up(registered["base"], ["database", "postal"])
-    calls = [c[2:] for c in fresh.calls()[start:] if c.startswith("M ")]
+    calls = fresh.changes(start)
     assert "docker start postal-mariadb" in calls
     assert any(c.endswith("up --detach --remove-orphans") for c in calls)
 
@@ -382,7 +383,7 @@ def test_a_failing_command_fails_the_step_with_its_message(machine, fresh, regis
     assert f"{stub}: simulated failure" in result.stderr
     assert f"[postal-gateway:{step}] ERROR" in result.stderr
     assert not any(re.search(not_after, c) for c in
-                   [c[2:] for c in machine.calls()[start:] if c.startswith("M ")])
+                   machine.changes(start))
 
 
 # --- provision.rb against Postal's models (tests/fake_postal.rb) ---

@@ -20,8 +20,7 @@ else
 fi
 
 applied=$(pg_fingerprint "$config/Caddyfile" "$config/certs/cert.pem" "$config/certs/key.pem")
-if [[ $(pg_container_image "$name") != "$PG_CADDY_IMAGE" ]]; then
-  if [[ -n $(pg_container_image "$name") ]]; then docker rm -f "$name" >/dev/null; fi
+if pg_container_stale "$name" "$PG_CADDY_IMAGE"; then
   pg_log "starting $name ($PG_CADDY_IMAGE, tls $PG_TLS)"
   docker run --detach --name "$name" --restart unless-stopped --network host \
     --volume "$config/Caddyfile:/etc/caddy/Caddyfile:ro" --volume "$config/certs:/certs:ro" \

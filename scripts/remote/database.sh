@@ -7,11 +7,7 @@ pg_need db_root_password
 pg_need db_password
 name=postal-mariadb
 
-if [[ $(pg_container_image "$name") != "$PG_MARIADB_IMAGE" ]]; then
-  if [[ -n $(pg_container_image "$name") ]]; then
-    pg_log "replacing $name with $PG_MARIADB_IMAGE (data stays on $PG_DATA_DIR/mariadb)"
-    docker rm -f "$name" >/dev/null
-  fi
+if pg_container_stale "$name" "$PG_MARIADB_IMAGE"; then
   mkdir -p "$PG_ROOT$PG_DATA_DIR/mariadb"
   # The root password is read by MariaDB only when it initialises an empty data directory.
   printf 'MARIADB_ROOT_PASSWORD=%s\n' "$(cat "$PG_PAYLOAD/db_root_password")" >"$PG_PAYLOAD/mariadb.env"

@@ -4,6 +4,7 @@
 set -euo pipefail -o errtrace
 umask 022
 PG_ROOT="${PG_ROOT:-}"
+PG_DATA_DIR="${PG_DATA_DIR:-/opt/postal}"
 # shellcheck disable=SC2034  # used by the steps
 PG_POSTAL_UID=999  # the `postal` user inside ghcr.io/postalserver/postal
 
@@ -45,8 +46,8 @@ pg_install() {
 }
 
 # What a step last applied successfully, as a hash of the files it applied (kept in
-# /var/lib/postal-gateway). Steps compare against it rather than against "written in this run", so a change that a
-# failed run wrote to disk is still applied (restarted into) by the next run.
+# /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
+# so a change that a failed run wrote to disk is still applied (restarted into) by the next run.
 pg_fingerprint() {
   local file
   for file in "$@"; do
@@ -77,6 +78,17 @@ pg_enable_unit() {
 
 # The image a container was created from, or nothing when it does not exist.
 pg_container_image() { docker inspect --format '{{.Config.Image}}' "$1" 2>/dev/null || true; }
+# pg_container_stale <name> <image>: succeeds when the container must be created, after removing
+# one made from another image (its data lives in bind mounts, so nothing is lost).
+pg_container_stale() {
+  local current
+  current=$(pg_container_image "$1")
+  [[ $current != "$2" ]] || return 1
+  if [[ -n $current ]]; then
+    pg_log "replacing $1 ($current -> $2)"
+    docker rm -f "$1" >/dev/null
+  fi
+}
 pg_container_running() { [[ $(docker inspect --format '{{.State.Running}}' "$1" 2>/dev/null || true) == true ]]; }
 
 # pg_wait_http <what> <url> [Host header]: waits up to 5 minutes (PG_WAIT_TRIES x 5 s) for a 2xx answer.
@@ -90,4 +102,3 @@ pg_wait_http() {
 }
 
 pg_compose() { (cd "$PG_ROOT$PG_DATA_DIR/install" && docker compose -p postal "$@"); }
-PG_DATA_DIR="${PG_DATA_DIR:-/opt/postal}"

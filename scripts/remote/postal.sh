@@ -31,15 +31,12 @@ if [[ $compose_version != "$PG_POSTAL_VERSION" ]]; then
   pg_log "docker-compose.yml for Postal $PG_POSTAL_VERSION"
   "$install_dir/bin/postal" set-version "$PG_POSTAL_VERSION" >/dev/null
 fi
-if [[ -z $current ]]; then
-  pg_log "initializing Postal $PG_POSTAL_VERSION (database schema)"
+if [[ $current != "$PG_POSTAL_VERSION" ]]; then
+  # A new host loads the schema; a new version migrates it.
+  task=$([[ -z $current ]] && echo initialize || echo upgrade)
+  pg_log "postal $task: ${current:-new host} -> $PG_POSTAL_VERSION"
   pg_compose pull --quiet
-  pg_compose run --rm -T runner postal initialize
-  echo "$PG_POSTAL_VERSION" >"$version_file"
-elif [[ $current != "$PG_POSTAL_VERSION" ]]; then
-  pg_log "upgrading Postal $current -> $PG_POSTAL_VERSION"
-  pg_compose pull --quiet
-  pg_compose run --rm -T runner postal upgrade
+  pg_compose run --rm -T runner postal "$task"
   echo "$PG_POSTAL_VERSION" >"$version_file"
 fi
 
