@@ -35,6 +35,7 @@ DONE, FAILED = {"Sent"}, {"HardFail", "Bounced"}
 HELD_FIX = ("Postal held the message (a Development-mode server, a send limit or spam checks): "
             "release it in Postal's web UI and check the server's mode and limits")
 CERT_WARN_DAYS = 14
+RESOLVER_FIX = "check this machine's resolver, or pass --nameserver 1.1.1.1"
 
 
 @dataclass
@@ -139,7 +140,7 @@ class SmokeTest:
                 got = self.answers(name, rdtype)
             except dns.exception.DNSException as err:
                 self.report(Check("dns", False, f"{label}: lookup failed ({err.__class__.__name__})",
-                                  "check this machine's resolver, or pass --nameserver 1.1.1.1"))
+                                  RESOLVER_FIX))
                 continue
             norm = [g.strip().rstrip(";") for g in got]
             if want.strip().rstrip(";") in norm:
@@ -171,7 +172,7 @@ class SmokeTest:
                 spf = [t for t in self.answers(name, "TXT") if t.startswith("v=spf1")]
             except dns.exception.DNSException as err:
                 return Check("spf", False, f"{domain}: lookup of {name} failed ({err.__class__.__name__})",
-                             "check this machine's resolver, or pass --nameserver 1.1.1.1")
+                             RESOLVER_FIX)
             if len(spf) != 1:
                 return Check("spf", False, f"{domain}: {name} has {len(spf)} SPF records",
                              f"publish exactly one v=spf1 record at {name} (postal-gateway:manageSpf)")
@@ -262,44 +263,39 @@ class SmokeTest:
 
     # Delivery: poll the message's deliveries until the relay took it, refused it, or time ran out.
     def wait_for_delivery(self, message_id: int) -> None:
+        check = self.poll_delivery(message_id)
+        self.end_progress()
+        self.report(check)
+
+    def poll_delivery(self, message_id: int) -> Check:
+        """Polls the message's deliveries until the relay took it, refused it, or time ran out."""
         start, last = self.clock(), None
         while True:
             try:
                 reply = self.api("messages/deliveries", {"id": message_id})
             except requests.RequestException as err:
-                self.end_progress()
-                self.report(Check("delivery", False, f"cannot read the deliveries: {err}", "see the https check"))
-                return
+                return Check("delivery", False, f"cannot read the deliveries: {err}", "see the https check")
             if reply.get("status") != "success":
                 data = reply.get("data") or {}
-                self.end_progress()
-                self.report(Check("delivery", False, f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
-                                                     f" {data.get('message', '')}".rstrip(),
-                                  self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web")))
-                return
+                return Check("delivery", False, f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
+                                                f" {data.get('message', '')}".rstrip(),
+                             self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web"))
             deliveries = reply.get("data") or []
             latest = deliveries[-1] if deliveries else None
             status = latest["status"] if latest else "Pending"
+            text = f"{latest.get('details') or ''} {latest.get('output') or ''}".strip() if latest else ""
             elapsed = self.clock() - start
             if status in DONE:
-                self.end_progress()
-                self.report(Check("delivery", True, f"{status} after {elapsed:.0f}s: "
-                                                    f"{latest.get('details') or ''} {latest.get('output') or ''}"))
-                return
-            text = f"{latest.get('details') or ''} {latest.get('output') or ''}".strip() if latest else ""
+                return Check("delivery", True, f"{status} after {elapsed:.0f}s: {text}")
             diagnosis, fix = relay_fix(text, self.o) if latest else ("", "")
             if status == "Held":
                 diagnosis, fix = "held by Postal", HELD_FIX
             if status in FAILED | {"Held"} or (status == "SoftFail" and diagnosis != "the relay refused the message"):
-                self.end_progress()
-                self.report(Check("delivery", False, f"{status}: {diagnosis}: {text}", fix))
-                return
+                return Check("delivery", False, f"{status}: {diagnosis}: {text}", fix)
             if elapsed >= self.timeout:
-                self.end_progress()
-                self.report(Check("delivery", False, f"still {status} after {self.timeout:.0f}s {text}".strip(),
-                                  "Postal's worker has not delivered it: on the VM, sudo postal status and "
-                                  "sudo postal logs worker"))
-                return
+                return Check("delivery", False, f"still {status} after {self.timeout:.0f}s {text}".strip(),
+                             "Postal's worker has not delivered it: on the VM, sudo postal status and "
+                             "sudo postal logs worker")
             self.show_progress(f"waiting for delivery: {status}, {elapsed:.0f}s of {self.timeout:.0f}s",
                                changed=status != last)
             last = status
