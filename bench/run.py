@@ -138,8 +138,8 @@ def blast_radius() -> dict:
                 updated.add(resource.name)
         removed = set(before) - {r.name for r in run.resources}
         precious = {n for n in replaced | removed if before[n].type in PRECIOUS or before[n].protect}
-        rows[knob] = {"steps": sorted(steps), "checks": sorted(checks), "updated": sorted(updated), "replaced": sorted(replaced),
-                      "added": sorted(added), "removed": sorted(removed),
+        rows[knob] = {"steps": sorted(steps), "checks": sorted(checks), "updated": sorted(updated),
+                      "replaced": sorted(replaced), "added": sorted(added), "removed": sorted(removed),
                       "goal_met": steps <= STEP_GOALS.get(knob, set()) and not precious
                       and (value is not None or not (steps | checks | updated | replaced | added | removed))}
     return rows

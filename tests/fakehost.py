@@ -242,8 +242,8 @@ def docker(host, args):
             fail(f"Error: No such object: {args[-1]}")
         print(container["image"] if "Image" in args[2] else str(container["running"]).lower())
         return
-    _change(host, ["docker", *args]) if args[0] != "exec" or "--interactive" in args else _query(
-        host, ["docker", *args])
+    read_only = args[0] == "exec" and "--interactive" not in args  # the readiness probe
+    (_query if read_only else _change)(host, ["docker", *args])
     if args[0] == "run":
         i, options = 1, {}
         while args[i].startswith("--"):
