@@ -1,7 +1,7 @@
 """Typed, validated stack configuration.
 
-`load()` reads every key of the config contract (design.md), applies the defaults and
-checks each value. All problems are reported together in one `ConfigError` (a
+`load()` reads every key of the config contract (README.md, Configuration), applies the
+defaults and checks each value. All problems are reported together in one `ConfigError` (a
 `pulumi.RunError`, so the CLI prints the message without a traceback) before any
 resource is registered.
 """
