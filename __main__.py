@@ -3,6 +3,7 @@
 import pulumi
 
 from components import config, dns
+from components.apis import ApisArgs, ProjectApis
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
 from components.network import MailNetwork, NetworkArgs
@@ -13,17 +14,19 @@ for warning in config.warnings(cfg):
     pulumi.log.warn(warning)
 zone_ids = dns.lookup_zones(cfg)  # refuses to add a second SPF/DMARC record
 
+apis = ProjectApis("postal", ApisArgs(project=cfg.project))  # every GCP resource waits for its API
+
 network = MailNetwork("postal", NetworkArgs(
     project=cfg.project, region=cfg.region, ssh_source_ranges=cfg.ssh_source_ranges,
     smtp_source_ranges=cfg.smtp_source_ranges, web_source_ranges=cfg.web_source_ranges,
-    labels=cfg.gcp_labels))
+    labels=cfg.gcp_labels, apis=apis))
 
 host = MailHost("postal", HostArgs(
     project=cfg.project, region=cfg.region, zone=cfg.zone, stack=cfg.stack, machine_type=cfg.machine_type,
     boot_disk_size_gb=cfg.boot_disk_size_gb, data_disk_size_gb=cfg.data_disk_size_gb,
     snapshot_retention_days=cfg.snapshot_retention_days, labels=cfg.gcp_labels,
     data_disk_snapshot=cfg.data_disk_snapshot,
-    subnetwork_id=network.subnetwork_id, public_ip=network.public_ip, target_tag=network.target_tag))
+    subnetwork_id=network.subnetwork_id, public_ip=network.public_ip, target_tag=network.target_tag, apis=apis))
 
 secrets = MailSecrets("postal", SecretsArgs(sending_domains=cfg.sending_domains))
 

@@ -10,6 +10,8 @@ import pulumi
 import pulumi_gcp as gcp
 import pulumi_tls as tls
 
+from components.apis import ProjectApis
+
 ROCKY_IMAGE = "projects/rocky-linux-cloud/global/images/family/rocky-linux-9"
 SSH_USER = "postal-ops"
 DATA_DEVICE_NAME = "postal-data"
@@ -32,6 +34,7 @@ class HostArgs:
     subnetwork_id: pulumi.Input[str]
     public_ip: pulumi.Input[str]
     target_tag: str
+    apis: ProjectApis
     data_disk_snapshot: Optional[str] = None  # set to restore: the data disk is recreated from it
 
 
@@ -46,21 +49,23 @@ class MailHost(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: HostArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("postal-gateway:index:MailHost", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
+        apis = args.apis
+        compute = apis.after("compute.googleapis.com", parent=self)
         self.service_account = gcp.serviceaccount.Account(
             f"{name}-sa", project=args.project, account_id=service_account_id(args.stack),
-            display_name="postal-gateway VM", opts=child)
+            display_name="postal-gateway VM", opts=apis.after("iam.googleapis.com", parent=self))
         member = self.service_account.email.apply(lambda email: f"serviceAccount:{email}")
         self.roles = [
             gcp.projects.IAMMember(f"{name}-{role.split('.')[-1].lower()}", project=args.project,
-                                   role=role, member=member, opts=child)
+                                   role=role, member=member, opts=apis.after(
+                                       "cloudresourcemanager.googleapis.com", "iam.googleapis.com", parent=self))
             for role in LOG_ROLES
         ]
-        self.ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=child)
+        self.ssh_key = tls.PrivateKey(f"{name}-ssh", algorithm="ED25519", opts=pulumi.ResourceOptions(parent=self))
         self.data_disk = gcp.compute.Disk(
             f"{name}-data", project=args.project, zone=args.zone, size=args.data_disk_size_gb,
             type="pd-balanced", labels=args.labels, snapshot=args.data_disk_snapshot,
-            opts=pulumi.ResourceOptions(parent=self, protect=True))
+            opts=apis.after("compute.googleapis.com", parent=self, protect=True))
         self.snapshot_policy = gcp.compute.ResourcePolicy(
             f"{name}-snapshots", project=args.project, region=args.region,
             description="daily snapshots of the postal-gateway data disk",
@@ -69,17 +74,18 @@ class MailHost(pulumi.ComponentResource):
                 "retention_policy": {"max_retention_days": args.snapshot_retention_days,
                                      "on_source_disk_delete": "KEEP_AUTO_SNAPSHOTS"},
                 "snapshot_properties": {"labels": args.labels, "guest_flush": False},
-            }, opts=child)
+            }, opts=compute)
         self.snapshot_attachment = gcp.compute.DiskResourcePolicyAttachment(
             f"{name}-data-snapshots", project=args.project, zone=args.zone,
             disk=self.data_disk.name, name=self.snapshot_policy.name,
             # a disk takes one snapshot schedule: detach the old one before attaching its replacement
-            opts=pulumi.ResourceOptions(parent=self, delete_before_replace=True))
+            opts=apis.after("compute.googleapis.com", parent=self, delete_before_replace=True))
         # A separate boot disk resizes in place; a size in the instance's initializeParams would replace the VM.
+        # A new monthly image never replaces it (ignore_changes).
         self.boot_disk = gcp.compute.Disk(
             f"{name}-boot", project=args.project, zone=args.zone, image=ROCKY_IMAGE,
             size=args.boot_disk_size_gb, type="pd-balanced", labels=args.labels,
-            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["image"]))  # a new monthly image never replaces it
+            opts=apis.after("compute.googleapis.com", parent=self, ignore_changes=["image"]))
         ssh_keys = self.ssh_key.public_key_openssh.apply(lambda key: f"{SSH_USER}:{key.strip()} {SSH_USER}")
         self.instance = gcp.compute.Instance(
             f"{name}-vm", project=args.project, zone=args.zone, machine_type=args.machine_type,
@@ -94,7 +100,8 @@ class MailHost(pulumi.ComponentResource):
             shielded_instance_config={"enable_secure_boot": True, "enable_vtpm": True,
                                       "enable_integrity_monitoring": True},
             # the new VM needs the static IP and the data disk the old one holds: delete it first
-            opts=pulumi.ResourceOptions(parent=self, depends_on=self.roles, delete_before_replace=True))
+            opts=apis.after("compute.googleapis.com", parent=self, depends_on=self.roles,
+                            delete_before_replace=True))
         self.instance_id = self.instance.instance_id
         self.ssh_user = SSH_USER
         self.ssh_private_key = pulumi.Output.secret(self.ssh_key.private_key_openssh)

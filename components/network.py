@@ -1,4 +1,4 @@
-"""MailNetwork: the Compute API, a VPC without IPv6, the static public IP and firewall rules."""
+"""MailNetwork: a VPC without IPv6, the static public IP and firewall rules."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
+
+from components.apis import ProjectApis
 
 TARGET_TAG = "postal-gateway"
 SUBNET_RANGE = "10.64.0.0/24"
@@ -20,6 +22,7 @@ class NetworkArgs:
     smtp_source_ranges: tuple[str, ...]
     web_source_ranges: tuple[str, ...]
     labels: dict[str, str]
+    apis: ProjectApis
 
 
 class MailNetwork(pulumi.ComponentResource):
@@ -27,14 +30,10 @@ class MailNetwork(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("postal-gateway:index:MailNetwork", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        self.compute_api = gcp.projects.Service(
-            f"{name}-compute-api", project=args.project, service="compute.googleapis.com",
-            disable_on_destroy=False, opts=child)
-        after_api = pulumi.ResourceOptions(parent=self, depends_on=[self.compute_api])
+        child = args.apis.after("compute.googleapis.com", parent=self)
         self.vpc = gcp.compute.Network(
             f"{name}-vpc", project=args.project, auto_create_subnetworks=False,
-            description="postal-gateway", opts=after_api)
+            description="postal-gateway", opts=child)
         self.subnetwork = gcp.compute.Subnetwork(
             f"{name}-subnet", project=args.project, region=args.region, network=self.vpc.id,
             ip_cidr_range=SUBNET_RANGE, stack_type="IPV4_ONLY", private_ip_google_access=True,
@@ -43,7 +42,7 @@ class MailNetwork(pulumi.ComponentResource):
             f"{name}-ip", project=args.project, region=args.region, address_type="EXTERNAL",
             network_tier="PREMIUM", labels=args.labels,
             description="postal-gateway public IP: the Google Workspace SMTP relay allowlist entry",
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.compute_api], protect=True))
+            opts=args.apis.after("compute.googleapis.com", parent=self, protect=True))
         rules = {
             "ssh": (["22"], args.ssh_source_ranges),
             "smtp": (["25"], args.smtp_source_ranges),
