@@ -65,7 +65,9 @@ class MailHost(pulumi.ComponentResource):
         self.data_disk = gcp.compute.Disk(
             f"{name}-data", project=args.project, zone=args.zone, size=args.data_disk_size_gb,
             type="pd-balanced", labels=args.labels, snapshot=args.data_disk_snapshot,
-            opts=apis.after("compute.googleapis.com", parent=self, protect=True))
+            # A restore (a new `snapshot`) replaces the disk: auto-named, so the new one is created
+            # next to the old one, which is only dropped from the state (retained), never deleted.
+            opts=apis.after("compute.googleapis.com", parent=self, protect=True, retain_on_delete=True))
         self.snapshot_policy = gcp.compute.ResourcePolicy(
             f"{name}-snapshots", project=args.project, region=args.region,
             description="daily snapshots of the postal-gateway data disk",

@@ -74,6 +74,7 @@ class Registered:
     secret_outputs: set
     custom: bool
     delete_before_replace: bool = False
+    retain_on_delete: bool = False
     timeouts: dict = field(default_factory=dict)
 
 
@@ -160,6 +161,7 @@ class RecordingMonitor(mocks.MockMonitor):
             protect=request.protect, ignore_changes=list(request.ignoreChanges),
             depends_on=list(request.dependencies), secret_outputs=secret_outputs, custom=request.custom,
             delete_before_replace=request.deleteBeforeReplace,
+            retain_on_delete=request.retainOnDelete,
             timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update}))
         return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=obj)
 

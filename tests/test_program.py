@@ -50,12 +50,23 @@ def test_protected_data_disk_with_daily_snapshots(run):
     assert vm.delete_before_replace  # a replacement VM needs the IP and the disk the old one holds
 
 
-def test_restore_recreates_the_data_disk_from_a_snapshot():
+def keeps(run):
+    """(protected, retained) resource names of a run."""
+    return ({r.name for r in run.resources if r.protect}, {r.name for r in run.resources if r.retain_on_delete})
+
+
+def test_restore_recreates_the_data_disk_and_never_deletes_the_live_one(run):
     restored = program.run({NS + "dataDiskSnapshot": "postal-data-20261120"})
     (disk,) = [d for d in restored.of_type("gcp:compute/disk:Disk") if d.protect]
     assert disk.inputs["snapshot"] == "postal-data-20261120"  # a new input: forces a new disk (once unprotected)
+    # The old disk is only dropped from the state; the new one gets a fresh auto-name (the engine
+    # re-runs Check without the old inputs on a replacement), so the two never collide, and it is
+    # created before the old one is let go (no delete_before_replace), while the VM swaps the attachment.
+    assert disk.retain_on_delete and "name" not in disk.inputs and not disk.delete_before_replace
     (vm,) = restored.of_type("gcp:compute/instance:Instance")
     assert vm.inputs["attachedDisks"][0]["source"].endswith(disk.name)
+    # a restore protects and retains exactly what a normal run does: the static IP and the data disk
+    assert keeps(restored) == keeps(run) == ({"postal-ip", "postal-data"}, {"postal-data"})
 
 
 def test_firewall_rules_exactly_as_configured(run):
