@@ -20,6 +20,8 @@ from typing import Any, Callable, Optional
 import pulumi
 from pulumi.runtime import config as runtime_config
 
+from policy.netranges import world_open
+
 NAMESPACE = "postal-gateway"
 
 TLS_MODES = ("letsencrypt", "internal", "custom")
@@ -34,7 +36,6 @@ SMALL_MACHINE_TYPES = frozenset({
 })
 
 DEFAULTS: dict[str, Any] = {
-    "webSourceRanges": ["0.0.0.0/0"],
     "tls": "letsencrypt",
     "machineType": "e2-medium",
     "bootDiskSizeGb": 20,
@@ -349,7 +350,10 @@ def load(stack: Optional[str] = None) -> MailConfig:
                   required=True)
     smtp = r.value("smtpSourceRanges", parse_cidrs, cidr,
                    "pulumi config set --path 'smtpSourceRanges[0]' 10.0.0.0/8", required=True)
-    web = r.value("webSourceRanges", parse_cidrs, cidr, "pulumi config set --path 'webSourceRanges[0]' 0.0.0.0/0")
+    web = r.value("webSourceRanges", parse_cidrs, cidr,
+                  "pulumi config set --path 'webSourceRanges[0]' 203.0.113.0/24 (or unset it: the SMTP and SSH ranges)")
+    if web is None and r.raw("webSourceRanges") is None and smtp and ssh:
+        web = tuple(dict.fromkeys(smtp + ssh))  # 443: the networks that already talk to the gateway
     tls = r.value("tls", parse_choice(TLS_MODES), " | ".join(TLS_MODES), "pulumi config set tls letsencrypt")
     machine = r.value("machineType", parse_machine_type, "a machine type with at least 4 GB, e.g. e2-medium",
                       "pulumi config set machineType e2-medium")
@@ -424,9 +428,12 @@ def load(stack: Optional[str] = None) -> MailConfig:
 def warnings(cfg: MailConfig) -> list[str]:
     """Legal but risky settings, logged as warnings by the program."""
     notes = []
-    for name, ranges in (("sshSourceRanges", cfg.ssh_source_ranges), ("smtpSourceRanges", cfg.smtp_source_ranges)):
-        if "0.0.0.0/0" in ranges:
-            notes.append(f"{NAMESPACE}:{name} opens the port to the whole Internet")
+    for name, port, ranges in (("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
+                               ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
+                               ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges)):
+        if world_open(ranges):
+            notes.append(f"{NAMESPACE}:{name} opens port {port} to the whole Internet "
+                         f"({', '.join(world_open(ranges))} cover most of it); narrow it to the networks that need it")
     if not any(_within(cfg.hostname, d) for d in cfg.sending_domains):
         notes.append(f"{NAMESPACE}:hostname {cfg.hostname} is not under a sending domain; Google identifies "
                      "the relay customer by HELO, so it must sit under the Workspace primary domain")

@@ -1,4 +1,5 @@
-"""MailNetwork: a VPC without IPv6, the static public IP and firewall rules."""
+"""MailNetwork: a VPC without IPv6, the static public IP and firewall rules (22 and 25 from
+their ranges, 80 from anywhere for ACME, 443 from webSourceRanges)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ class MailNetwork(pulumi.ComponentResource):
         rules = {
             "ssh": (["22"], args.ssh_source_ranges),
             "smtp": (["25"], args.smtp_source_ranges),
-            "web": (["80", "443"], args.web_source_ranges),
+            # Let's Encrypt's HTTP-01 challenge comes from anywhere; Caddy redirects the rest to 443.
+            "http": (["80"], ("0.0.0.0/0",)),
+            "https": (["443"], args.web_source_ranges),
         }
         self.firewalls = {
             rule: gcp.compute.Firewall(

@@ -12,12 +12,13 @@ not say which inputs are secret.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Mapping
 from typing import Any
 
 from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+
+from netranges import world_open  # policy/ is on sys.path in the pack (and in the tests)
 
 FIREWALL = "gcp:compute/firewall:Firewall"
 ADDRESS = "gcp:compute/address:Address"
@@ -29,19 +30,21 @@ COMMAND = "command:remote:Command"
 GUARDED_PORTS = {
     22: ("SSH", "sshSourceRanges", "203.0.113.7/32 (the machine running pulumi up)"),
     25: ("SMTP", "smtpSourceRanges", "10.0.0.0/8 (the networks of the internal senders)"),
+    443: ("HTTPS: Postal's web UI and API", "webSourceRanges",
+          "203.0.113.0/24 (or unset it: the SMTP and SSH ranges)"),
 }
-TCP_PROTOCOLS = {"tcp", "6", "all"}  # SSH and SMTP run over TCP; "all" covers every protocol
+TCP_PROTOCOLS = {"tcp", "6", "all"}  # SSH, SMTP and HTTPS run over TCP; "all" covers every protocol
 
 
-# --- no-open-ssh-smtp -------------------------------------------------------------------------
+# --- no-open-ssh-smtp, web-ui-not-world-open ---------------------------------------------------
 
-def _ports(allow: Mapping) -> set[int]:
+def _ports(allow: Mapping, guarded) -> set[int]:
     """The guarded ports an `allows` entry opens; no `ports` (or protocol all) means every port."""
     if str(allow.get("protocol", "")).lower() not in TCP_PROTOCOLS:
         return set()
     ports = allow.get("ports")
     if not ports:
-        return set(GUARDED_PORTS)
+        return set(guarded)
     opened = set()
     for item in ports:
         low, _, high = str(item).strip().partition("-")
@@ -49,42 +52,38 @@ def _ports(allow: Mapping) -> set[int]:
             low_n, high_n = int(low), int(high or low)
         except ValueError:
             continue  # not a port number: GCP rejects it anyway
-        opened |= {p for p in GUARDED_PORTS if low_n <= p <= high_n}
+        opened |= {p for p in guarded if low_n <= p <= high_n}
     return opened
 
 
-def _whole_internet(cidr: Any) -> bool:
-    """0.0.0.0/0, ::/0 or any other /0 range."""
-    try:
-        return ipaddress.ip_network(str(cidr).strip(), strict=False).prefixlen == 0
-    except ValueError:
-        return str(cidr).strip().endswith("/0")
-
-
-def _check_firewall(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != FIREWALL:
-        return
-    props = args.props
-    if str(props.get("direction") or "INGRESS").upper() != "INGRESS":
-        return  # egress rules have destination ranges, not sources
-    ports = set()
-    for allow in props.get("allows") or []:
-        ports |= _ports(allow)
-    if not ports:
-        return
-    ranges = list(props.get("sourceRanges") or [])
-    open_ranges = [r for r in ranges if _whole_internet(r)]
-    if not ranges and not props.get("sourceTags") and not props.get("sourceServiceAccounts"):
-        open_ranges = ["0.0.0.0/0 (GCP's default for an ingress rule without sources)"]
-    if not open_ranges:
-        return
-    for port in sorted(ports):
-        what, key, example = GUARDED_PORTS[port]
-        report_violation(
-            f"Firewall '{args.name}' opens port {port} ({what}) to the whole Internet "
-            f"({', '.join(map(str, open_ranges))}). Fix: set postal-gateway:{key} to the ranges that really "
-            f"need it, e.g. `pulumi config set --path '{key}[0]' {example}`, or narrow sourceRanges in the "
-            "code that defines this rule (components/network.py).", args.urn)
+def _firewall_check(guarded: tuple[int, ...]):
+    """A validate function reporting each of `guarded` that an ingress rule opens to (most of) the
+    Internet: a /0, or ranges that together cover half of the address space (netranges.py)."""
+    def check(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+        if args.resource_type != FIREWALL:
+            return
+        props = args.props
+        if str(props.get("direction") or "INGRESS").upper() != "INGRESS":
+            return  # egress rules have destination ranges, not sources
+        ports = set()
+        for allow in props.get("allows") or []:
+            ports |= _ports(allow, guarded)
+        if not ports:
+            return
+        ranges = list(props.get("sourceRanges") or [])
+        open_ranges = world_open(ranges)
+        if not ranges and not props.get("sourceTags") and not props.get("sourceServiceAccounts"):
+            open_ranges = ["0.0.0.0/0 (GCP's default for an ingress rule without sources)"]
+        if not open_ranges:
+            return
+        for port in sorted(ports):
+            what, key, example = GUARDED_PORTS[port]
+            report_violation(
+                f"Firewall '{args.name}' opens port {port} ({what}) to the whole Internet "
+                f"({', '.join(map(str, open_ranges))} cover most of it). Fix: set postal-gateway:{key} to the "
+                f"ranges that really need it, e.g. `pulumi config set --path '{key}[0]' {example}`, or narrow "
+                "sourceRanges in the code that defines this rule (components/network.py).", args.urn)
+    return check
 
 
 # --- static-ip-protected, data-disk-protected -------------------------------------------------
@@ -170,15 +169,21 @@ def _check_command(args: ResourceValidationArgs, report_violation: ReportViolati
     # markers; only remediations see them), so a policy cannot tell a secret stdin from a plain one.
 
 
-def _policy(name: str, description: str, validate) -> ResourceValidationPolicy:
+def _policy(name: str, description: str, validate,
+            level: EnforcementLevel = EnforcementLevel.MANDATORY) -> ResourceValidationPolicy:
     return ResourceValidationPolicy(name=name, description=description, validate=validate,
-                                    enforcement_level=EnforcementLevel.MANDATORY)
+                                    enforcement_level=level)
 
 
 POLICIES: list[ResourceValidationPolicy] = [
     _policy("no-open-ssh-smtp",
-            "Firewall rules that open port 22 (SSH) or 25 (SMTP) must not allow 0.0.0.0/0 or any other /0 range.",
-            _check_firewall),
+            "Firewall rules that open port 22 (SSH) or 25 (SMTP) must not allow 0.0.0.0/0, any other /0, or "
+            "ranges that together cover half of the address space.",
+            _firewall_check((22, 25))),
+    # Advisory: opening the web UI to everyone is a choice an operator may make (with a warning).
+    _policy("web-ui-not-world-open",
+            "Firewall rules that open port 443 (Postal's web UI and API) to most of the Internet are reported.",
+            _firewall_check((443,)), EnforcementLevel.ADVISORY),
     _policy("static-ip-protected",
             "The static IP (the Workspace SMTP relay allowlist entry) must be protected.",
             _check_address),

@@ -105,7 +105,8 @@ def changed(before, after):
     ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
     ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
     ({NS + "selinux": "permissive"}, {"postal-os"}),
-    ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh"}),
+    ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
+    ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
     ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),
 ])
 def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):

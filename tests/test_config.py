@@ -146,7 +146,7 @@ def test_defaults_and_normalisation():
     assert cfg.hostname == "postal.rdo-dev.com"
     assert cfg.cloudflare_zone == "rdo-dev.com"
     assert cfg.ssh_source_ranges == ("203.0.113.7/32",)
-    assert cfg.web_source_ranges == ("0.0.0.0/0",)
+    assert cfg.web_source_ranges == ("10.0.0.0/8", "198.51.100.0/24", "203.0.113.7/32")  # SMTP + SSH ranges
     assert (cfg.tls, cfg.machine_type, cfg.postal_version, cfg.selinux) == (
         "letsencrypt", "e2-medium", "3.3.6", "enforcing")
     assert (cfg.boot_disk_size_gb, cfg.data_disk_size_gb, cfg.snapshot_retention_days) == (20, 50, 14)
@@ -169,8 +169,28 @@ def test_prod_stack_file_is_valid():
     assert not any("secure" in k.lower() or "token" in k.lower() for k in stack)
 
 
+@pytest.mark.parametrize("ranges, world", [
+    ('["0.0.0.0/0"]', True),
+    ('["0.0.0.0/1", "128.0.0.0/1"]', True),  # the whole Internet in two rules
+    ('["0.0.0.0/2", "64.0.0.0/2", "10.0.0.0/8"]', True),  # exactly half, merged
+    ('["0.0.0.0/2", "128.0.0.0/3"]', False),  # three eighths
+    ('["128.0.0.0/1"]', True),
+    ('["10.0.0.0/8", "198.51.100.0/24"]', False),
+])
+def test_443_open_to_most_of_the_internet_is_a_warning(ranges, world):
+    notes = config.warnings(load({NS + "webSourceRanges": ranges}))
+    assert any("webSourceRanges opens port 443" in n for n in notes) == world, notes
+
+
+def test_default_443_ranges_are_not_world_open_and_follow_the_smtp_and_ssh_ranges():
+    cfg = load({NS + "sshSourceRanges": '["203.0.113.7/32"]', NS + "smtpSourceRanges": '["198.51.100.0/24"]'})
+    assert cfg.web_source_ranges == ("198.51.100.0/24", "203.0.113.7/32")
+    assert config.warnings(cfg) == []
+
+
 def test_warnings_for_open_ports_and_foreign_hostname():
     cfg = load({NS + "smtpSourceRanges": '["0.0.0.0/0"]', NS + "hostname": "postal.other-zone.org",
                 NS + "cloudflareZone": "other-zone.org"})
     notes = " ".join(config.warnings(cfg))
-    assert "smtpSourceRanges opens the port" in notes and "not under a sending domain" in notes
+    assert "smtpSourceRanges opens port 25" in notes and "not under a sending domain" in notes
+    assert "webSourceRanges opens port 443" in notes  # derived from the SMTP ranges, so world-open too

@@ -61,8 +61,10 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
     bad = program.run({NS + "sshSourceRanges": '["0.0.0.0/0"]', NS + "smtpSourceRanges": '["0.0.0.0/0"]'})
     assert bad.error is None, bad.error  # config accepts it (with a warning); the policy stops it
     found = violations(bad.resources)
-    assert {p for p, _, _ in found} == {"no-open-ssh-smtp"}
-    by_urn = {urn: message for _, urn, message in found}
+    # 443 defaults to the SMTP and SSH ranges, so it is world-open too (advisory)
+    assert {(p, urn) for p, urn, _ in found if p != "no-open-ssh-smtp"} == {
+        ("web-ui-not-world-open", bad.named("postal-allow-https").urn)}
+    by_urn = {urn: message for p, urn, message in found if p == "no-open-ssh-smtp"}
     assert set(by_urn) == {bad.named("postal-allow-ssh").urn, bad.named("postal-allow-smtp").urn}
     ssh, smtp = by_urn[bad.named("postal-allow-ssh").urn], by_urn[bad.named("postal-allow-smtp").urn]
     assert "'postal-allow-ssh'" in ssh and "port 22" in ssh and "postal-gateway:sshSourceRanges" in ssh
@@ -81,11 +83,26 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
     ({"allows": [{"protocol": "udp", "ports": ["22"]}]}, False),
     ({"allows": [{"protocol": "tcp", "ports": ["80", "443", "26-1000"]}]}, False),
     ({"sourceRanges": ["203.0.113.7/32"]}, False),
+    ({"sourceRanges": ["0.0.0.0/1", "128.0.0.0/1"]}, True),  # the whole Internet in two ranges
+    ({"sourceRanges": ["0.0.0.0/2", "64.0.0.0/2"]}, True),  # half of it
+    ({"sourceRanges": ["0.0.0.0/2", "128.0.0.0/3", "10.0.0.0/8"]}, False),  # three eighths
 ])
 def test_firewall_rule_shapes(run, changes, flagged):
     rule = with_inputs(run.named("postal-allow-ssh"), sourceRanges=["0.0.0.0/0"])
     found = violations([with_inputs(rule, **changes)], [policy_named("no-open-ssh-smtp")])
     assert bool(found) == flagged, found
+
+
+def test_https_is_not_world_open_by_default_while_acme_port_80_is(run):
+    http, https = run.named("postal-allow-http"), run.named("postal-allow-https")
+    assert http.inputs["allows"] == [{"protocol": "tcp", "ports": ["80"]}]
+    assert http.inputs["sourceRanges"] == ["0.0.0.0/0"]  # Let's Encrypt's HTTP-01 validation comes from anywhere
+    assert violations([http, https]) == []
+    for ranges in (["0.0.0.0/0"], ["0.0.0.0/1", "128.0.0.0/1"]):
+        found = violations([with_inputs(https, sourceRanges=ranges)])
+        assert [(p, urn) for p, urn, _ in found] == [("web-ui-not-world-open", https.urn)]
+        assert "port 443" in found[0][2] and "postal-gateway:webSourceRanges" in found[0][2]
+    assert policy_named("web-ui-not-world-open").enforcement_level == EnforcementLevel.ADVISORY
 
 
 def test_static_ip_and_data_disk_must_be_protected(run):
@@ -137,11 +154,12 @@ def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):
 
 def test_pack_entry_point_uses_every_policy():
     names = [p.name for p in POLICIES]
-    assert len(names) == len(set(names)) == 5
-    assert set(names) == {"no-open-ssh-smtp", "static-ip-protected", "data-disk-protected",
-                          "mail-records-unproxied", "no-plain-secrets-in-commands"}
+    assert len(names) == len(set(names)) == 6
+    assert set(names) == {"no-open-ssh-smtp", "web-ui-not-world-open", "static-ip-protected",
+                          "data-disk-protected", "mail-records-unproxied", "no-plain-secrets-in-commands"}
     assert all(isinstance(p, ResourceValidationPolicy) and p.description for p in POLICIES)
-    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES)
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES
+               if p.name != "web-ui-not-world-open")
     # __main__.py is parsed, not imported: building a PolicyPack waits for the engine
     tree = ast.parse((POLICY_DIR / "__main__.py").read_text())
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
