@@ -6,6 +6,7 @@ second SPF or DMARC record at a name that already has one this stack did not cre
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -16,6 +17,37 @@ from components.render import dkim_txt
 
 GOOGLE_SPF = "include:_spf.google.com"
 GUARDED_PREFIXES = ("v=spf1", "v=DMARC1")
+TXT_STRING_MAX = 255  # bytes in one DNS character-string (RFC 1035 3.3)
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def cloudflare_txt(text: str) -> str:
+    """TXT content as Cloudflare stores it, so that reading it back shows no diff.
+
+    Cloudflare's API: TXT content "must consist of quoted 'character strings' (RFC 1035), each
+    with a length of up to 255 bytes. Strings exceeding this allowed maximum length are
+    automatically split" (DNS records API, TXTRecord.content). A longer value (a 2048-bit DKIM
+    key) is therefore published as quoted 255-byte strings separated by spaces; a short one as is.
+    """
+    data = text.encode()
+    if len(data) <= TXT_STRING_MAX:
+        return text
+    chunks = [data[i:i + TXT_STRING_MAX].decode() for i in range(0, len(data), TXT_STRING_MAX)]
+    return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
+
+
+def txt_text(content: str) -> str:
+    """The value a resolver returns for TXT content, quoted or not: the strings joined, unescaped."""
+    content = (content or "").strip()
+    if not content.startswith('"'):
+        return content
+    return "".join(re.sub(r"\\(.)", r"\1", s) for s in _QUOTED.findall(content))
+
+
+def _guarded_prefix(text: str) -> Optional[str]:
+    """v=spf1 / v=DMARC1 when `text` is such a record (the version tag is case-insensitive)."""
+    head = text.split(";")[0].split()[0].lower() if text.strip() else ""
+    return next((p for p in GUARDED_PREFIXES if head == p.lower()), None)
 
 
 class DnsConflictError(pulumi.RunError):
@@ -70,12 +102,12 @@ def find_conflicts(specs: list[RecordSpec], existing: dict[str, list[dict]], com
     """Names where a guarded TXT record (SPF, DMARC) exists that this stack did not create."""
     problems = []
     for spec in specs:
-        prefix = next((p for p in GUARDED_PREFIXES if spec.type == "TXT" and str(spec.content).startswith(p)), None)
+        prefix = _guarded_prefix(str(spec.content)) if spec.type == "TXT" else None
         if prefix is None:
             continue
         for record in existing.get(spec.name, []):
-            content = str(record.get("content", "")).strip('"')
-            if content.startswith(prefix) and record.get("comment") != comment:
+            content = txt_text(str(record.get("content") or ""))  # Cloudflare may return it quoted
+            if _guarded_prefix(content) == prefix and record.get("comment") != comment:
                 problems.append(f"{spec.name} already has {content!r}")
     return problems
 
@@ -126,11 +158,15 @@ class MailDns(pulumi.ComponentResource):
         self.records = {
             spec.key: cloudflare.DnsRecord(
                 f"{name}-{spec.key}", zone_id=args.zone_ids[spec.zone], name=spec.name, type=spec.type,
-                content=spec.content, priority=spec.priority, ttl=1, proxied=False, comment=args.comment,
+                content=pulumi.Output.from_input(spec.content).apply(cloudflare_txt) if spec.type == "TXT"
+                else spec.content, priority=spec.priority, ttl=1, proxied=False, comment=args.comment,
                 opts=child)
             for spec in args.records
         }
-        self.published = pulumi.Output.all(*[
-            {"name": record.name, "type": record.type, "content": record.content}
-            for record in self.records.values()])
+        published = []
+        for spec in args.records:
+            record = self.records[spec.key]
+            content = record.content.apply(txt_text) if spec.type == "TXT" else record.content  # as resolvers answer
+            published.append({"name": record.name, "type": record.type, "content": content})
+        self.published = pulumi.Output.all(*published)
         self.register_outputs({"published": self.published})
