@@ -8,19 +8,20 @@ resource is registered.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import difflib
 import ipaddress
 import json
 import re
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
 from policy.netranges import world_open
+
+from components import certificate
 
 NAMESPACE = "postal-gateway"
 
@@ -29,11 +30,26 @@ RELAY_TLS_MODES = {"starttls": "STARTLS", "tls": "TLS", "none": "None"}  # Posta
 SELINUX_MODES = ("enforcing", "permissive")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 MIN_POSTAL_VERSION = (3, 3, 1)  # smtp_relays were broken before 3.3.1
-# Machine types with less than the 4 GB Postal needs.
-SMALL_MACHINE_TYPES = frozenset({
-    "e2-micro", "e2-small", "f1-micro", "g1-small", "e2-highcpu-2", "n1-standard-1",
-    "n1-highcpu-2", "n1-highcpu-4", "n2-highcpu-2", "n2d-highcpu-2",
-})
+MIN_MEMORY_GB = 4
+# Predefined x86 machine types with less than the 4 GB Postal needs, with their memory in GB, from
+# https://cloud.google.com/compute/docs/general-purpose-machines (E2, E2 shared-core, N1, N1
+# shared-core, N2, N2D) and https://cloud.google.com/compute/docs/compute-optimized-machines (C4D).
+# Every other predefined type of those pages has at least 4 GB (e2-medium, n4-highcpu-2,
+# c4-highcpu-2, c2d-highcpu-2, t2d-standard-1: exactly 4).
+SMALL_MACHINE_TYPES = {
+    "f1-micro": 0.6, "g1-small": 1.7, "e2-micro": 1, "e2-small": 2, "e2-highcpu-2": 2,
+    "n1-standard-1": 3.75, "n1-highcpu-2": 1.8, "n1-highcpu-4": 3.6, "n2-highcpu-2": 2,
+    "n2d-highcpu-2": 2, "c4d-highcpu-2": 3,
+}
+# Arm (arm64) series: Tau T2A, C4A and N4A (Axion), A4X (Grace). Postal publishes its image for
+# linux/amd64 only (postalserver/postal .github/workflows/ci.yml at 3.3.6: `platforms: linux/amd64`).
+ARM_SERIES = ("t2a", "c4a", "n4a", "a4x")
+# RFC 5737 documentation ranges: never anybody's real egress.
+DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+OUR_LABELS = ("app", "stack")
+CERT_WARNING_DAYS = 14
+# Keys whose values are secret whether or not they were set with --secret.
+SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")
 
 DEFAULTS: dict[str, Any] = {
     "tls": "letsencrypt",
@@ -57,15 +73,22 @@ KEYS = (
     "dataDiskSnapshot",
 )
 
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-_EMAIL_LOCAL = re.compile(r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}$")
-_VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-_MACHINE_TYPE = re.compile(r"^[a-z][a-z0-9]*-[a-z0-9-]+$")
-_CUSTOM_MACHINE = re.compile(r"^(?:[a-z0-9]+-)?custom-(\d+)-(\d+)(?:-ext)?$")
-_GCP_LABEL_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
-_GCP_LABEL_VALUE = re.compile(r"^[a-z0-9_-]{0,63}$")
-_ZONE = re.compile(r"^([a-z]+-[a-z]+\d+)-[a-z]$")
-_PEM = re.compile(r"-----BEGIN ([A-Z ]+)-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END \1-----")
+# Every pattern is applied with re.fullmatch (a `$` would let a trailing newline through).
+_TOKEN = re.compile(r"[!-~]+")  # printable ASCII: no whitespace, no control character
+_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
+_TLD = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
+# Local part of an e-mail address: the common subset, free of Caddyfile syntax (braces, quotes,
+# backticks, `#`, `$`) since adminEmail is rendered into the Caddyfile.
+_EMAIL_LOCAL = re.compile(r"(?![.])(?!.*[.]{2})[A-Za-z0-9._%+-]{1,64}(?<![.])")
+_VERSION = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")
+_MACHINE_TYPE = re.compile(r"[a-z][a-z0-9]*-[a-z0-9-]+")
+_CUSTOM_MACHINE = re.compile(r"(?:[a-z0-9]+-)?custom-(?:[0-9]+|micro|small|medium)-([0-9]+)(?:-ext)?")
+_GCP_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_GCP_LABEL_VALUE = re.compile(r"[a-z0-9_-]{0,63}")
+_PROJECT = re.compile(r"(?:[a-z0-9][a-z0-9.-]*[a-z0-9]:)?[a-z][a-z0-9-]{4,28}[a-z0-9]")
+_REGION = re.compile(r"[a-z]+-[a-z]+[0-9]+")
+_ZONE = re.compile(r"([a-z]+-[a-z]+[0-9]+)-[a-z]")
+_PEM_LABEL = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
 
 
 class ConfigError(pulumi.RunError):
@@ -101,6 +124,8 @@ class MailConfig:
     manage_spf: bool
     labels: tuple[tuple[str, str], ...]
     data_disk_snapshot: Optional[str] = None  # restore: the data disk is (re)created from this snapshot
+    tls_certificate_expires: Optional[datetime] = None  # tls=custom: the leaf's notAfter
+    secret_keys: frozenset = frozenset()  # keys whose values no message may show
 
     @property
     def relay_url(self) -> str:
@@ -137,8 +162,16 @@ def _label_value(text: str) -> str:
     return re.sub(r"[^a-z0-9_-]", "-", text.lower())[:63]
 
 
+class Invalid(ValueError):
+    """A bad value: `problem` never contains the value; `item` (the offending part) may."""
+
+    def __init__(self, problem: str, item: Any = None):
+        super().__init__(problem)
+        self.problem, self.item = problem, item
+
+
 class _Reader:
-    """Reads raw values and collects one message per bad key."""
+    """Reads raw values and collects one message per bad key; secret values are never shown."""
 
     def __init__(self, namespace: str = NAMESPACE):
         self.namespace = namespace
@@ -150,6 +183,13 @@ class _Reader:
     def raw(self, key: str) -> Optional[str]:
         value = runtime_config.get_config(self.key(key))
         return None if value is None or value == "" else str(value)
+
+    def secret(self, key: str) -> bool:
+        return (self.namespace == NAMESPACE and key in SECRET_KEYS) or runtime_config.is_config_secret(self.key(key))
+
+    def show(self, key: str, value: Any) -> str:
+        """`value` as a message may show it: quoted, or only the key's name when it is secret."""
+        return f"the secret {key}" if self.secret(key) else repr(value)
 
     def fail(self, key: str, message: str, fix: str) -> None:
         self.errors.append(f"{self.key(key)}: {message}. Fix: {fix}")
@@ -168,9 +208,25 @@ class _Reader:
         try:
             return parse(raw)
         except ValueError as err:
-            detail = f" ({err})" if str(err) else ""
-            self.fail(key, f"{raw!r} is not valid{detail}; expected {expected}", fix)
+            problem, item = (err.problem, err.item) if isinstance(err, Invalid) else (str(err), None)
+            if self.secret(key):
+                self.fail(key, f"the secret value is not valid ({problem}); expected {expected}", fix)
+            else:
+                detail = f"{item!r}: {problem}" if item is not None and str(item) != raw else problem
+                self.fail(key, f"{raw!r} is not valid ({detail}); expected {expected}", fix)
             return None
+
+
+def _token(raw: Any) -> str:
+    """A single word of printable ASCII: whitespace, control characters and non-ASCII are refused."""
+    text = str(raw)
+    if not text:
+        raise Invalid("an empty value")
+    if not text.isascii():
+        raise Invalid("contains a non-ASCII character (write an international domain name in its xn-- form)")
+    if not _TOKEN.fullmatch(text):
+        raise Invalid("contains whitespace or a control character (a trailing newline?)")
+    return text
 
 
 def _json(raw: str, kind: type) -> Any:
@@ -179,132 +235,149 @@ def _json(raw: str, kind: type) -> Any:
     except json.JSONDecodeError:
         value = raw if kind is str else None
     if not isinstance(value, kind):
-        raise ValueError(f"not a {kind.__name__}")
+        raise Invalid(f"not a {kind.__name__}")
     return value
 
 
+def _items(raw: str, parse: Callable[[str], Any]) -> list:
+    """A non-empty JSON list, each item parsed; an error names the item."""
+    items = _json(raw, list)
+    if not items:
+        raise Invalid("the list is empty")
+    parsed = []
+    for item in items:
+        try:
+            parsed.append(parse(item))
+        except Invalid as err:
+            raise Invalid(err.problem, item) from None
+    return parsed
+
+
 def parse_domain(raw: str) -> str:
-    name = raw.strip().lower().rstrip(".")
+    name = _token(raw).lower().removesuffix(".")
     labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
-        raise ValueError("not a fully qualified domain name")
-    if not re.match(r"^[a-z][a-z0-9-]*[a-z0-9]$", labels[-1]):
-        raise ValueError("the top-level label must be alphabetic")
+    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
+        raise Invalid("not a fully qualified domain name")
+    if not _TLD.fullmatch(labels[-1]):
+        raise Invalid("the top-level label must be alphabetic")
     return name
 
 
 def parse_domains(raw: str) -> tuple[str, ...]:
-    items = _json(raw, list)
-    if not items:
-        raise ValueError("the list is empty")
-    domains = tuple(parse_domain(str(item)) for item in items)
-    if len(set(domains)) != len(domains):
-        raise ValueError("a domain is listed twice")
-    return domains
+    domains = _items(raw, parse_domain)
+    for domain in domains:
+        if domains.count(domain) > 1:
+            raise Invalid("listed twice (letter case and a final dot do not count)", domain)
+    return tuple(domains)
 
 
 def parse_email(raw: str) -> str:
-    local, sep, domain = raw.strip().rpartition("@")
-    if not sep or not _EMAIL_LOCAL.match(local) or local.startswith(".") or ".." in local:
-        raise ValueError("not an e-mail address")
+    local, sep, domain = _token(raw).rpartition("@")
+    if not sep or not _EMAIL_LOCAL.fullmatch(local):
+        raise Invalid("not an e-mail address of letters, digits and . _ % + - before the @")
     return f"{local}@{parse_domain(domain)}"
 
 
+def _cidr(item: Any) -> str:
+    text = _token(item)
+    try:
+        network = ipaddress.ip_network(text, strict=True)
+    except ValueError as err:  # the message repeats the item: keep only the problem
+        raise Invalid(str(err).replace(repr(text), "").replace(text, "").strip() or "not a CIDR range") from None
+    if network.version != 4:
+        raise Invalid("IPv6; the VM has no IPv6 address")
+    return str(network)
+
+
 def parse_cidrs(raw: str) -> tuple[str, ...]:
-    items = _json(raw, list)
-    if not items:
-        raise ValueError("the list is empty")
-    ranges = []
-    for item in items:
-        try:
-            network = ipaddress.ip_network(str(item).strip(), strict=True)
-        except ValueError as err:
-            raise ValueError(str(err)) from None
-        if network.version != 4:
-            raise ValueError(f"{item} is IPv6; the VM has no IPv6 address")
-        ranges.append(str(network))
-    return tuple(dict.fromkeys(ranges))
+    return tuple(dict.fromkeys(_items(raw, _cidr)))
 
 
 def parse_int(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
-        value = _json(raw, int)
+        value = _json(_token(raw), int)
         if isinstance(value, bool) or not low <= value <= high:
-            raise ValueError(f"outside {low}..{high}")
+            raise Invalid(f"outside {low}..{high}")
         return value
     return parse
 
 
 def parse_choice(choices) -> Callable[[str], str]:
     def parse(raw: str) -> str:
-        value = raw.strip().lower()
+        value = _token(raw).lower()
         if value not in choices:
-            raise ValueError(f"not one of {', '.join(choices)}")
+            raise Invalid(f"not one of {', '.join(choices)}")
         return value
     return parse
 
 
 def parse_bool(raw: str) -> bool:
-    value = str(raw).strip().lower()
-    if value not in ("true", "false"):
-        raise ValueError("not true or false")
-    return value == "true"
+    return parse_choice(("true", "false"))(raw) == "true"
 
 
 def parse_version(raw: str) -> str:
-    match = _VERSION.match(raw.strip())
+    match = _VERSION.fullmatch(_token(raw))
     if not match:
-        raise ValueError("not X.Y.Z")
+        raise Invalid("not X.Y.Z")
     if tuple(int(part) for part in match.groups()) < MIN_POSTAL_VERSION:
-        raise ValueError("Postal's smtp_relays work from 3.3.1 on")
-    return raw.strip()
+        raise Invalid("Postal's smtp_relays work from 3.3.1 on")
+    return raw
 
 
 def parse_machine_type(raw: str) -> str:
-    value = raw.strip()
-    if not _MACHINE_TYPE.match(value):
-        raise ValueError("not a Compute Engine machine type")
-    custom = _CUSTOM_MACHINE.match(value)
-    if value in SMALL_MACHINE_TYPES or (custom and int(custom.group(2)) < 4096):
-        raise ValueError("less than the 4 GB of memory Postal needs")
+    value = _token(raw)
+    if not _MACHINE_TYPE.fullmatch(value):
+        raise Invalid("not a Compute Engine machine type")
+    if value.split("-")[0] in ARM_SERIES:
+        raise Invalid("an Arm (arm64) type; Postal publishes its container image for linux/amd64 only")
+    custom = _CUSTOM_MACHINE.fullmatch(value)
+    memory = int(custom.group(1)) / 1024 if custom else SMALL_MACHINE_TYPES.get(value)
+    if memory is not None and memory < MIN_MEMORY_GB:
+        raise Invalid(f"{memory:g} GB of memory, less than the {MIN_MEMORY_GB} GB Postal needs")
     return value
 
 
 def parse_relay_host(raw: str) -> str:
     try:
-        ipaddress.ip_address(raw.strip())
+        ipaddress.ip_address(_token(raw))
     except ValueError:
         return parse_domain(raw)
-    raise ValueError("an IP address; Postal resolves the relay by DNS name")
+    raise Invalid("an IP address; Postal resolves the relay by DNS name")
 
 
 def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
     labels = _json(raw, dict)
     for key, value in labels.items():
-        if not _GCP_LABEL_KEY.match(str(key)) or not _GCP_LABEL_VALUE.match(str(value)):
-            raise ValueError(f"label {key}={value} breaks GCP's rules (lowercase letters, digits, _ and -)")
+        try:
+            ok = _GCP_LABEL_KEY.fullmatch(_token(key)) and _GCP_LABEL_VALUE.fullmatch(str(value))
+        except Invalid as err:
+            raise Invalid(err.problem, key) from None
+        if not ok:
+            raise Invalid("breaks GCP's rules (lowercase letters, digits, _ and -; keys start with a letter)",
+                          f"{key}={value}")
+        if key in OUR_LABELS:
+            raise Invalid(f"{key} is set by the stack ({', '.join(OUR_LABELS)} find its resources); "
+                          "use another label key")
+    if len(labels) + len(OUR_LABELS) > 64:
+        raise Invalid(f"more than {64 - len(OUR_LABELS)} labels (GCP allows 64, the stack sets {len(OUR_LABELS)})")
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
-_SNAPSHOT = re.compile(r"^(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?$")
+_SNAPSHOT = re.compile(r"(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def parse_snapshot(raw: str) -> str:
-    if not _SNAPSHOT.match(raw.strip()):
-        raise ValueError(f"{raw!r} is not a snapshot name")
-    return raw.strip()
+    if not _SNAPSHOT.fullmatch(_token(raw)):
+        raise Invalid("not a snapshot name")
+    return raw
 
 
 def parse_pem(kind: str) -> Callable[[str], str]:
+    """The shape of a PEM value; `certificate.check_pair` checks the content."""
     def parse(raw: str) -> str:
-        blocks = _PEM.findall(raw)
-        if not blocks or not all(label.endswith(kind) for label, _ in blocks):
-            raise ValueError(f"no PEM {kind} block")
-        for _, body in blocks:
-            try:
-                base64.b64decode("".join(body.split()), validate=True)
-            except binascii.Error:
-                raise ValueError("the PEM body is not base64") from None
+        labels = _PEM_LABEL.findall(raw)
+        if not labels or not all(label.endswith(kind) for label in labels):
+            raise Invalid(f"no PEM {kind} block")
         return raw.strip() + "\n"
     return parse
 
@@ -325,18 +398,16 @@ def load(stack: Optional[str] = None) -> MailConfig:
     r = _Reader()
     _unknown_keys(r)
     gcp = _Reader("gcp")
-    project = gcp.raw("project")
-    if project is None:
-        gcp.fail("project", "is required", "pulumi config set gcp:project <project-id>")
-    region = gcp.raw("region")
-    if region is None:
-        gcp.fail("region", "is required", "pulumi config set gcp:region europe-west1")
-    zone = gcp.raw("zone")
-    zone_match = _ZONE.match(zone or "")
-    if zone is None:
-        gcp.fail("zone", "is required", "pulumi config set gcp:zone europe-west1-b")
-    elif not zone_match or (region and zone_match.group(1) != region):
-        gcp.fail("zone", f"{zone!r} is not a zone of region {region!r}", "use <region>-<letter>, e.g. europe-west1-b")
+    project = gcp.value("project", _pattern(_PROJECT, "not a project ID"),
+                        "a project ID: 6 to 30 lowercase letters, digits and hyphens",
+                        "pulumi config set gcp:project <project-id>", required=True)
+    region = gcp.value("region", _pattern(_REGION, "not a region name"), "a region such as europe-west1",
+                       "pulumi config set gcp:region europe-west1", required=True)
+    zone = gcp.value("zone", _pattern(_ZONE, "not a zone name"), "a zone such as europe-west1-b",
+                     "pulumi config set gcp:zone europe-west1-b", required=True)
+    if zone and region and _ZONE.fullmatch(zone).group(1) != region:
+        gcp.fail("zone", f"{gcp.show('zone', zone)} is not a zone of region {gcp.show('region', region)}",
+                 "use <region>-<letter>, e.g. europe-west1-b")
 
     hostname = r.value("hostname", parse_domain, "a fully qualified domain name such as postal.example.com",
                        "pulumi config set hostname postal.example.com", required=True)
@@ -389,24 +460,16 @@ def load(stack: Optional[str] = None) -> MailConfig:
         if parent.count(".") >= 1:
             cf_zone = parent
         else:
-            r.fail("cloudflareZone", f"cannot be derived from hostname {hostname!r}", zone_fix)
+            r.fail("cloudflareZone", f"cannot be derived from hostname {r.show('hostname', hostname)}", zone_fix)
     if hostname and cf_zone and not _within(hostname, cf_zone):
-        r.fail("cloudflareZone", f"{cf_zone!r} does not contain hostname {hostname!r}", zone_fix)
+        r.fail("cloudflareZone", f"{r.show('cloudflareZone', cf_zone)} does not contain hostname "
+               f"{r.show('hostname', hostname)}", zone_fix)
+    if hostname and domains:
+        _check_names(r, hostname, domains)
+    if relay_tls and relay_port:
+        _check_relay(r, relay_tls, relay_port)
 
-    certificate = key = None
-    pem_fix = "pulumi config set --secret tlsCertificate < fullchain.pem (and tlsPrivateKey < key.pem)"
-    if tls == "custom":
-        certificate = r.value("tlsCertificate", parse_pem("CERTIFICATE"), "a PEM certificate chain", pem_fix,
-                              required=True)
-        key = r.value("tlsPrivateKey", parse_pem("PRIVATE KEY"), "a PEM private key", pem_fix, required=True)
-        for name in ("tlsCertificate", "tlsPrivateKey"):
-            if r.raw(name) is not None and not runtime_config.is_config_secret(r.key(name)):
-                r.fail(name, "is stored in plain text", f"pulumi config set --secret {name} < file.pem")
-    else:
-        for name in ("tlsCertificate", "tlsPrivateKey"):
-            if r.raw(name) is not None:
-                r.fail(name, f"is only used with tls=custom (tls is {tls})",
-                       f"pulumi config rm {name}, or pulumi config set tls custom")
+    pair = _custom_tls(r, tls, hostname)
 
     errors = r.errors + gcp.errors
     if errors:
@@ -416,8 +479,11 @@ def load(stack: Optional[str] = None) -> MailConfig:
         project=project, region=region, zone=zone, stack=stack or pulumi.get_stack(),
         hostname=hostname, sending_domains=domains, cloudflare_zone=cf_zone, admin_email=email,
         ssh_source_ranges=ssh, smtp_source_ranges=smtp, web_source_ranges=web, tls=tls,
-        tls_certificate=pulumi.Output.secret(certificate) if certificate else None,
-        tls_private_key=pulumi.Output.secret(key) if key else None,
+        tls_certificate=pulumi.Output.secret(pair[0].chain_pem) if pair else None,
+        tls_private_key=pulumi.Output.secret(pair[1]) if pair else None,
+        tls_certificate_expires=pair[0].expires if pair else None,
+        secret_keys=frozenset(k for k in KEYS if r.secret(k) or (
+            k == "webSourceRanges" and r.raw(k) is None and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges")))),
         machine_type=machine, boot_disk_size_gb=boot, data_disk_size_gb=data,
         snapshot_retention_days=retention, postal_version=version, relay_host=relay_host,
         relay_port=relay_port, relay_tls=relay_tls, selinux=selinux, dmarc_policy=dmarc,
@@ -425,18 +491,98 @@ def load(stack: Optional[str] = None) -> MailConfig:
     )
 
 
-def warnings(cfg: MailConfig) -> list[str]:
-    """Legal but risky settings, logged as warnings by the program."""
+def _pattern(pattern: re.Pattern, problem: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if not pattern.fullmatch(_token(raw)):
+            raise Invalid(problem)
+        return raw
+    return parse
+
+
+def derived_names(hostname: str) -> dict[str, str]:
+    """Names Postal derives from hostname (postal.yml `dns`), which no sending domain may take."""
+    return {prefix: f"{prefix}.{hostname}" for prefix in ("rp", "spf", "routes", "track")}
+
+
+def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
+    """Names that would collide in DNS or in Postal."""
+    host = r.show("hostname", hostname)
+    if hostname in domains:
+        r.fail("hostname", f"{host} is also a sending domain: its A record and Postal's web host would share "
+               "the domain's name", "use a host under the domain, e.g. pulumi config set hostname postal.<domain>")
+    if any(hostname == f"psrp.{d}" for d in domains):
+        r.fail("hostname", f"{host} is the return-path name (psrp.<domain>) of a sending domain",
+               "pulumi config set hostname postal.<domain>")
+    taken = {name: prefix for prefix, name in derived_names(hostname).items()}
+    for domain in domains:
+        if domain in taken:
+            r.fail("sendingDomains", f"{r.show('sendingDomains', domain)} is the {taken[domain]}. name Postal "
+                   f"derives from hostname", "remove it from sendingDomains (pulumi config set --path "
+                   "'sendingDomains[N]' …), or choose another hostname")
+
+
+def _check_relay(r: _Reader, relay_tls: str, relay_port: int) -> None:
+    """Implicit TLS listens on 465, STARTTLS on 587 (RFC 8314): the other pairing never connects."""
+    if relay_tls == "tls" and relay_port == 587:
+        r.fail("relayPort", "587 is the STARTTLS port, but relayTls is tls (implicit TLS, port 465)",
+               "pulumi config set relayTls starttls, or pulumi config set relayPort 465")
+    if relay_tls == "starttls" and relay_port == 465:
+        r.fail("relayPort", "465 is the implicit TLS port, but relayTls is starttls (port 587)",
+               "pulumi config set relayPort 587, or pulumi config set relayTls tls")
+
+
+def _custom_tls(r: _Reader, tls: Optional[str], hostname: Optional[str]) -> Optional[tuple]:
+    """tls=custom: (checked chain, key PEM); otherwise the PEM keys must be unset."""
+    names = certificate.CERT, certificate.KEY
+    if tls != "custom":
+        for name in names:
+            if r.raw(name) is not None:
+                r.fail(name, f"is only used with tls=custom (tls is {r.show('tls', tls)})",
+                       f"pulumi config rm {name}, or pulumi config set tls custom")
+        return None
+    fix = "pulumi config set --secret tlsCertificate < fullchain.pem (and tlsPrivateKey < key.pem)"
+    chain = r.value(names[0], parse_pem("CERTIFICATE"), "a PEM certificate chain", fix, required=True)
+    key = r.value(names[1], parse_pem("PRIVATE KEY"), "a PEM private key", fix, required=True)
+    for name in names:
+        if r.raw(name) is not None and not runtime_config.is_config_secret(r.key(name)):
+            r.fail(name, "is stored in plain text", f"pulumi config set --secret {name} < file.pem")
+    if not (chain and key and hostname):
+        return None
+    pair, problems = certificate.check_pair(chain, key, hostname, datetime.now(timezone.utc),
+                                              r.show("hostname", hostname))
+    for name, problem in problems:
+        r.fail(name, problem, f"{fix}, with a certificate for hostname and its own key, "
+               "leaf first then intermediates")
+    return (pair, key) if pair else None
+
+
+def warnings(cfg: MailConfig, now: Optional[datetime] = None) -> list[str]:
+    """Legal but risky settings, logged as warnings by the program (never showing a secret value)."""
     notes = []
-    for name, port, ranges in (("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
-                               ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
-                               ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges)):
+    ranges_by_key = (("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
+                     ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
+                     ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges))
+    for name, port, ranges in ranges_by_key:
+        hidden = name in cfg.secret_keys
         if world_open(ranges):
-            notes.append(f"{NAMESPACE}:{name} opens port {port} to the whole Internet "
-                         f"({', '.join(world_open(ranges))} cover most of it); narrow it to the networks that need it")
+            notes.append(f"{NAMESPACE}:{name} opens port {port} to the whole Internet ("
+                         f"{'its ranges' if hidden else ', '.join(world_open(ranges))} cover most of it); "
+                         "narrow it to the networks that need it")
+        documentation = [r for r in ranges if any(ipaddress.ip_network(r).subnet_of(d) for d in DOCUMENTATION_RANGES)]
+        if documentation:
+            notes.append(f"{NAMESPACE}:{name} lists RFC 5737 documentation addresses"
+                         f"{'' if hidden else ' (' + ', '.join(documentation) + ')'}, which are nobody's real "
+                         "address: replace them with your real egress range")
     if not any(_within(cfg.hostname, d) for d in cfg.sending_domains):
-        notes.append(f"{NAMESPACE}:hostname {cfg.hostname} is not under a sending domain; Google identifies "
+        host = "" if "hostname" in cfg.secret_keys else f" {cfg.hostname}"
+        notes.append(f"{NAMESPACE}:hostname{host} is not under a sending domain; Google identifies "
                      "the relay customer by HELO, so it must sit under the Workspace primary domain")
+    if cfg.tls_certificate_expires is not None:
+        left = cfg.tls_certificate_expires - (now or datetime.now(timezone.utc))
+        if left < timedelta(days=CERT_WARNING_DAYS):
+            notes.append(f"{NAMESPACE}:tlsCertificate expires on {cfg.tls_certificate_expires:%Y-%m-%d} "
+                         f"(in {max(left.days, 0)} days): renew it and set it again with pulumi config set "
+                         "--secret tlsCertificate < fullchain.pem")
     if cfg.relay_tls == "none":
         notes.append(f"{NAMESPACE}:relayTls none sends mail to the relay in plain text")
     return notes

@@ -5,14 +5,14 @@ import shlex
 
 import pytest
 
+import certs
 import program
 from program import commands, env_of, payload_of
 from components import render
 
 NS = "postal-gateway:"
 STEPS = ("os", "database", "postal", "caddy", "provision", "preflight")
-CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERTIFICATE-----\n"
-KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
+CERT, KEY = certs.pair()
 
 
 def test_one_command_per_step_running_its_script(run):

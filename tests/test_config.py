@@ -1,90 +1,189 @@
 """Config contract: defaults, normalisation, and every bad value stopping the run before any resource."""
 
 import json
+import re
+from datetime import timedelta
 
+import pulumi
 import pytest
 import yaml
 
+import certs
 import program
-from components import config
+from components import certificate, config
 
-CERT = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIUQ2VydA==\n-----END CERTIFICATE-----\n"
-KEY = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n"
 NS = "postal-gateway:"
+CERT, KEY = certs.pair()
+OTHER_CERT, OTHER_KEY = certs.issue("postal.rdo-dev.com")
+TLS = {"tls": "custom"}
 
+
+def custom(cert, key):
+    return {"tls": "custom", "tlsCertificate": cert, "tlsPrivateKey": key}
+
+
+# (key the error must name, overrides (key -> value, None removes it), text the key's line must contain).
+# Every case also runs with its keys set as --secret: the values must then never appear.
 BAD = [
-    # (key, value or None to remove, text the message must contain)
-    ("hostname", None, "is required"),
-    ("hostname", "postal", "not a fully qualified domain name"),
-    ("hostname", "postal..rdo-dev.com", "not a fully qualified domain name"),
-    ("hostname", "-postal.rdo-dev.com", "not a fully qualified domain name"),
-    ("hostname", "postal.rdo-dev.123", "top-level label"),
-    ("dataDiskSnapshot", "Daily_Snapshot", "not a snapshot name"),
-    ("dataDiskSnapshot", "projects/x/global/snapshots/s1", "not a snapshot name"),
-    ("sendingDomains", None, "is required"),
-    ("sendingDomains", "[]", "empty"),
-    ("sendingDomains", '["rdo-dev.com", "rdo-dev.com"]', "listed twice"),
-    ("sendingDomains", '["not a domain"]', "not a fully qualified domain name"),
-    ("sendingDomains", "rdo-dev.com", "not a list"),
-    ("cloudflareZone", "example.org", "does not contain hostname"),
-    ("adminEmail", None, "is required"),
-    ("adminEmail", "ops.rdo-dev.com", "not an e-mail address"),
-    ("adminEmail", "ops@localhost", "not a fully qualified domain name"),
-    ("sshSourceRanges", None, "is required"),
-    ("sshSourceRanges", '["10.0.0.1/8"]', "has host bits set"),
-    ("sshSourceRanges", '["300.1.1.1/32"]', "does not appear to be an IPv4 or IPv6 network"),
-    ("sshSourceRanges", '["2001:db8::/32"]', "IPv6"),
-    ("smtpSourceRanges", "[]", "empty"),
-    ("webSourceRanges", '["everyone"]', "does not appear to be"),
-    ("tls", "acme", "not one of letsencrypt, internal, custom"),
-    ("tls", "custom", "is required", "tlsCertificate"),
-    ("tlsCertificate", CERT, "only used with tls=custom"),
-    ("machineType", "e2-small", "4 GB"),
-    ("machineType", "e2-micro", "4 GB"),
-    ("machineType", "f1-micro", "4 GB"),
-    ("machineType", "g1-small", "4 GB"),
-    ("machineType", "custom-2-2048", "4 GB"),
-    ("machineType", "big machine", "not a Compute Engine machine type"),
-    ("bootDiskSizeGb", "10", "outside 20..2000"),
-    ("dataDiskSizeGb", "0", "outside 10..65536"),
-    ("dataDiskSizeGb", "fifty", "not a int"),
-    ("snapshotRetentionDays", "-1", "outside 1..3650"),
-    ("postalVersion", "latest", "not X.Y.Z"),
-    ("postalVersion", "3.3.0", "3.3.1"),
-    ("relayHost", "142.250.1.1", "IP address"),
-    ("relayPort", "70000", "outside 1..65535"),
-    ("relayPort", "587.5", "not a int"),
-    ("relayTls", "STARTTLS ", None),  # normalised: accepted (see test_relay_tls_is_case_insensitive)
-    ("relayTls", "ssl", "starttls | tls | none"),
-    ("selinux", "disabled", "enforcing | permissive"),
-    ("dmarcPolicy", "strict", "none | quarantine | reject"),
-    ("manageSpf", "yes", "true or false"),
-    ("labels", '{"Team": "x"}', "GCP's rules"),
-    ("labels", '["team"]', "not a dict"),
-    ("sshSourceRange", '["10.0.0.0/8"]', "did you mean sshSourceRanges?"),
-    ("gcp:project", None, "is required"),
-    ("gcp:zone", "us-east1-b", "is not a zone of region"),
+    ("hostname", {"hostname": None}, "is required"),
+    ("hostname", {"hostname": "mailhost"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "postal..rdo-dev.com"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "-postal.rdo-dev.com"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "postal.rdo-dev.123"}, "top-level label"),
+    ("hostname", {"hostname": "postal.rdo-dev.com\n"}, "whitespace or a control character"),
+    ("hostname", {"hostname": "postal.rdo-dev.com {"}, "whitespace or a control character"),
+    ("hostname", {"hostname": "postal.rdo\x07-dev.com"}, "whitespace or a control character"),
+    ("hostname", {"hostname": "{$HOST}.rdo-dev.com"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "p\u043estal.rdo-dev.com"}, "non-ASCII"),  # Cyrillic o
+    ("hostname", {"hostname": "rdo-dev.com", "cloudflareZone": "rdo-dev.com"}, "is also a sending domain"),
+    ("hostname", {"hostname": "psrp.rdo-dev.com"}, "return-path name"),
+    ("sendingDomains", {"sendingDomains": None}, "is required"),
+    ("sendingDomains", {"sendingDomains": "[]"}, "empty"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com", "rdo-dev.com"]'}, "listed twice"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com", "RDO-Dev.com."]'}, "listed twice"),
+    ("sendingDomains", {"sendingDomains": '["not-a-domain"]'}, "not a fully qualified domain name"),
+    ("sendingDomains", {"sendingDomains": '["rdo dev.com"]'}, "whitespace or a control character"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com\\n"]'}, "whitespace or a control character"),
+    ("sendingDomains", {"sendingDomains": "rdo-dev.com"}, "not a list"),
+    ("sendingDomains", {"sendingDomains": '["rp.postal.rdo-dev.com"]'}, "rp. name Postal derives from hostname"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com", "track.postal.rdo-dev.com"]'}, "track. name"),
+    ("cloudflareZone", {"cloudflareZone": "example.org"}, "does not contain hostname"),
+    ("cloudflareZone", {"cloudflareZone": "rdo-dev.com\r\n"}, "whitespace or a control character"),
+    ("adminEmail", {"adminEmail": None}, "is required"),
+    ("adminEmail", {"adminEmail": "ops.rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "ops@localhost"}, "not a fully qualified domain name"),
+    ("adminEmail", {"adminEmail": "{$HOME}@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": '"ops"@rdo-dev.com'}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "#ops@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "ops@rdo-dev.com\n"}, "whitespace or a control character"),
+    ("adminEmail", {"adminEmail": "ops @rdo-dev.com"}, "whitespace or a control character"),
+    ("sshSourceRanges", {"sshSourceRanges": None}, "is required"),
+    ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.1/8"]'}, "has host bits set"),
+    ("sshSourceRanges", {"sshSourceRanges": '["300.1.1.1/32"]'}, "does not appear to be an IPv4 or IPv6 network"),
+    ("sshSourceRanges", {"sshSourceRanges": '["2001:db8::/32"]'}, "IPv6"),
+    ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.0/8\\n"]'}, "whitespace or a control character"),
+    ("smtpSourceRanges", {"smtpSourceRanges": "[]"}, "empty"),
+    ("webSourceRanges", {"webSourceRanges": '["everyone"]'}, "does not appear to be"),
+    ("tls", {"tls": "acme"}, "not one of letsencrypt, internal, custom"),
+    ("tls", {"tls": "internal\n"}, "whitespace or a control character"),
+    ("tlsCertificate", {"tls": "custom"}, "is required"),
+    ("tlsCertificate", {"tlsCertificate": CERT}, "only used with tls=custom"),
+    ("tlsCertificate", custom(KEY, CERT), "no PEM CERTIFICATE block"),
+    ("tlsPrivateKey", custom(KEY, CERT), "no PEM PRIVATE KEY block"),
+    ("tlsCertificate", custom("-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n", KEY),
+     "does not parse as an X.509 certificate"),
+    ("tlsPrivateKey", custom(CERT, "-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n"),
+     "does not parse as a private key"),
+    ("tlsPrivateKey", custom(CERT, OTHER_KEY), "does not belong to any certificate"),
+    ("tlsPrivateKey", custom(CERT, certs.encrypted(KEY)), "encrypted with a passphrase"),
+    ("tlsCertificate", custom(*certs.issue("www.rdo-dev.com")), "does not cover hostname"),
+    ("tlsCertificate", custom(*certs.issue("*.postal.rdo-dev.com")), "does not cover hostname"),
+    ("tlsCertificate", custom(*certs.common_name_only()), "the common name is ignored"),
+    ("tlsCertificate", custom(*certs.issue("postal.rdo-dev.com", days=-1, start_days=-30)), "the certificate expired"),
+    ("tlsCertificate", custom(*certs.issue("postal.rdo-dev.com", start_days=2)), "not valid before"),
+    ("tlsCertificate", custom(CERT + certs.blocks(OTHER_CERT)[1], KEY), "do not belong to the chain"),
+    ("machineType", {"machineType": "e2-small"}, "2 GB of memory"),
+    ("machineType", {"machineType": "e2-micro"}, "1 GB of memory"),
+    ("machineType", {"machineType": "f1-micro"}, "0.6 GB of memory"),
+    ("machineType", {"machineType": "g1-small"}, "1.7 GB of memory"),
+    ("machineType", {"machineType": "n1-standard-1"}, "3.75 GB of memory"),
+    ("machineType", {"machineType": "n1-highcpu-4"}, "3.6 GB of memory"),
+    ("machineType", {"machineType": "c4d-highcpu-2"}, "3 GB of memory"),
+    ("machineType", {"machineType": "custom-2-2048"}, "2 GB of memory"),
+    ("machineType", {"machineType": "e2-custom-2-3840"}, "3.75 GB of memory"),
+    ("machineType", {"machineType": "n2-custom-2-3072-ext"}, "3 GB of memory"),
+    ("machineType", {"machineType": "e2-custom-small-2048"}, "2 GB of memory"),
+    ("machineType", {"machineType": "t2a-standard-4"}, "Arm (arm64)"),
+    ("machineType", {"machineType": "c4a-standard-8"}, "Arm (arm64)"),
+    ("machineType", {"machineType": "big machine"}, "whitespace or a control character"),
+    ("machineType", {"machineType": "e2-medium\n"}, "whitespace or a control character"),
+    ("bootDiskSizeGb", {"bootDiskSizeGb": "10"}, "outside 20..2000"),
+    ("dataDiskSizeGb", {"dataDiskSizeGb": "0"}, "outside 10..65536"),
+    ("dataDiskSizeGb", {"dataDiskSizeGb": "fifty"}, "not a int"),
+    ("snapshotRetentionDays", {"snapshotRetentionDays": "-1"}, "outside 1..3650"),
+    ("postalVersion", {"postalVersion": "latest"}, "not X.Y.Z"),
+    ("postalVersion", {"postalVersion": "3.3.0"}, "3.3.1"),
+    ("postalVersion", {"postalVersion": "\uff13.3.6"}, "non-ASCII"),  # fullwidth digit
+    ("relayHost", {"relayHost": "142.250.1.1"}, "IP address"),
+    ("relayHost", {"relayHost": "smtp-relay.gmail.com\n"}, "whitespace or a control character"),
+    ("relayPort", {"relayPort": "70000"}, "outside 1..65535"),
+    ("relayPort", {"relayPort": "587.5"}, "not a int"),
+    ("relayPort", {"relayTls": "tls"}, "587 is the STARTTLS port"),
+    ("relayPort", {"relayPort": "465"}, "465 is the implicit TLS port"),
+    ("relayTls", {"relayTls": "ssl"}, "not one of starttls, tls, none"),
+    ("relayTls", {"relayTls": "STARTTLS "}, "whitespace or a control character"),
+    ("selinux", {"selinux": "disabled"}, "not one of enforcing, permissive"),
+    ("dmarcPolicy", {"dmarcPolicy": "strict"}, "not one of none, quarantine, reject"),
+    ("manageSpf", {"manageSpf": "yes"}, "not one of true, false"),
+    ("labels", {"labels": '{"Team": "x"}'}, "GCP's rules"),
+    ("labels", {"labels": '{"team": "plat form"}'}, "GCP's rules"),
+    ("labels", {"labels": '["team"]'}, "not a dict"),
+    ("labels", {"labels": '{"app": "billing"}'}, "app is set by the stack"),
+    ("labels", {"labels": '{"stack": "staging"}'}, "stack is set by the stack"),
+    ("dataDiskSnapshot", {"dataDiskSnapshot": "Daily_Snapshot"}, "not a snapshot name"),
+    ("dataDiskSnapshot", {"dataDiskSnapshot": "projects/x/global/snapshots/s1"}, "not a snapshot name"),
+    ("dataDiskSnapshot", {"dataDiskSnapshot": "postal-data-1\n"}, "whitespace or a control character"),
+    ("sshSourceRange", {"sshSourceRange": '["10.0.0.0/8"]'}, "did you mean sshSourceRanges?"),
+    ("gcp:project", {"gcp:project": None}, "is required"),
+    ("gcp:project", {"gcp:project": "Acme Mail"}, "whitespace or a control character"),
+    ("gcp:region", {"gcp:region": "europe-west1\n"}, "whitespace or a control character"),
+    ("gcp:zone", {"gcp:zone": "us-east1-b"}, "is not a zone of region"),
+    ("gcp:zone", {"gcp:zone": "europe-west1"}, "not a zone name"),
 ]
-BAD_CASES = [case if len(case) == 4 else (*case, case[0]) for case in BAD if case[2] is not None]
 
 
 def key_of(name: str) -> str:
     return name if ":" in name else NS + name
 
 
-@pytest.mark.parametrize("key,value,expected,reported", BAD_CASES, ids=[f"{c[0]}={c[1]}" for c in BAD_CASES])
-def test_bad_value_stops_before_any_resource(key, value, expected, reported):
-    run = program.run({key_of(key): value})
-    assert isinstance(run.error, config.ConfigError), run.error
-    message = str(run.error)
-    line = next((l for l in message.splitlines() if l.strip().startswith(f"- {key_of(reported)}:")), None)
-    assert line is not None, message
-    assert expected in line and "Fix:" in line
+# Text a message may contain whatever the value: the validator's own words.
+VOCABULARY = "".join(open(module.__file__).read() for module in (config, certificate))
+
+
+def fragments(value: str) -> set:
+    """The value and every part of it a message could quote (JSON items, PEM lines), minus the
+    validator's own words: whatever else of it shows up in a message came from the value."""
+    parts = {value, value.strip()} | set(value.splitlines())
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, list):
+        parts |= {str(item) for item in parsed}
+    elif isinstance(parsed, dict):
+        parts |= {str(item) for pair in parsed.items() for item in pair}
+    return {p for p in parts if len(p.strip()) >= 4 and p not in VOCABULARY}
+
+
+def case_id(case):
+    return f"{case[0]}:{'+'.join(case[1])}={'|'.join(str(v)[:30] for v in case[1].values())}"
+
+
+@pytest.mark.parametrize("secret", [False, True], ids=["plain", "secret"])
+@pytest.mark.parametrize("reported,overrides,expected", BAD, ids=[case_id(c) for c in BAD])
+def test_bad_config_stops_before_any_resource(reported, overrides, expected, secret):
+    config_values = {key_of(k): v for k, v in overrides.items()}
+    secret_keys = [k for k, v in config_values.items() if v is not None] if secret else []
+    if TLS.items() <= overrides.items():  # the PEM pair is always set as secret, as the fix says
+        secret_keys = sorted(set(secret_keys) | {k for k in config_values if k.endswith(("Certificate", "Key"))})
+    run = program.run(config_values, secret_keys=tuple(secret_keys))
+    # a pulumi.RunError: the CLI prints the message alone, without a traceback
+    assert isinstance(run.error, config.ConfigError) and isinstance(run.error, pulumi.RunError), run.error
     assert run.resources == [] and run.invokes == []
+    header, *lines = str(run.error).splitlines()
+    assert header == "postal-gateway: invalid configuration"
+    assert all(re.fullmatch(r"  - (postal-gateway|gcp):\w+: .+\. Fix: .+", line) for line in lines), lines
+    line = next((l for l in lines if l.startswith(f"  - {key_of(reported)}:")), None)
+    assert line is not None and expected in line, lines
+    for key in secret_keys:
+        for part in fragments(config_values[key]):
+            assert part not in str(run.error), (key, part)
 
 
-def test_at_least_25_bad_values_are_covered():
-    assert len(BAD_CASES) >= 25
+def test_the_table_covers_every_key_and_at_least_40_configs():
+    assert len(BAD) >= 40
+    reported = {key_of(case[0]) for case in BAD}
+    assert {NS + k for k in config.KEYS} | {"gcp:project", "gcp:region", "gcp:zone"} <= reported
 
 
 def test_all_problems_reported_together():
@@ -93,23 +192,12 @@ def test_all_problems_reported_together():
     assert sorted(l.split(":")[1] for l in lines) == ["adminEmail", "relayPort", "tls"]
 
 
-def test_config_error_is_a_run_error_without_traceback():
-    # pulumi.RunError makes the language host print the message only.
-    assert issubclass(config.ConfigError, __import__("pulumi").RunError)
-
-
 def test_custom_tls_pair_must_be_secret():
     run = program.run({NS + "tls": "custom", NS + "tlsCertificate": CERT, NS + "tlsPrivateKey": KEY},
                       secret_keys=(NS + "tlsPrivateKey",))
     assert "postal-gateway:tlsCertificate: is stored in plain text" in str(run.error)
     assert "tlsPrivateKey: is stored" not in str(run.error)
-
-
-def test_custom_tls_rejects_swapped_pem():
-    run = program.run({NS + "tls": "custom", NS + "tlsCertificate": KEY, NS + "tlsPrivateKey": CERT},
-                      secret_keys=(NS + "tlsCertificate", NS + "tlsPrivateKey"))
-    assert "tlsCertificate: " in str(run.error) and "no PEM CERTIFICATE block" in str(run.error)
-    assert "no PEM PRIVATE KEY block" in str(run.error)
+    assert not any(line in str(run.error) for line in CERT.splitlines()[1:-1])
 
 
 def load(overrides=None, secret_keys=()):
@@ -142,7 +230,7 @@ def test_the_cli_would_find_every_required_key(project, stack):
 
 def test_defaults_and_normalisation():
     cfg = load({NS + "hostname": "Postal.RDO-dev.com.", NS + "sshSourceRanges": '["203.0.113.7"]',
-                NS + "relayTls": "STARTTLS "})
+                NS + "relayTls": "STARTTLS"})
     assert cfg.hostname == "postal.rdo-dev.com"
     assert cfg.cloudflare_zone == "rdo-dev.com"
     assert cfg.ssh_source_ranges == ("203.0.113.7/32",)
@@ -156,9 +244,11 @@ def test_defaults_and_normalisation():
     assert cfg.zone_for("mail.rdo-dev.com") == "rdo-dev.com"
 
 
-@pytest.mark.parametrize("mode,expected", [("starttls", "STARTLS"), ("tls", "TLS"), ("none", "None")])
-def test_relay_tls_renders_postals_spelling(mode, expected):
-    assert load({NS + "relayTls": mode}).relay_url.endswith(f"?ssl_mode={expected}")
+@pytest.mark.parametrize("mode,port,expected", [("starttls", 587, "STARTLS"), ("tls", 465, "TLS"),
+                                               ("none", 25, "None"), ("none", 587, "None")])
+def test_relay_tls_renders_postals_spelling(mode, port, expected):
+    cfg = load({NS + "relayTls": mode, NS + "relayPort": str(port)})
+    assert cfg.relay_url == f"smtp://smtp-relay.gmail.com:{port}?ssl_mode={expected}"
 
 
 def test_prod_stack_file_is_valid():

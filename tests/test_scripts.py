@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+import certs
 import fakehost
 import program
 from components import render
@@ -26,8 +27,7 @@ from program import commands
 
 STEPS = ("os", "database", "postal", "caddy", "provision")  # preflight: tests/test_preflight.py
 SCRIPTS = render.SCRIPTS
-CERT, KEY = "-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n", \
-    "-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n"
+CERT, KEY = certs.pair()
 
 
 @pytest.fixture(scope="module")

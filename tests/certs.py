@@ -1,0 +1,54 @@
+"""Certificates for the custom-TLS tests, generated with trustme and cryptography (never by hand)."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+
+import trustme
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+HOST = "postal.rdo-dev.com"
+NOW = datetime.datetime.now(datetime.timezone.utc)
+
+
+@functools.lru_cache(maxsize=None)
+def _intermediate() -> trustme.CA:
+    return trustme.CA().create_child_ca()
+
+
+def issue(*names: str, days: float = 90, start_days: float = -1) -> tuple[str, str]:
+    """(chain PEM leaf first, then the intermediate; key PEM) from a root → intermediate CA."""
+    leaf = _intermediate().issue_cert(*(names or (HOST,)), not_before=NOW + datetime.timedelta(days=start_days),
+                                      not_after=NOW + datetime.timedelta(days=days))
+    return "".join(p.bytes().decode() for p in leaf.cert_chain_pems), leaf.private_key_pem.bytes().decode()
+
+
+@functools.lru_cache(maxsize=None)
+def pair() -> tuple[str, str]:
+    """A valid chain and key for HOST."""
+    return issue(HOST)
+
+
+def blocks(chain: str) -> list[str]:
+    return [b + "-----END CERTIFICATE-----\n" for b in chain.split("-----END CERTIFICATE-----\n") if b.strip()]
+
+
+def common_name_only(name: str = HOST) -> tuple[str, str]:
+    """A self-signed certificate naming `name` only in its subject CN (no subjectAltName)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=90)).sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+def encrypted(key_pem: str, passphrase: bytes = b"hunter22") -> str:
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.BestAvailableEncryption(passphrase)).decode()
