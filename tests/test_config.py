@@ -273,8 +273,8 @@ def test_443_open_to_most_of_the_internet_is_a_warning(ranges, world):
 
 
 def test_default_443_ranges_are_not_world_open_and_follow_the_smtp_and_ssh_ranges():
-    cfg = load({NS + "sshSourceRanges": '["203.0.113.7/32"]', NS + "smtpSourceRanges": '["198.51.100.0/24"]'})
-    assert cfg.web_source_ranges == ("198.51.100.0/24", "203.0.113.7/32")
+    cfg = load({NS + "sshSourceRanges": '["34.90.1.7/32"]', NS + "smtpSourceRanges": '["10.20.0.0/16"]'})
+    assert cfg.web_source_ranges == ("10.20.0.0/16", "34.90.1.7/32")
     assert config.warnings(cfg) == []
 
 
