@@ -7,6 +7,7 @@ from components.apis import ApisArgs, ProjectApis
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
 from components.network import MailNetwork, NetworkArgs
+from components.render import ORGANIZATION, SERVER
 from components.secrets import MailSecrets, SecretsArgs
 
 cfg = config.load()  # every config error stops the run here, before any resource
@@ -50,10 +51,11 @@ pulumi.export("smtpPort", 25)
 pulumi.export("sendingDomains", list(cfg.sending_domains))
 pulumi.export("dnsRecords", mail_dns.published)
 pulumi.export("apiKey", secrets.api_key)
-pulumi.export("smtpUsername", "postal-gateway")
+pulumi.export("smtpUsername", f"{ORGANIZATION['permalink']}/{SERVER['permalink']}")  # CRAM-MD5 needs it
 pulumi.export("smtpPassword", secrets.smtp_key)
 pulumi.export("adminEmail", cfg.admin_email)
 pulumi.export("adminPassword", secrets.admin_password)
 pulumi.export("sshUser", host.ssh_user)
 pulumi.export("sshPrivateKey", host.ssh_private_key)
 pulumi.export("relayStatus", bootstrap.relay_status)
+pulumi.export("relayStatusByDomain", bootstrap.relay_status_by_domain)

@@ -21,6 +21,7 @@ from components.secrets import MailSecrets
 
 DATA_DIR = "/opt/postal"
 PREFLIGHT_SENDER = "relay-preflight"
+RETURN_PATH_PREFIX = "psrp"  # Postal's dns.custom_return_path_prefix: MAIL FROM is <token>@psrp.<domain>
 
 
 @dataclass(frozen=True)
@@ -36,15 +37,27 @@ class BootstrapArgs:
 
 
 def parse_relay_status(stdout: Optional[str]) -> str:
-    """The preflight's verdict: the last `relay-status: <status>` line of its output."""
+    """The preflight's summary: the last `relay-status: <status>` line of its output."""
     for line in reversed((stdout or "").splitlines()):
         if line.startswith("relay-status: "):
             return line.split(": ", 1)[1].split()[0]
     return "unknown"
 
 
+def parse_relay_statuses(stdout: Optional[str], domains: Sequence[str]) -> dict[str, str]:
+    """One verdict per sending domain from the `relay-domain: <domain> <status>` lines; unknown if missing."""
+    found = dict(line.split()[1:3] for line in (stdout or "").splitlines()
+                 if line.startswith("relay-domain: ") and len(line.split()) >= 3)
+    return {domain: found.get(domain, "unknown") for domain in domains}
+
+
+def preflight_senders(domains: Sequence[str]) -> str:
+    """`<domain>=relay-preflight@psrp.<domain>` per sending domain: the envelope sender Postal uses."""
+    return " ".join(f"{d}={PREFLIGHT_SENDER}@{RETURN_PATH_PREFIX}.{d}" for d in domains)
+
+
 class PostalBootstrap(pulumi.ComponentResource):
-    """Outputs: `steps` (step name -> remote.Command), `relay_status`."""
+    """Outputs: `steps` (step name -> remote.Command), `relay_status`, `relay_status_by_domain`."""
 
     def __init__(self, name: str, args: BootstrapArgs, opts: Optional[pulumi.ResourceOptions] = None):
         super().__init__("postal-gateway:index:PostalBootstrap", name, None, opts)
@@ -87,11 +100,14 @@ class PostalBootstrap(pulumi.ComponentResource):
                    {"provision_json": provision_json}, after=[postal, *args.mail_dns])
         preflight = self._step("preflight", {
             "PG_HOSTNAME": cfg.hostname, "PG_RELAY_HOST": cfg.relay_host, "PG_RELAY_PORT": str(cfg.relay_port),
-            "PG_RELAY_TLS": cfg.relay_tls, "PG_MAIL_FROM": f"{PREFLIGHT_SENDER}@{cfg.return_path_domain}",
+            "PG_RELAY_TLS": cfg.relay_tls, "PG_SENDERS": preflight_senders(cfg.sending_domains),
             "PG_RCPT_TO": cfg.admin_email, "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py")},
             after=[os_step])
         self.relay_status = preflight.stdout.apply(parse_relay_status)
-        self.register_outputs({"relay_status": self.relay_status})
+        self.relay_status_by_domain = preflight.stdout.apply(
+            lambda out: parse_relay_statuses(out, cfg.sending_domains))
+        self.register_outputs({"relay_status": self.relay_status,
+                               "relay_status_by_domain": self.relay_status_by_domain})
 
     def _step(self, step: str, env: Mapping[str, str], files: Optional[Mapping[str, pulumi.Input]] = None,
               after: Sequence[pulumi.Resource] = (), timeout: str = "20m") -> remote.Command:

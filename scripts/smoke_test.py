@@ -26,7 +26,7 @@ import dns.resolver
 import requests
 import urllib3
 
-from scripts.remote.relay_preflight import classify
+from scripts.remote.relay_preflight import diagnose
 
 GOOGLE_SPF = "_spf.google.com"
 ALLOWLIST_PATH = ("Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
@@ -52,7 +52,7 @@ def relay_fix(text: str, outputs: dict) -> tuple[str, str]:
     """(diagnosis, fix) for a delivery that the relay refused or that could not reach it."""
     lowered = text.lower()
     ip, host = outputs.get("publicIp", "<publicIp>"), outputs.get("hostname", "<hostname>")
-    status = classify(550, text)
+    status = diagnose(text, 550)[1]
     if status == "not-allowlisted":
         return ("Google does not accept this IP / HELO / sender domain (Invalid credentials for relay)",
                 f"add {ip} in {ALLOWLIST_PATH} (changes take up to an hour); check that the sender's domain is a "

@@ -27,6 +27,11 @@ MAIN = ROOT / "__main__.py"
 PROJECT, STACK = "postal-gateway", "prod"
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 FAKE_IP = "203.0.113.10"
+# What relay_preflight.py prints when the second domain's sender is refused (tests/test_preflight.py runs it)
+PREFLIGHT_STDOUT = ("relay-domain: rdo-dev.com allowlisted accepted MAIL FROM:<relay-preflight@psrp.rdo-dev.com>\n"
+                    "relay-domain: rdo-studio.net not-allowlisted RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid "
+                    "credentials for relay\n"
+                    "relay-status: not-allowlisted rdo-studio.net: RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid\n")
 
 
 def tool(name: str) -> str:
@@ -121,8 +126,7 @@ class Mocks(pulumi.runtime.Mocks):
             out["selfLink"] = f"https://compute.googleapis.com/{name}"
         elif typ == "command:remote:Command":
             step = name.rsplit("-", 1)[-1]
-            out["stdout"] = "relay-status: not-allowlisted 550 5.7.1 Invalid credentials for relay" \
-                if step == "preflight" else f"[postal-gateway:{step}] done"
+            out["stdout"] = PREFLIGHT_STDOUT if step == "preflight" else f"[postal-gateway:{step}] done"
             out["stderr"] = ""
         return f"{name}_id", out
 

@@ -72,8 +72,11 @@ def test_step_settings(run):
     assert caddy["PG_TLS"] == "letsencrypt" and caddy["PG_CADDYFILE"] == render.caddyfile(
         hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com")
     preflight = env_of(steps["preflight"])
-    assert (preflight["PG_RELAY_HOST"], preflight["PG_RELAY_PORT"], preflight["PG_MAIL_FROM"]) == (
-        "smtp-relay.gmail.com", "587", "relay-preflight@rp.postal.rdo-dev.com")
+    assert (preflight["PG_RELAY_HOST"], preflight["PG_RELAY_PORT"], preflight["PG_HOSTNAME"]) == (
+        "smtp-relay.gmail.com", "587", "postal.rdo-dev.com")
+    # Postal's envelope sender once return paths check OK: one per sending domain
+    assert preflight["PG_SENDERS"] == ("rdo-dev.com=relay-preflight@psrp.rdo-dev.com "
+                                       "rdo-studio.net=relay-preflight@psrp.rdo-studio.net")
 
 
 def test_provisioning_uses_the_pulumi_keys(run):
@@ -90,6 +93,9 @@ def test_provisioning_uses_the_pulumi_keys(run):
 
 def test_relay_status_output_comes_from_the_preflight(run):
     assert run.outputs["relayStatus"] == ("not-allowlisted", False)
+    assert run.outputs["relayStatusByDomain"] == ({"rdo-dev.com": "allowlisted", "rdo-studio.net": "not-allowlisted"},
+                                                  False)
+    assert run.outputs["smtpUsername"] == ("postal-gateway/gateway", False)  # <org>/<server> for CRAM-MD5
 
 
 def changed(before, after):

@@ -5,7 +5,8 @@ from components import dns
 
 NS = "postal-gateway:"
 CONTRACT = {"publicIp", "hostname", "webUrl", "apiUrl", "smtpHost", "smtpPort", "sendingDomains", "dnsRecords",
-            "apiKey", "smtpUsername", "smtpPassword", "adminEmail", "adminPassword", "sshUser", "sshPrivateKey"}
+            "apiKey", "smtpUsername", "smtpPassword", "adminEmail", "adminPassword", "sshUser", "sshPrivateKey",
+            "relayStatus", "relayStatusByDomain"}
 SECRET_OUTPUTS = {"apiKey", "smtpPassword", "adminPassword", "sshPrivateKey"}
 COMPONENT_PREFIX = "postal-gateway:index:"
 

@@ -1,88 +1,218 @@
 """Relay preflight, run on the VM: an SMTP dialogue with the relay that sends no message.
 
-EHLO <hostname>, STARTTLS (verified), EHLO, MAIL FROM, RCPT TO, RSET, QUIT — the same identity
-Postal presents — then one line `relay-status: <status> <detail>`. Statuses: allowlisted,
-not-allowlisted, tls-failed, rate-limited, rejected, unreachable. Always exits 0 for a relay
-answer: an IP that is not yet allowlisted is the normal first run. Python 3.9 (Rocky 9).
+    relay_preflight.py [--timeout SECONDS] HOST PORT starttls|tls|none HELO RCPT_TO DOMAIN=MAIL_FROM...
+
+Presents Postal's identity — EHLO <hostname>, STARTTLS (certificate verified), EHLO again, then for
+each sending domain MAIL FROM:<…@psrp.<domain>>, RCPT TO, RSET — and prints one line per domain,
+`relay-domain: <domain> <status> <detail>`, then the summary `relay-status: <status> <detail>`.
+Statuses: allowlisted, not-allowlisted, tls-failed, rate-limited, transient, rejected, unreachable.
+It never sends DATA, so a relay that refuses only the message itself looks allowlisted here.
+Exits 0 for any relay answer (not-allowlisted is the normal first run), 2 for bad arguments.
+Python 3.9 (Rocky 9); the smoke test imports `diagnose` to read what Postal stored.
 """
 
+import re
 import smtplib
 import socket
 import ssl
 import sys
 
-NOT_ALLOWLISTED = ("invalid credentials for relay", "mail relay denied")
+USAGE = "usage: relay_preflight.py [--timeout SECONDS] HOST PORT starttls|tls|none HELO RCPT_TO DOMAIN=MAIL_FROM..."
+TLS_MODES = ("starttls", "tls", "none")
+# Worst first: the summary is the worst verdict of any domain.
+STATUSES = ("not-allowlisted", "tls-failed", "rejected", "rate-limited", "unreachable", "transient", "allowlisted")
+# (diagnosis, status, lower-case markers), first match wins. Google's texts: tests/data/relay_scenarios.yaml;
+# the connection texts are what Postal 3.3.6 stores from Net::SMTP 0.4.0.1 and OpenSSL.
+MARKERS = (
+    ("tls-required", "tls-failed", ("tls required", "must issue a starttls")),
+    ("not-allowlisted", "not-allowlisted", ("invalid credentials for relay", "mail relay denied",
+                                            "ip not in whitelist")),
+    ("sender-limit", "rate-limited", ("limit exceeded for user", "sending quota exceeded")),
+    ("customer-limit", "rate-limited", ("daily smtp relay limit exceeded for customer",)),
+    ("peak-limit", "rate-limited", ("peak smtp relay limit",)),
+    ("unusual-rate", "rate-limited", ("unusual rate", "rate limited")),
+    ("helo-rejected", "rejected", ("helo/ehlo argument", "helo command rejected")),
+    ("wrong-relay", "rejected", ("not authorized to send email directly",)),
+    ("tls-handshake", "tls-failed", ("ssl_connect", "certificate verify failed", "starttls is not supported",
+                                     "wrong version number", "net::opentimeout", "tls handshake",
+                                     "does not offer starttls")),
+    ("unreachable", "unreachable", ("execution expired", "connection refused", "network is unreachable",
+                                    "no route to host", "no hosts to try", "net::readtimeout", "timed out",
+                                    "name or service not known", "getaddrinfo", "cannot connect")),
+    ("connection-dropped", "transient", ("connection reset by peer", "end of file reached", "broken pipe",
+                                         "closed the connection")),
+)
+REPLY_CODE = re.compile(r"(?<![\d.])([245]\d\d)[ -]\d\.\d")
 
 
-def classify(code, text):
-    """Status for a relay refusal (code >= 400) at any stage of the dialogue."""
+def reply_code(text):
+    match = REPLY_CODE.search(text)
+    return int(match.group(1)) if match else None
+
+
+def diagnose(text, code=None):
+    """(diagnosis, status) for a relay answer or a connection error, from its text (any case, any lines)."""
     lowered = text.lower()
-    if any(marker in lowered for marker in NOT_ALLOWLISTED):
-        return "not-allowlisted"
-    if "tls required" in lowered or "must issue a starttls" in lowered:
-        return "tls-failed"
-    if "limit exceeded" in lowered:
-        return "rate-limited"
-    return "rejected"
+    for key, status, markers in MARKERS:
+        if any(marker in lowered for marker in markers):
+            return key, status
+    code = code or reply_code(text)
+    if code and 400 <= code < 500:
+        return "transient", "transient"
+    return "rejected", "rejected"
+
+
+def fold(text):
+    return " ".join(str(text).split())
 
 
 def _reply(code, message):
     text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return "%s %s" % (code, " ".join(text.split()))
+    return fold("%s %s" % (code, text))
 
 
-def preflight(host, port, tls_mode, helo, mail_from, rcpt_to, timeout=20.0, context=None):
-    """Return (status, detail) for one dialogue with the relay."""
-    context = context or ssl.create_default_context()
+class Refused(Exception):
+    """The dialogue ended with a verdict: status and detail."""
+
+    def __init__(self, status, detail, code=None):
+        super().__init__(detail)
+        self.status, self.detail, self.closes = status, detail, code in (None, 421)
+
+
+def _answer(stage, code, message):
+    """Raises Refused for a reply >= 400 at a stage; returns otherwise."""
+    if code >= 400 or code < 0:
+        text = _reply(code, message)
+        raise Refused(diagnose(text, code)[1], "%s: %s" % (stage, text), code)
+
+
+def open_session(host, port, tls_mode, helo, timeout, context):
+    """A connected, greeted (and encrypted) SMTP session, or Refused."""
     try:
         if tls_mode == "tls":
             smtp = smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
-    except ssl.SSLError as err:
-        return "tls-failed", "TLS handshake with %s:%s failed: %s" % (host, port, err)
     except smtplib.SMTPConnectError as err:
-        return classify(err.smtp_code, _reply(err.smtp_code, err.smtp_error)), _reply(err.smtp_code, err.smtp_error)
+        _answer("greeting", err.smtp_code, err.smtp_error)
+    except (ssl.SSLError, ssl.CertificateError) as err:
+        raise Refused("tls-failed", "TLS handshake with %s:%s failed: %s" % (host, port, err))
     except (OSError, smtplib.SMTPException) as err:
-        return "unreachable", "cannot connect to %s:%s: %s" % (host, port, err)
+        raise Refused("unreachable", "cannot connect to %s:%s: %s" % (host, port, err or type(err).__name__))
     try:
-        code, message = smtp.ehlo()
-        if code >= 400:
-            return classify(code, _reply(code, message)), "EHLO %s: %s" % (helo, _reply(code, message))
+        _answer("EHLO %s" % helo, *smtp.ehlo())
         if tls_mode == "starttls":
             if not smtp.has_extn("starttls"):
-                return "tls-failed", "%s:%s does not offer STARTTLS" % (host, port)
+                raise Refused("tls-failed", "%s:%s does not offer STARTTLS" % (host, port))
+            code, message = smtp.docmd("STARTTLS")
+            _answer("STARTTLS", code, message)
             try:
-                smtp.starttls(context=context)
-            except (ssl.SSLError, ssl.CertificateError, smtplib.SMTPException) as err:
-                return "tls-failed", "STARTTLS failed: %s" % err
-            smtp.ehlo()
-        for verb, argument in (("MAIL FROM", mail_from), ("RCPT TO", rcpt_to)):
-            code, message = smtp.mail(argument) if verb == "MAIL FROM" else smtp.rcpt(argument)
-            if code >= 400:
-                return classify(code, _reply(code, message)), "%s:<%s>: %s" % (verb, argument, _reply(code, message))
-        smtp.rset()
-        return "allowlisted", "%s:%s accepted MAIL FROM:<%s> and RCPT TO:<%s> from HELO %s" % (
-            host, port, mail_from, rcpt_to, helo)
-    except smtplib.SMTPResponseException as err:
-        return classify(err.smtp_code, _reply(err.smtp_code, err.smtp_error)), _reply(err.smtp_code, err.smtp_error)
+                smtp.sock = context.wrap_socket(smtp.sock, server_hostname=host)
+            except (OSError, ssl.CertificateError) as err:  # SSLError, a reset or a timeout mid-handshake
+                raise Refused("tls-failed", "TLS handshake after STARTTLS failed: %s" % (err or type(err).__name__))
+            smtp.file = None
+            smtp.helo_resp = smtp.ehlo_resp = None
+            smtp.esmtp_features = {}
+            smtp.does_esmtp = False
+            _answer("EHLO %s after STARTTLS" % helo, *smtp.ehlo())
+        return smtp
+    except Refused:
+        smtp.close()
+        raise
     except (OSError, smtplib.SMTPException) as err:
-        return "rejected", "the relay closed the dialogue: %s" % err
-    finally:
+        smtp.close()
+        raise Refused("transient", "the relay closed the connection during the greeting: %s" % err)
+
+
+def check_sender(smtp, mail_from, rcpt_to):
+    """(status, detail) for one envelope sender on an open session; Refused when the session ended."""
+    try:
+        _answer("MAIL FROM:<%s>" % mail_from, *smtp.mail(mail_from))
+        _answer("RCPT TO:<%s>" % rcpt_to, *smtp.rcpt(rcpt_to))
+        smtp.rset()
+    except smtplib.SMTPServerDisconnected as err:
+        raise Refused("transient", "the relay closed the connection: %s" % err)
+    except (OSError, smtplib.SMTPException) as err:
+        raise Refused("unreachable", "the dialogue broke off: %s" % err)
+    return "allowlisted", "accepted MAIL FROM:<%s> and RCPT TO:<%s>" % (mail_from, rcpt_to)
+
+
+def preflight(host, port, tls_mode, helo, rcpt_to, senders, timeout=20.0, context=None):
+    """{domain: (status, detail)} for each (domain, MAIL FROM) in senders, over as few sessions as needed."""
+    context = context or ssl.create_default_context()
+    verdicts, smtp = {}, None
+    for index, (domain, mail_from) in enumerate(senders):
+        try:
+            if smtp is None:
+                smtp = open_session(host, port, tls_mode, helo, timeout, context)
+        except Refused as refused:  # nothing past the greeting differs per domain
+            for rest, _ in senders[index:]:
+                verdicts[rest] = (refused.status, refused.detail)
+            break
+        try:
+            verdicts[domain] = check_sender(smtp, mail_from, rcpt_to)
+        except Refused as refused:
+            verdicts[domain] = (refused.status, refused.detail)
+            try:
+                if refused.closes:  # 421 or a broken connection: the next domain needs a new session
+                    raise OSError
+                smtp.rset()
+            except (OSError, smtplib.SMTPException):
+                smtp.close()
+                smtp = None
+    if smtp is not None:
         try:
             smtp.quit()
         except (OSError, smtplib.SMTPException):
             smtp.close()
+    return verdicts
+
+
+def summary(verdicts):
+    """The worst verdict of any domain: (status, detail)."""
+    if not verdicts:
+        return "unknown", "no sending domain"
+    worst = min(STATUSES.index(status) for status, _ in verdicts.values())
+    domain, (status, detail) = next(item for item in verdicts.items() if item[1][0] == STATUSES[worst])
+    return status, ("%s: %s" % (domain, detail)) if len(verdicts) > 1 else detail
+
+
+def parse_args(argv):
+    args = list(argv[1:])
+    timeout = 20.0
+    if args[:1] == ["--timeout"]:
+        try:
+            timeout = float(args[1])
+        except (IndexError, ValueError):
+            raise ValueError("--timeout needs a number of seconds")
+        args = args[2:]
+    if len(args) < 6:
+        raise ValueError("expected at least 6 arguments, got %d" % len(args))
+    host, port, tls_mode, helo, rcpt_to = args[:5]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("PORT must be a number from 1 to 65535, not %r" % port)
+    if tls_mode not in TLS_MODES:
+        raise ValueError("TLS mode must be one of %s, not %r" % ("|".join(TLS_MODES), tls_mode))
+    senders = []
+    for pair in args[5:]:
+        domain, _, mail_from = pair.partition("=")
+        if not domain or "@" not in mail_from:
+            raise ValueError("expected DOMAIN=MAIL_FROM, not %r" % pair)
+        senders.append((domain, mail_from))
+    return host, int(port), tls_mode, helo, rcpt_to, senders, timeout
 
 
 def main(argv):
-    if len(argv) != 7:
-        print("usage: relay_preflight.py HOST PORT starttls|tls|none HELO MAIL_FROM RCPT_TO", file=sys.stderr)
+    try:
+        host, port, tls_mode, helo, rcpt_to, senders, timeout = parse_args(argv)
+    except ValueError as err:
+        print("relay_preflight.py: %s\n%s" % (err, USAGE), file=sys.stderr)
         return 2
-    host, port, tls_mode, helo, mail_from, rcpt_to = argv[1:]
-    socket.setdefaulttimeout(30)
-    status, detail = preflight(host, int(port), tls_mode, helo, mail_from, rcpt_to)
-    print("relay-status: %s %s" % (status, detail))
+    socket.setdefaulttimeout(timeout)
+    verdicts = preflight(host, port, tls_mode, helo, rcpt_to, senders, timeout=timeout)
+    for domain, (status, detail) in verdicts.items():
+        print("relay-domain: %s %s %s" % (domain, status, fold(detail)))
+    print("relay-status: %s %s" % tuple(fold(part) for part in summary(verdicts)))
     return 0
 
 

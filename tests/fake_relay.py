@@ -1,0 +1,198 @@
+"""Loopback SMTP servers that answer like Google's SMTP relay, one port per scenario.
+
+The replies are the ones in tests/data/relay_scenarios.yaml (each with its source). One asyncio
+loop in a daemon thread serves every scenario of a test module; a scenario is a dict:
+  banner   greeting (str or list of lines), or "hang" (accept, never speak) / "reset" (RST) /
+           "refused" (nothing listens) / "blackhole" (connections never answered)
+  starttls offer STARTTLS in EHLO (default true)
+  tls      what follows "220 Ready to start TLS": ok | untrusted | reset | hang | plaintext
+  implicit TLS from the first byte (port 465 style)
+  ehlo, ehlo_tls, mail, rcpt, data, eom
+           the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
+           a 421 reply closes the connection, as Google does
+  require_tls  answer MAIL with Google's 530 while the session is not encrypted
+  senders  {text in MAIL FROM: reply}: a reply for some envelope senders only
+Certificates come from trustme: `trusted_ca` signs the good one, another CA the untrusted one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+import trustme
+
+GREETING = "220 smtp-relay.gmail.com ESMTP a1-20020a05600c000000b00000000000000si0.0 - gsmtp"
+MUST_STARTTLS = "530 5.7.0 Must issue a STARTTLS command first. a1-20020a0560 - gsmtp"
+ACCEPTED = "250 2.0.0 OK  1764288000 a1-20020a05600c000000b00000000000000si0.0 - gsmtp"
+
+
+def lines(reply) -> list[str]:
+    return reply if isinstance(reply, list) else [reply]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def reset(writer: asyncio.StreamWriter) -> None:
+    """Close with a TCP RST (SO_LINGER 0), like a middlebox or a crashed peer."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
+
+
+class FakeRelay:
+    def __init__(self, hostname: str = "localhost"):
+        self.trusted_ca, untrusted_ca = trustme.CA(), trustme.CA()
+        self.contexts = {}
+        for name, ca in (("ok", self.trusted_ca), ("untrusted", untrusted_ca)):
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ca.issue_cert(hostname, "127.0.0.1").configure_cert(context)
+            self.contexts[name] = context
+        self.dir = tempfile.TemporaryDirectory(prefix="fake-relay-")
+        self.ca_file = Path(self.dir.name) / "ca.pem"  # for clients that read SSL_CERT_FILE (Ruby, the VM's python)
+        self.trusted_ca.cert_pem.write_to_path(str(self.ca_file))
+        self.commands: dict[int, list[str]] = {}
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context()
+        self.trusted_ca.configure_trust(context)
+        return context
+
+    def serve(self, scenario: dict) -> int:
+        """Starts a server for the scenario; returns its port (a closed port for banner=refused)."""
+        if scenario.get("banner") == "refused":
+            return free_port()
+        if scenario.get("banner") == "blackhole":
+            return self.blackhole()
+        context = self.contexts["ok"] if scenario.get("implicit") else None
+
+        async def start():
+            server = await asyncio.start_server(lambda r, w: self.session(scenario, r, w), "127.0.0.1", 0,
+                                                ssl=context)
+            return server.sockets[0].getsockname()[1]
+
+        port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
+        self.commands[port] = []
+        return port
+
+    def blackhole(self) -> int:
+        """A port whose connections are never answered: a listener that never accepts, its queue full,
+        so the kernel drops further SYNs (what a firewall that drops packets looks like)."""
+        listener = socket.create_server(("127.0.0.1", 0), backlog=0)
+        port = listener.getsockname()[1]
+        self.held = getattr(self, "held", []) + [listener]
+        for _ in range(2):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(("127.0.0.1", port))
+            self.held.append(filler)
+        return port
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        for sock in getattr(self, "held", []):
+            sock.close()
+        self.dir.cleanup()
+
+    async def session(self, s: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        log = self.commands[writer.get_extra_info("sockname")[1]]
+
+        def say(reply) -> bool:
+            """Writes a reply; False when it closes the connection (421, or refused at connect)."""
+            writer.write("".join(f"{line}\r\n" for line in lines(reply)).encode())
+            return not lines(reply)[-1].startswith("421")
+
+        try:
+            banner = s.get("banner", GREETING)
+            if banner == "hang":
+                await reader.read()
+                return
+            if banner == "reset":
+                reset(writer)
+                return
+            if not say(banner) or not lines(banner)[-1].startswith("220"):
+                return
+            secure = bool(s.get("implicit"))
+            while line := await reader.readline():
+                command = line.decode(errors="replace").strip()
+                log.append(command)
+                verb = command.split(" ", 1)[0].upper()
+                if verb in ("EHLO", "HELO"):
+                    custom = s.get("ehlo_tls" if secure else "ehlo")
+                    if custom:
+                        if not say(custom):
+                            break
+                        continue
+                    offer = ["250-STARTTLS"] if s.get("starttls", True) and not secure else []
+                    say(["250-smtp-relay.gmail.com at your service, [127.0.0.1]", "250-SIZE 157286400",
+                         "250-8BITMIME", *offer, "250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250 SMTPUTF8"])
+                elif verb == "STARTTLS":
+                    if not s.get("starttls", True):
+                        say("502 5.5.1 Unrecognized command. a1-20020a0560 - gsmtp")
+                        continue
+                    say("220 2.0.0 Ready to start TLS")
+                    await writer.drain()
+                    mode = s.get("tls", "ok")
+                    if mode == "reset":
+                        await reader.read(1)  # the ClientHello has arrived
+                        reset(writer)
+                        return
+                    if mode == "hang":
+                        await reader.read()
+                        return
+                    if mode == "plaintext":
+                        say(GREETING)
+                        await writer.drain()
+                        await reader.read()
+                        return
+                    await writer.start_tls(self.contexts[mode])
+                    secure = True
+                elif verb == "MAIL":
+                    reply = next((r for key, r in s.get("senders", {}).items() if key in command),
+                                 s.get("mail", "250 2.1.0 OK a1-20020a0560 - gsmtp"))
+                    if s.get("require_tls") and not secure:
+                        say(MUST_STARTTLS)
+                    elif not say(reply):
+                        break
+                elif verb == "RCPT":
+                    if not say(s.get("rcpt", "250 2.1.5 OK a1-20020a0560 - gsmtp")):
+                        break
+                elif verb == "DATA":
+                    reply = s.get("data", "354 Go ahead a1-20020a0560 - gsmtp")
+                    if not say(reply):
+                        break
+                    if reply.startswith("354"):
+                        while (await reader.readline()) not in (b".\r\n", b""):
+                            pass
+                        if not say(s.get("eom", ACCEPTED)):
+                            break
+                elif verb == "RSET":
+                    say("250 2.1.5 Flushed a1-20020a0560 - gsmtp")
+                elif verb == "QUIT":
+                    say("221 2.0.0 closing connection a1-20020a0560 - gsmtp")
+                    break
+                else:
+                    say("502 5.5.1 Unrecognized command. a1-20020a0560 - gsmtp")
+                await writer.drain()
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            return  # the client gave up (bad certificate, timeout): nothing to answer
+        finally:
+            if not writer.transport.is_closing():
+                try:
+                    await writer.drain()
+                except OSError:
+                    pass
+                writer.close()
