@@ -1,0 +1,151 @@
+"""The documentation stays in step with the code: keys, outputs, links, URNs, steps, commands.
+
+Also the first config error a newcomer sees is ours: the Pulumi CLI validates keys declared in
+Pulumi.yaml before the program runs (pulumi/pulumi pkg/workspace/config.go: a declared key
+without a default is "missing configuration value", an explicitly typed one "must be of type
+'array<string>'"), so Pulumi.yaml declares neither.
+"""
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import program
+from components import config
+
+ROOT = program.ROOT
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
+        ROOT / "examples" / "consumer" / "README.md"]
+NS = "postal-gateway:"
+
+
+def text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def section(doc: str, heading: str) -> str:
+    """The body of the `## heading…` section, up to the next heading of level 1–2."""
+    match = re.search(rf"^## {re.escape(heading)}[^\n]*\n(.*?)(?=^#{{1,2}} |\Z)", doc, re.S | re.M)
+    assert match, f"no section {heading!r}"
+    return match.group(1)
+
+
+def table_keys(body: str, column: int = 0) -> set[str]:
+    """Backticked names in one column of every markdown table row of `body`."""
+    names = set()
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if len(cells) > column and not set(cells[column]) <= set("-: "):
+            names |= set(re.findall(r"`([A-Za-z][\w-]*)`", cells[column]))
+    return names
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_readme_configuration_table_is_the_config_contract():
+    documented = table_keys(section(text(ROOT / "README.md"), "Configuration"))
+    assert documented == set(config.KEYS)
+
+
+def test_readme_outputs_table_is_what_the_program_exports(run):
+    documented = table_keys(section(text(ROOT / "README.md"), "Outputs"))
+    assert documented == set(run.outputs)
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(doc):
+    for target in re.findall(r"\]\(([^)\s]+)\)", text(doc)):
+        if re.match(r"[a-z]+:", target):
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        assert dest.exists(), f"{doc.name}: {target} does not exist"
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", text(dest), re.M)
+            assert anchor in {slug(h) for h in headings}, f"{doc.name}: no heading #{anchor} in {dest.name}"
+
+
+def test_documented_urns_and_resource_names_are_registered(run):
+    urns = {r.urn for r in run.resources}
+    names = {r.name for r in run.resources}
+    for doc in DOCS:
+        body = text(doc)
+        for urn in re.findall(r"urn:pulumi:prod::postal-gateway::[^'`\s]+", body):
+            assert urn in urns, f"{doc.name}: {urn} is not a resource of the program"
+        for name in re.findall(r"<urn of ([\w-]+)>", body):
+            assert name in names, f"{doc.name}: no resource named {name}"
+
+
+def test_documented_python_modules_and_scripts_exist():
+    for doc in DOCS:
+        body = text(doc)
+        for module in re.findall(r"python -m (scripts(?:\.\w+)+)", body):
+            assert (ROOT / (module.replace(".", "/") + ".py")).exists(), f"{doc.name}: {module}"
+        for script in re.findall(r"python (\S+\.py)", body):
+            base = ROOT / "examples" / "consumer" if doc.parent.name == "consumer" else ROOT
+            assert (base / script).exists(), f"{doc.name}: {script}"
+
+
+def test_documented_containers_are_the_ones_the_scripts_start():
+    scripts = "".join(text(p) for p in (ROOT / "scripts" / "remote").glob("*.sh"))
+    started = set(re.findall(r"^name=([\w-]+)$", scripts, re.M))
+    for doc in DOCS:
+        for name in re.findall(r"docker (?:logs|exec|restart|inspect)(?: -\S+)* (postal-[a-z]+)\b", text(doc)):
+            # postal-web/-smtp/-worker-1 are compose's names for Postal's own services
+            assert name in started or re.match(r"postal-(web|smtp|worker)", name), f"{doc.name}: {name}"
+
+
+def test_step_table_lists_every_bootstrap_step(run):
+    steps = {r.name.removeprefix("postal-") for r in run.of_type("command:remote:Command")}
+    documented = table_keys(section(text(ROOT / "docs" / "operations.md"), "Bootstrap steps"))
+    assert steps <= documented
+    assert {s for s in documented if f"postal-{s}" in {r.name for r in run.resources}} == steps
+
+
+def test_key_change_table_names_real_keys():
+    body = section(text(ROOT / "docs" / "operations.md"), "What a key change does")
+    keys = table_keys(body)
+    assert keys and keys <= set(config.KEYS)
+
+
+def test_pulumi_yaml_declares_nothing_the_cli_would_reject_first():
+    declared = yaml.safe_load(text(ROOT / "Pulumi.yaml"))["config"]
+    for key, spec in declared.items():
+        assert "default" in spec, f"{key}: the CLI would report it missing before our message"
+        assert not {"type", "items", "secret"} & set(spec), f"{key}: the CLI would type-check it first"
+        assert spec["default"] == config.DEFAULTS[key]
+
+
+def load(values: dict):
+    import pulumi
+    pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=program.STACK)
+    pulumi.runtime.set_all_config({k: v for k, v in {**program.BASE_CONFIG, **values}.items() if v is not None})
+    return config.load()
+
+
+def test_a_list_set_as_one_json_string_is_accepted():
+    # `pulumi config set sshSourceRanges '["203.0.113.7/32"]'` stores a string; the engine hands the
+    # program that string, exactly as it hands it an object value serialised to JSON.
+    cfg = load({NS + "sshSourceRanges": '["203.0.113.7/32", "192.0.2.1"]'})
+    assert cfg.ssh_source_ranges == ("203.0.113.7/32", "192.0.2.1/32")
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({NS + "sshSourceRanges": "203.0.113.7/32"},
+     "postal-gateway:sshSourceRanges: '203.0.113.7/32' is not valid (not a list)"),
+    ({NS + "hostname": None}, "postal-gateway:hostname: is required"),
+    ({NS + "sshSourceRange": '["203.0.113.7/32"]'}, "did you mean sshSourceRanges?"),
+    ({NS + "bootDiskSizeGb": "big"}, "postal-gateway:bootDiskSizeGb: 'big' is not valid"),
+])
+def test_first_errors_name_the_key_and_the_fix(values, expected):
+    with pytest.raises(config.ConfigError) as err:
+        load(values)
+    line = next(line for line in str(err.value).splitlines() if expected in line)
+    assert "Fix: " in line
+    if "sshSourceRanges: '" in expected:
+        assert "pulumi config set --path 'sshSourceRanges[0]'" in line
