@@ -107,10 +107,12 @@ def test_step_table_lists_every_bootstrap_step(run):
     assert {s for s in documented if f"postal-{s}" in {r.name for r in run.resources}} == steps
 
 
-def test_key_change_table_names_real_keys():
+def test_key_change_tables_name_real_keys_and_resources(run):
     body = section(text(ROOT / "docs" / "operations.md"), "What a key change does")
-    keys = table_keys(body)
+    names = table_keys(body)
+    keys, resources = {n for n in names if "-" not in n}, {n for n in names if "-" in n}
     assert keys and keys <= set(config.KEYS)
+    assert resources <= {r.name for r in run.resources}
 
 
 def test_pulumi_yaml_declares_nothing_the_cli_would_reject_first():
