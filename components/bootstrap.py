@@ -14,9 +14,9 @@ from typing import Mapping, Optional, Sequence
 import pulumi
 from pulumi_command import remote
 
-from components import render
+from components import operations, render
 from components.config import MailConfig
-from components.host import DATA_DEVICE
+from components.host import DATA_DEVICE, SNAPSHOT_START_UTC
 from components.secrets import MailSecrets
 
 DATA_DIR = "/opt/postal"
@@ -71,7 +71,7 @@ class PostalBootstrap(pulumi.ComponentResource):
 
         os_step = self._step("os", {"PG_SELINUX": cfg.selinux, "PG_DATA_DEVICE": DATA_DEVICE,
                                     "PG_DATA_DIR": DATA_DIR}, timeout="30m")
-        database = self._step("database", {"PG_MARIADB_IMAGE": render.MARIADB_IMAGE},
+        database = self._step("database", {"PG_MARIADB_IMAGE": cfg.mariadb_image},
                               {"db_root_password": secrets.db_root_password, "db_password": secrets.db_password},
                               after=[os_step])
         postal_yml = pulumi.Output.all(secrets.db_password, secrets.rails_secret_key).apply(
@@ -84,7 +84,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                                        "PG_HOSTNAME": cfg.hostname},
                             {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
                             after=[database], timeout="30m")
-        self._step("caddy", {"PG_CADDY_IMAGE": render.CADDY_IMAGE, "PG_TLS": cfg.tls,
+        self._step("caddy", {"PG_CADDY_IMAGE": cfg.caddy_image, "PG_TLS": cfg.tls,
                              "PG_HOSTNAME": cfg.hostname,
                              "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
                                                               admin_email=cfg.admin_email)},
@@ -103,6 +103,15 @@ class PostalBootstrap(pulumi.ComponentResource):
             "PG_RELAY_TLS": cfg.relay_tls, "PG_SENDERS": preflight_senders(cfg.sending_domains),
             "PG_RCPT_TO": cfg.admin_email, "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py")},
             after=[os_step])
+        self._step("ops", {
+            "PG_AGENT_CONFIG": operations.ops_agent_config(),
+            "PG_AUTOMATIC_CONF": operations.dnf_automatic_conf(),
+            "PG_UNITS": render.payload(operations.units(
+                maintenance_window=cfg.maintenance_window, snapshot_start_utc=SNAPSHOT_START_UTC,
+                backup_retention_days=cfg.backup_retention_days)),
+            "PG_REBOOT_SH": render.script_text("pg-reboot.sh"),
+            "PG_BACKUP_SH": render.script_text("pg-backup.sh"),
+            "PG_RESTORE_SH": render.script_text("pg-restore-db.sh")}, after=[os_step])
         self.relay_status = preflight.stdout.apply(parse_relay_status)
         self.relay_status_by_domain = preflight.stdout.apply(
             lambda out: parse_relay_statuses(out, cfg.sending_domains))

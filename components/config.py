@@ -21,7 +21,7 @@ from pulumi.runtime import config as runtime_config
 
 from policy.netranges import world_open
 
-from components import certificate
+from components import certificate, render
 
 NAMESPACE = "postal-gateway"
 
@@ -64,14 +64,24 @@ DEFAULTS: dict[str, Any] = {
     "selinux": "enforcing",
     "manageSpf": True,
     "labels": {},
+    "mariadbImage": render.MARIADB_IMAGE,
+    "caddyImage": render.CADDY_IMAGE,
+    "maintenanceWindow": "Sun 02:00",
+    "diskAlertPercent": 80,
+    "queueLatencyAlertSeconds": 300,
+    "relayFailureAlertCount": 5,
+    "workerErrorAlertCount": 5,
+    "backupRetentionDays": 3,
 }
 KEYS = (
     "hostname", "sendingDomains", "cloudflareZone", "adminEmail", "sshSourceRanges",
     "smtpSourceRanges", "webSourceRanges", "tls", "tlsCertificate", "tlsPrivateKey",
     "machineType", "bootDiskSizeGb", "dataDiskSizeGb", "snapshotRetentionDays", "postalVersion",
     "relayHost", "relayPort", "relayTls", "selinux", "dmarcPolicy", "manageSpf", "labels",
-    "dataDiskSnapshot",
+    "dataDiskSnapshot", "alertEmail", "mariadbImage", "caddyImage", "maintenanceWindow", "diskAlertPercent",
+    "queueLatencyAlertSeconds", "relayFailureAlertCount", "workerErrorAlertCount", "backupRetentionDays",
 )
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 # Every pattern is applied with re.fullmatch (a `$` would let a trailing newline through).
 _TOKEN = re.compile(r"[!-~]+")  # printable ASCII: no whitespace, no control character
@@ -124,6 +134,15 @@ class MailConfig:
     manage_spf: bool
     labels: tuple[tuple[str, str], ...]
     data_disk_snapshot: Optional[str] = None  # restore: the data disk is (re)created from this snapshot
+    alert_email: str = ""  # Cloud Monitoring notifications (default adminEmail)
+    mariadb_image: str = render.MARIADB_IMAGE
+    caddy_image: str = render.CADDY_IMAGE
+    maintenance_window: str = "Sun 02:00"  # "<Day> HH:MM" UTC: reboots for updates
+    disk_alert_percent: int = 80
+    queue_latency_alert_seconds: int = 300
+    relay_failure_alert_count: int = 5  # per monitoring.ALERT_WINDOW
+    worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
+    backup_retention_days: int = 3
     tls_certificate_expires: Optional[datetime] = None  # tls=custom: the leaf's notAfter
     secret_keys: frozenset = frozenset()  # keys whose values no message may show
 
@@ -372,6 +391,30 @@ def parse_snapshot(raw: str) -> str:
     return raw
 
 
+# A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest] (distribution/reference grammar).
+_IMAGE = re.compile(r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+_WINDOW = re.compile(r"([A-Za-z]{3}) ([01][0-9]|2[0-3]):([0-5][0-9])")
+
+
+def parse_image(raw: str) -> str:
+    value = _token(raw)
+    if not _IMAGE.fullmatch(value):
+        raise Invalid("not an image reference")
+    if ":" not in value.rsplit("/", 1)[-1] and "@" not in value:
+        raise Invalid("no tag or digest: an untagged image follows :latest")
+    return value
+
+
+def parse_window(raw: str) -> str:
+    """`<Day> HH:MM` in UTC, e.g. `Sun 02:00`."""
+    match = _WINDOW.fullmatch(raw)
+    if not match or match.group(1).title() not in WEEKDAYS:
+        raise Invalid("not <Day> HH:MM")
+    return f"{match.group(1).title()} {match.group(2)}:{match.group(3)}"
+
+
 def parse_pem(kind: str) -> Callable[[str], str]:
     """The shape of a PEM value; `certificate.check_pair` checks the content."""
     def parse(raw: str) -> str:
@@ -453,6 +496,24 @@ def load(stack: Optional[str] = None) -> MailConfig:
                        "a snapshot name (or projects/<project>/global/snapshots/<name>)",
                        "gcloud compute snapshots list; pulumi config set dataDiskSnapshot <name>")
 
+    alert_email = r.value("alertEmail", parse_email, "an e-mail address", "pulumi config set alertEmail oncall@example.com")
+    mariadb_image = r.value("mariadbImage", parse_image, "an image reference with a tag, e.g. mariadb:11.4",
+                            "pulumi config set mariadbImage mariadb:11.4")
+    caddy_image = r.value("caddyImage", parse_image, "an image reference with a tag, e.g. caddy:2.10",
+                          "pulumi config set caddyImage caddy:2.10")
+    window = r.value("maintenanceWindow", parse_window, "a weekday and a UTC time such as Sun 02:00",
+                     "pulumi config set maintenanceWindow 'Sun 02:00'")
+    disk_alert = r.value("diskAlertPercent", parse_int(50, 99), "a percentage, 50..99",
+                         "pulumi config set diskAlertPercent 80")
+    latency_alert = r.value("queueLatencyAlertSeconds", parse_int(10, 86400), "seconds, 10..86400",
+                            "pulumi config set queueLatencyAlertSeconds 300")
+    relay_alert = r.value("relayFailureAlertCount", parse_int(1, 100000), "a count, 1..100000",
+                          "pulumi config set relayFailureAlertCount 5")
+    worker_alert = r.value("workerErrorAlertCount", parse_int(1, 100000), "a count, 1..100000",
+                           "pulumi config set workerErrorAlertCount 5")
+    backup_days = r.value("backupRetentionDays", parse_int(1, 30), "days, 1..30",
+                          "pulumi config set backupRetentionDays 3")
+
     zone_fix = "pulumi config set cloudflareZone example.com"
     cf_zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
     if hostname and cf_zone is None and r.raw("cloudflareZone") is None:
@@ -488,6 +549,10 @@ def load(stack: Optional[str] = None) -> MailConfig:
         snapshot_retention_days=retention, postal_version=version, relay_host=relay_host,
         relay_port=relay_port, relay_tls=relay_tls, selinux=selinux, dmarc_policy=dmarc,
         manage_spf=manage_spf, labels=labels, data_disk_snapshot=snapshot,
+        alert_email=alert_email or email, mariadb_image=mariadb_image, caddy_image=caddy_image,
+        maintenance_window=window, disk_alert_percent=disk_alert, queue_latency_alert_seconds=latency_alert,
+        relay_failure_alert_count=relay_alert, worker_error_alert_count=worker_alert,
+        backup_retention_days=backup_days,
     )
 
 

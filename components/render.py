@@ -16,7 +16,7 @@ import yaml
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts" / "remote"
 INSTALL_REPO = "https://github.com/postalserver/install"
 INSTALL_COMMIT = "c82658da7fa16615a2fba9bae2d02c860816fdb3"  # 2024-03-21, "add `version` command"
-MARIADB_IMAGE = "mariadb:11.4"
+MARIADB_IMAGE = "mariadb:11.4"  # defaults of mariadbImage / caddyImage
 CADDY_IMAGE = "caddy:2.10"
 CONFIG_DIR = "/config"  # /opt/postal/config inside Postal's containers
 CERT_DIR = "/certs"  # /opt/postal/config/certs inside postal-caddy

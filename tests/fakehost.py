@@ -16,7 +16,7 @@ import sys
 # double its start-up time, so they are imported only where needed.
 
 COMMANDS = ("sudo", "sleep", "curl", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
-            "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker")
+            "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker", "needs-restarting")
 DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
 FAKE_POSTAL_HELPER = """#!/usr/bin/env bash
 # Postal's install helper, as far as postal.sh uses it.
@@ -122,6 +122,9 @@ def systemctl(host, args):
         units.setdefault(unit, {})["is-enabled" if verb == "enable" else "is-active"] = True
     elif verb in ("daemon-reload", "restart"):
         _change(host, ["systemctl", *args])
+    elif verb == "reboot":
+        _change(host, ["systemctl", *args])
+        host.state["reboots"] = host.state.get("reboots", 0) + 1
     else:
         fail(f"systemctl stub: unsupported {args}")
 
@@ -228,7 +231,42 @@ def git(host, args):
         fail(f"git stub: unsupported {args}")
 
 
-RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env-file", "--volume"}
+RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env-file", "--volume", "--workdir"}
+# mariadb-backup, as the MariaDB image runs it: `--backup --stream=xbstream` writes an mbstream
+# archive of the data directory to stdout, `mbstream -x` unpacks one into the working directory,
+# `--prepare` applies the redo log (the backup's checkpoints file then says log-applied).
+# https://mariadb.com/kb/en/mariabackup-overview/ ; the fake archive lists the files it holds.
+CHECKPOINTS = "mariadb_backup_checkpoints"
+
+
+def _mbstream(host, datadir: str) -> str:
+    files = {CHECKPOINTS: "backup_type = full-backuped\n"}
+    for name in sorted(os.listdir(datadir)) if os.path.isdir(datadir) else []:
+        with open(os.path.join(datadir, name)) as f:
+            files[name] = f.read()
+    return "MBSTREAM1\n" + "".join(f"{name}\t{text.encode().hex()}\n" for name, text in files.items())
+
+
+def _one_off(host, options, argv):
+    """`docker run --rm` of a tool in the MariaDB image, with /restore bind-mounted."""
+    mounts = dict(v.split(":")[1::-1] for v in options.get("--volume", []))
+    restore = host.path(mounts.get("/restore", "/nonexistent"))
+    if argv[:2] == ["mbstream", "-x"]:
+        data = sys.stdin.read()
+        if not data.startswith("MBSTREAM1\n"):
+            fail("mbstream: incorrect stream chunk")
+        for line in data.splitlines()[1:]:
+            name, text = line.split("\t")
+            write(os.path.join(restore, name), bytes.fromhex(text).decode())
+    elif argv[:2] == ["mariadb-backup", "--prepare"]:
+        checkpoints = os.path.join(restore, CHECKPOINTS)
+        if not os.path.exists(checkpoints):
+            fail(f"mariadb-backup: cannot open {CHECKPOINTS}")
+        write(checkpoints, "backup_type = log-applied\n")
+    elif argv[:2] == ["chown", "-R"]:
+        host.get("owners", {})[host.rel(restore)] = argv[2]
+    else:
+        fail(f"docker run stub: unsupported one-off {argv}")
 
 
 def docker(host, args):
@@ -252,19 +290,24 @@ def docker(host, args):
                 i += 2
             else:
                 i += 1
+        if "--rm" in args[1:i] and "--name" not in options:
+            return _one_off(host, options, args[i + 1:])
         env = {}
         for env_file in options.get("--env-file", []):
             with open(env_file) as f:
                 env.update(line.split("=", 1) for line in f.read().splitlines())
         containers[options["--name"][0]] = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
                                             "volumes": options.get("--volume", []),
-                                            "network": options.get("--network", [""])[0]}
-    elif args[0] in ("rm", "start", "restart"):
+                                            "network": options.get("--network", [""])[0],
+                                            "restart": options.get("--restart", ["no"])[0]}
+    elif args[0] in ("rm", "start", "restart", "stop"):
         name = args[-1]
         if name not in containers:
             fail(f"Error: No such container: {name}")
         if args[0] == "rm":
             del containers[name]
+        elif args[0] == "stop":
+            containers[name]["running"] = False
         else:
             containers[name]["running"] = True
             containers[name]["restarts"] = containers[name].get("restarts", 0) + (args[0] == "restart")
@@ -276,6 +319,11 @@ def docker(host, args):
             if "MARIADB_ROOT_PASSWORD" not in containers[name]["env"]:
                 fail("ERROR 1045 (28000): Access denied for user 'root'@'localhost'")
             containers[name]["sql"] = sys.stdin.read()
+        elif "mariadb-backup --backup" in args[-1]:
+            if 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD"' not in args[-1]:
+                fail("mariadb-backup: Got error: 1045: Access denied for user 'root'@'localhost'")
+            volume = next(v for v in containers[name]["volumes"] if v.endswith(":/var/lib/mysql"))
+            sys.stdout.write(_mbstream(host, host.path(volume.split(":")[0])))
     else:
         fail(f"docker stub: unsupported {args}")
 
@@ -294,6 +342,10 @@ def compose(host, args):
     _change(host, ["docker", *args])
     if rest[0] == "pull":
         postal["pulled"] = version
+    elif rest[0] == "stop":
+        postal["running"] = []
+    elif rest[0] == "start":
+        postal["running"] = ["web", "smtp", "worker"]
     elif rest[0] == "up":
         crashing = postal.get("crashing", [])
         postal.update(running=[s for s in ("web", "smtp", "worker") if s not in crashing], version=version)
@@ -328,7 +380,19 @@ def curl(host, args):
         return 22  # 403 Blocked host
 
 
-HANDLERS = {"curl": curl, "sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
+def needs_restarting(host, args):
+    """dnf-utils' needs-restarting -r: exit 1 and say so when a core package changed since boot."""
+    _query(host, ["needs-restarting", *args])
+    if args != ["-r"]:
+        fail(f"needs-restarting stub: unsupported {args}")
+    if host.get("needs_reboot", False):
+        print("Core libraries or services have been updated since boot-up:\n  * kernel\n\n"
+              "Reboot is required to fully utilize these updates.")
+        return 1
+    print("No core libraries or services have been updated since boot-up.\nReboot should not be necessary.")
+
+
+HANDLERS = {"needs-restarting": needs_restarting, "curl": curl, "sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
             "chown": lambda h, a: _change(h, ["chown", *a]), "systemctl": systemctl, "getenforce": getenforce,
             "setenforce": setenforce, "rpm": rpm, "dnf": dnf, "firewall-cmd": firewall_cmd, "blkid": blkid,
             "mkfs.xfs": mkfs_xfs, "mountpoint": mountpoint, "mount": mount, "semanage": semanage, "git": git,

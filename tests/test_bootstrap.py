@@ -11,7 +11,7 @@ from program import commands, env_of, payload_of
 from components import render
 
 NS = "postal-gateway:"
-STEPS = ("os", "database", "postal", "caddy", "provision", "preflight")
+STEPS = ("os", "database", "postal", "caddy", "provision", "preflight", "ops")
 CERT, KEY = certs.pair()
 
 
@@ -30,6 +30,7 @@ def test_steps_run_in_order(run):
     deps = {step: set(c.depends_on) for step, c in steps.items()}
     assert urn["os"] in deps["database"] and urn["database"] in deps["postal"]
     assert urn["postal"] in deps["provision"] and urn["os"] in deps["caddy"] and urn["os"] in deps["preflight"]
+    assert urn["os"] in deps["ops"]
     record_urns = {r.urn: r.inputs for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
     caddy_records = [record_urns[u] for u in deps["caddy"] if u in record_urns]
     assert [(r["name"], r["type"]) for r in caddy_records] == [("postal.rdo-dev.com", "A")]  # ACME needs it
@@ -56,7 +57,7 @@ def test_secrets_travel_only_in_secret_stdin(run):
         assert {"stdin", "triggers"} <= command.secret_inputs
         assert {"stdout", "stderr"} <= command.secret_outputs
         assert command.inputs["logging"] == "none"
-    for step in ("os", "caddy", "preflight"):
+    for step in ("os", "caddy", "preflight", "ops"):
         assert "stdin" not in steps[step].inputs and steps[step].inputs["logging"] == "stdoutAndStderr"
     assert "create" not in set().union(*(c.secret_inputs for c in steps.values()))
 
@@ -114,6 +115,10 @@ def changed(before, after):
     ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
     ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
     ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),
+    ({NS + "mariadbImage": "mariadb:11.8"}, {"postal-database"}),
+    ({NS + "caddyImage": "caddy:2.11"}, {"postal-caddy"}),
+    ({NS + "maintenanceWindow": "Sat 01:00"}, {"postal-ops"}),
+    ({NS + "backupRetentionDays": "7"}, {"postal-ops"}),
 ])
 def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):
     assert changed(run, program.run(overrides)) == expected

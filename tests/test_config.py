@@ -124,6 +124,18 @@ BAD = [
     ("dataDiskSnapshot", {"dataDiskSnapshot": "projects/x/global/snapshots/s1"}, "not a snapshot name"),
     ("dataDiskSnapshot", {"dataDiskSnapshot": "postal-data-1\n"}, "whitespace or a control character"),
     ("sshSourceRange", {"sshSourceRange": '["10.0.0.0/8"]'}, "did you mean sshSourceRanges?"),
+    ("alertEmail", {"alertEmail": "oncall"}, "not an e-mail address"),
+    ("mariadbImage", {"mariadbImage": "mariadb"}, "no tag or digest"),
+    ("mariadbImage", {"mariadbImage": "MariaDB:11.4"}, "not an image reference"),
+    ("caddyImage", {"caddyImage": "caddy:2.10 --privileged"}, "whitespace or a control character"),
+    ("maintenanceWindow", {"maintenanceWindow": "Sunday 02:00"}, "not <Day> HH:MM"),
+    ("maintenanceWindow", {"maintenanceWindow": "Sun 25:00"}, "not <Day> HH:MM"),
+    ("maintenanceWindow", {"maintenanceWindow": "Sun 02:00\n"}, "not <Day> HH:MM"),
+    ("diskAlertPercent", {"diskAlertPercent": "100"}, "outside 50..99"),
+    ("queueLatencyAlertSeconds", {"queueLatencyAlertSeconds": "0"}, "outside 10..86400"),
+    ("relayFailureAlertCount", {"relayFailureAlertCount": "0"}, "outside 1..100000"),
+    ("workerErrorAlertCount", {"workerErrorAlertCount": "many"}, "not a int"),
+    ("backupRetentionDays", {"backupRetentionDays": "0"}, "outside 1..30"),
     ("gcp:project", {"gcp:project": None}, "is required"),
     ("gcp:project", {"gcp:project": "Acme Mail"}, "whitespace or a control character"),
     ("gcp:region", {"gcp:region": "europe-west1\n"}, "whitespace or a control character"),
@@ -242,6 +254,11 @@ def test_defaults_and_normalisation():
     assert cfg.dmarc_policy is None and cfg.manage_spf is True
     assert cfg.zone_for("rdo-studio.net") == "rdo-studio.net"
     assert cfg.zone_for("mail.rdo-dev.com") == "rdo-dev.com"
+    assert cfg.alert_email == cfg.admin_email == "ops@rdo-dev.com"
+    assert (cfg.mariadb_image, cfg.caddy_image) == ("mariadb:11.4", "caddy:2.10")
+    assert (cfg.maintenance_window, cfg.disk_alert_percent, cfg.backup_retention_days) == ("Sun 02:00", 80, 3)
+    custom = load({NS + "alertEmail": "oncall@rdo-dev.com", NS + "maintenanceWindow": "sat 01:30"})
+    assert (custom.alert_email, custom.maintenance_window) == ("oncall@rdo-dev.com", "Sat 01:30")
 
 
 @pytest.mark.parametrize("mode,port,expected", [("starttls", 587, "STARTLS"), ("tls", 465, "TLS"),

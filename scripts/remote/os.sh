@@ -70,7 +70,9 @@ fi
 # disk); with SELinux enforcing, Docker confines them too (container_t, volumes container_file_t).
 dropin=/etc/systemd/system/docker.service.d/postal-gateway.conf
 printf '[Unit]\nRequiresMountsFor=%s\n' "$PG_DATA_DIR" | pg_install 0644 root:root "$dropin" || true
-printf '{\n  "selinux-enabled": %s\n}\n' "$([[ $PG_SELINUX == enforcing ]] && echo true || echo false)" |
+# Container output goes to the journal under the container's name, where the Ops Agent reads it.
+printf '{\n  "selinux-enabled": %s,\n  "log-driver": "journald",\n  "log-opts": {"tag": "{{.Name}}"}\n}\n' \
+  "$([[ $PG_SELINUX == enforcing ]] && echo true || echo false)" |
   pg_install 0644 root:root /etc/docker/daemon.json || true
 docker_config=$(pg_fingerprint "$dropin" /etc/docker/daemon.json)
 if ! pg_applied docker "$docker_config"; then

@@ -1,0 +1,292 @@
+"""The ops step: Ops Agent config (checked against the agent's schema), patching and reboot window,
+MariaDB backups and the restore drill — rendered by the program and run against the fake host."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import re
+import shlex
+import shutil
+import subprocess
+
+import jsonschema
+import pytest
+import yaml
+
+import fakehost
+import program
+from components import operations, render
+from components.host import SNAPSHOT_START_UTC
+from program import commands, env_of
+from test_scripts import Machine, index
+
+NS = "postal-gateway:"
+SCHEMA = program.ROOT / "tests" / "ops_agent.schema.json"
+
+
+def units_of(command) -> dict[str, str]:
+    return {path: base64.b64decode(data).decode()
+            for path, data in (line.split() for line in env_of(command)["PG_UNITS"].splitlines())}
+
+
+def unit_value(text: str, key: str) -> str:
+    (value,) = re.findall(rf"^{key}=(.*)$", text, re.M)
+    return value
+
+
+@pytest.fixture(scope="module")
+def steps(run):
+    return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(run).items()}
+
+
+@pytest.fixture(scope="module")
+def units(run):
+    return units_of(commands(run)["ops"])
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory, steps):
+    """A host after os, database and ops (built once, copied for each test)."""
+    stubs = tmp_path_factory.mktemp("ops-stubs")
+    fakehost.install(stubs)
+    machine = Machine(tmp_path_factory.mktemp("ops-host"), stubs)
+    machine.output = machine.up(steps, ("os", "database", "ops"))
+    return machine
+
+
+@pytest.fixture
+def fresh(tmp_path, host):
+    return Machine(tmp_path / "copy", host.bin, like=host)
+
+
+def sbin(machine: Machine, tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(machine.file(f"/usr/local/sbin/{tool}")), *args], capture_output=True, text=True,
+                          env={"PATH": f"{machine.bin}:/usr/bin:/bin", "PG_ROOT": str(machine.root), **env},
+                          timeout=60)
+
+
+# --- what the program renders ---
+
+def test_agent_config_passes_the_agents_schema(tmp_path):
+    rendered = tmp_path / "config.yaml"
+    rendered.write_text(operations.ops_agent_config())
+    result = subprocess.run([program.tool("check-jsonschema"), "--schemafile", str(SCHEMA), str(rendered)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = yaml.safe_load(rendered.read_text())
+    broken["metrics"]["receivers"]["postal"]["config"]["scrape_configs"][0]["honor_labels"] = True
+    broken["logging"]["receivers"]["journald"]["include_units"] = ["docker"]
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    assert len(list(validator.iter_errors(broken))) == 2  # the schema refuses what the agent refuses
+
+
+def test_agent_ships_the_journal_host_metrics_and_postals_prometheus_metrics():
+    config = yaml.safe_load(operations.ops_agent_config())
+    for section in ("logging", "metrics"):  # confgenerator/config.go: a pipeline's receiver must be defined
+        receivers = config[section]["receivers"]
+        for pipeline in config[section]["service"]["pipelines"].values():
+            assert set(pipeline["receivers"]) <= set(receivers)
+    assert config["logging"]["receivers"]["journald"] == {"type": "systemd_journald"}
+    assert config["logging"]["service"]["pipelines"]["default_pipeline"] == {"receivers": ["journald"]}
+    scrapes = config["metrics"]["receivers"]["postal"]["config"]["scrape_configs"]
+    # Postal's worker and SMTP health servers (postal.yml defaults 9090 / 9091) serve /metrics
+    assert {(s["metrics_path"], s["static_configs"][0]["targets"][0]) for s in scrapes} == {
+        ("/metrics", "127.0.0.1:9090"), ("/metrics", "127.0.0.1:9091")}
+    assert config["metrics"]["service"]["pipelines"]["default_pipeline"] == {"receivers": ["hostmetrics"]}
+
+
+def test_docker_logs_containers_to_the_journal_under_their_names():
+    os_script = render.step_script("os")
+    assert '"log-driver": "journald"' in os_script and '"tag": "{{.Name}}"' in os_script
+
+
+def test_security_updates_daily_reboots_only_in_the_window(run):
+    ops = commands(run)["ops"]
+    automatic = env_of(ops)["PG_AUTOMATIC_CONF"]
+    assert re.search(r"^upgrade_type = security$", automatic, re.M)
+    assert re.search(r"^apply_updates = yes$", automatic, re.M) and re.search(r"^reboot = never$", automatic, re.M)
+    units = units_of(ops)
+    reboot = units["/etc/systemd/system/postal-gateway-reboot.timer"]
+    assert unit_value(reboot, "OnCalendar") == "Sun *-*-* 02:00:00 UTC"  # default: early Sunday UTC
+    assert unit_value(units["/etc/systemd/system/postal-gateway-reboot.service"], "ExecStart") == \
+        "/usr/local/sbin/postal-gateway-reboot"
+    custom = program.run({NS + "maintenanceWindow": "wed 23:30"})
+    assert unit_value(units_of(commands(custom)["ops"])["/etc/systemd/system/postal-gateway-reboot.timer"],
+                      "OnCalendar") == "Wed *-*-* 23:30:00 UTC"
+
+
+def test_backup_runs_daily_before_the_snapshot(run):
+    units = units_of(commands(run)["ops"])
+    backup = unit_value(units["/etc/systemd/system/postal-gateway-backup.timer"], "OnCalendar")
+    assert backup == "*-*-* 03:30:00 UTC" and SNAPSHOT_START_UTC == "04:00"
+    service = units["/etc/systemd/system/postal-gateway-backup.service"]
+    assert "Environment=PG_BACKUP_RETENTION_DAYS=3" in service
+    assert "Environment=PG_BACKUP_DIR=/opt/postal/backup/mariadb" in service  # on the snapshotted disk
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze not installed")
+def test_timer_calendars_are_valid_systemd_calendars(units):
+    for path, text in units.items():
+        if path.endswith(".timer"):
+            spec = unit_value(text, "OnCalendar")
+            result = subprocess.run(["systemd-analyze", "calendar", spec], capture_output=True, text=True)
+            assert result.returncode == 0 and f"Normalized form: {spec}" in result.stdout, result.stderr
+
+
+# --- on the fake host ---
+
+def test_composed_ops_step_passes_shellcheck():
+    result = subprocess.run([program.tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
+                            input=render.step_script("ops"), capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_ops_step_without_its_settings_stops_before_doing_anything(tmp_path, host):
+    machine = Machine(tmp_path, host.bin)
+    result = machine.run((f"bash -c {shlex.quote(render.step_script('ops'))} ops", ""))
+    assert result.returncode != 0 and "PG_AGENT_CONFIG: parameter null or not set" in result.stderr
+    assert machine.changes() == []
+
+
+def test_images_are_settings_of_their_own_step():
+    run = program.run({NS + "mariadbImage": "registry.example.com/db/mariadb:11.8",
+                       NS + "caddyImage": "caddy:2.11@sha256:" + "a" * 64})
+    steps = commands(run)
+    assert env_of(steps["database"])["PG_MARIADB_IMAGE"] == "registry.example.com/db/mariadb:11.8"
+    assert env_of(steps["caddy"])["PG_CADDY_IMAGE"] == "caddy:2.11@sha256:" + "a" * 64
+
+
+def test_new_mariadb_image_recreates_only_that_container(fresh):
+    changed = {s: (c.inputs["create"], c.inputs.get("stdin") or "") for s, c in
+               commands(program.run({NS + "mariadbImage": "mariadb:11.8"})).items()}
+    start = len(fresh.calls())
+    fresh.up(changed, ("database",))
+    calls = fresh.changes(start)
+    assert index(calls, r"^docker rm -f postal-mariadb$") < index(calls, r"^docker run .*--name postal-mariadb .*mariadb:11.8")
+    assert fresh.state()["containers"]["postal-mariadb"]["image"] == "mariadb:11.8"
+    assert not any("postal-caddy" in c or "compose" in c for c in calls)
+
+def test_ops_step_installs_and_enables_everything(host, units):
+    state = host.state()
+    assert {"google-cloud-ops-agent", "dnf-automatic", "yum-utils"} <= set(state["packages"])
+    for unit in ("google-cloud-ops-agent", "dnf-automatic.timer", "postal-gateway-reboot.timer",
+                 "postal-gateway-backup.timer"):
+        assert state["units"][unit] == {"is-enabled": True, "is-active": True}, unit
+    assert host.file(operations.AGENT_CONFIG).read_text() == operations.ops_agent_config()
+    assert "packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all" in \
+        host.file("/etc/yum.repos.d/google-cloud-ops-agent.repo").read_text()
+    for tool in ("postal-gateway-reboot", "postal-gateway-backup", "postal-gateway-restore-db"):
+        assert host.file(f"/usr/local/sbin/{tool}").stat().st_mode & 0o777 == 0o755
+    for path, text in units.items():
+        assert host.file(path).read_text() == text
+
+
+def test_ops_step_rerun_changes_nothing(fresh, steps):
+    before, start = fresh.tree(), len(fresh.calls())
+    fresh.up(steps, ("ops",))
+    assert fresh.changes(start) == [] and fresh.tree() == before
+
+
+def test_new_window_rewrites_the_timer_and_restarts_it_only(fresh):
+    changed = {s: (c.inputs["create"], "") for s, c in
+               commands(program.run({NS + "maintenanceWindow": "Sat 01:00"})).items()}
+    start = len(fresh.calls())
+    fresh.up(changed, ("ops",))
+    calls = fresh.changes(start)
+    assert "systemctl daemon-reload" in calls
+    assert "systemctl restart postal-gateway-reboot.timer postal-gateway-backup.timer" in calls
+    assert not any("ops-agent" in c for c in calls)  # the agent's config did not change
+    assert "OnCalendar=Sat *-*-* 01:00:00 UTC" in \
+        fresh.file("/etc/systemd/system/postal-gateway-reboot.timer").read_text()
+
+
+@pytest.mark.parametrize("needed", [False, True])
+def test_reboot_only_when_needs_restarting_says_so(fresh, needed):
+    state = fakehost.Host(fresh.root)
+    state.state["needs_reboot"] = needed
+    state.save()
+    result = sbin(fresh, "postal-gateway-reboot")
+    assert result.returncode == 0, result.stderr
+    assert ("systemctl reboot" in fresh.changes()) is needed
+    assert fresh.state().get("reboots", 0) == int(needed)
+
+
+def test_everything_comes_back_after_a_reboot(host):
+    """What a reboot relies on: enabled units, restart policies, the data disk mounted before Docker."""
+    state = host.state()
+    assert state["units"]["docker"]["is-enabled"]
+    assert "RequiresMountsFor=/opt/postal" in \
+        host.file("/etc/systemd/system/docker.service.d/postal-gateway.conf").read_text()
+    assert re.search(r"^UUID=\S+ /opt/postal xfs defaults,nofail 0 2$", host.file("/etc/fstab").read_text(), re.M)
+    # MariaDB here, Caddy in its step; Postal's compose services are `restart: unless-stopped`
+    # in postalserver/install templates/docker-compose.v3.yml (facts/postal.md §2)
+    assert state["containers"]["postal-mariadb"]["restart"] == "unless-stopped"
+    assert '--restart unless-stopped' in render.step_script("caddy")
+
+
+def backups(machine: Machine) -> list[str]:
+    return sorted(p.name for p in machine.file(operations.BACKUP_DIR).glob("mariadb-*.mbstream.gz"))
+
+
+def backup_env(units) -> dict[str, str]:
+    """The Environment= lines of the backup service, as systemd hands them to the script."""
+    service = units["/etc/systemd/system/postal-gateway-backup.service"]
+    return dict(line.split("=", 2)[1:] for line in service.splitlines() if line.startswith("Environment="))
+
+
+def test_backup_streams_mariadb_onto_the_data_disk_and_keeps_n_days(fresh, units):
+    fresh.file("/opt/postal/mariadb/ibdata1").write_text("pages")
+    old = fresh.file(operations.BACKUP_DIR) / "mariadb-20200101T033000Z.mbstream.gz"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_bytes(b"old")
+    subprocess.run(["touch", "-d", "2020-01-01", str(old)], check=True)
+    result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
+    assert result.returncode == 0, result.stderr
+    (name,) = backups(fresh)  # the old one is past backupRetentionDays
+    archive = gzip.decompress((fresh.file(operations.BACKUP_DIR) / name).read_bytes()).decode()
+    assert archive.startswith("MBSTREAM1\n") and "ibdata1" in archive
+    assert any(c.startswith("Q docker exec postal-mariadb sh -c ") and "--stream=xbstream" in c
+               for c in fresh.calls())
+    assert "MARIADB_ROOT_PASSWORD=" not in "\n".join(fresh.calls())  # no secret on a command line
+
+
+def test_failed_backup_leaves_no_file(fresh, units):
+    fakehost_state = fakehost.Host(fresh.root)
+    fakehost_state.state["containers"]["postal-mariadb"]["running"] = False
+    fakehost_state.save()
+    result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
+    assert result.returncode != 0
+    assert backups(fresh) == [] and list(fresh.file(operations.BACKUP_DIR).glob(".*partial")) == []
+
+
+def test_restore_drill_puts_the_backup_back(fresh, units):
+    """docs/operations.md "Restore MariaDB from its backup", step by step on the fake host."""
+    (fresh.root / "opt/postal/install").mkdir(parents=True)
+    fresh.file("/opt/postal/install/docker-compose.yml").write_text(
+        "  web:\n    image: ghcr.io/postalserver/postal:3.3.6\n")
+    fresh.file("/opt/postal/mariadb/ibdata1").write_text("good pages")
+    assert sbin(fresh, "postal-gateway-backup", **backup_env(units)).returncode == 0
+    fresh.file("/opt/postal/mariadb/ibdata1").write_text("torn pages")  # what a crash left
+    start = len(fresh.calls())
+    result = sbin(fresh, "postal-gateway-restore-db")
+    assert result.returncode == 0, result.stderr
+    calls = fresh.changes(start)
+    assert index(calls, r"^docker compose -p postal stop$") < index(calls, r"^docker stop postal-mariadb$") < \
+        index(calls, r"^docker run --rm --interactive .* mbstream -x$") < \
+        index(calls, r"mariadb-backup --prepare --target-dir=/restore$") < \
+        index(calls, r"^docker start postal-mariadb$") < index(calls, r"^docker compose -p postal start$")
+    assert fresh.file("/opt/postal/mariadb/ibdata1").read_text() == "good pages"
+    assert fresh.file(f"/opt/postal/mariadb/{fakehost.CHECKPOINTS}").read_text() == "backup_type = log-applied\n"
+    (kept,) = fresh.file("/opt/postal").glob("mariadb.before-restore-*")
+    assert (kept / "ibdata1").read_text() == "torn pages"
+    state = fresh.state()
+    assert state["containers"]["postal-mariadb"]["running"] and state["postal"]["running"]
+
+
+def test_restore_without_a_backup_stops_before_touching_anything(fresh):
+    start = len(fresh.calls())
+    result = sbin(fresh, "postal-gateway-restore-db")
+    assert result.returncode != 0 and "no backup in /opt/postal/backup/mariadb" in result.stderr
+    assert fresh.changes(start) == []
