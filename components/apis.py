@@ -64,6 +64,7 @@ class ProjectApis(pulumi.ComponentResource):
         unknown = [api for api in apis if api not in self.services]
         if unknown or not apis:
             raise ValueError(f"ProjectApis.after: {unknown or 'no API'} given; enable it in components/apis.py APIS")
-        depends_on = list(options.pop("depends_on", None) or [])
+        depends_on = options.pop("depends_on", None) or []
+        depends_on = [depends_on] if isinstance(depends_on, pulumi.Resource) else list(depends_on)
         return pulumi.ResourceOptions(
             parent=parent, depends_on=depends_on + [self.services[api] for api in apis], **options)
