@@ -1,7 +1,9 @@
 """MailDns: Cloudflare records for the host, the relay SPF chain, DKIM, return path and DMARC.
 
-`lookup_zones` runs first (before any resource): it resolves every zone and refuses to add a
-second SPF or DMARC record at a name that already has one this stack did not create.
+`lookup_zones` runs first (before any resource): it resolves every zone, reads every record at
+every name the stack publishes, and stops on a record this stack did not create that would
+collide with one of ours (a second SPF or DMARC record, another address or a CNAME at `hostname`,
+anything at the names the stack owns: spf./rp. of `hostname`, psrp.<domain>).
 """
 
 from __future__ import annotations
@@ -98,17 +100,51 @@ def record_specs(cfg: MailConfig, public_ip: Any = None, dkim: Optional[dict] = 
     return specs
 
 
-def find_conflicts(specs: list[RecordSpec], existing: dict[str, list[dict]], comment: str) -> list[str]:
-    """Names where a guarded TXT record (SPF, DMARC) exists that this stack did not create."""
-    problems = []
+def owned_names(cfg: MailConfig) -> dict[str, str]:
+    """Names where every record is the stack's: any other record there is in the way. Name -> fix."""
+    other_host = "or choose another postal-gateway:hostname"
+    names = {name: f"delete it in Cloudflare (left by an earlier Postal?), {other_host}"
+             for name in (cfg.spf_include, cfg.return_path_domain, f"postal._domainkey.{cfg.return_path_domain}")}
+    for domain in cfg.sending_domains:
+        names[f"psrp.{domain}"] = "delete it in Cloudflare: the stack's return-path CNAME needs the name to itself"
+    return names
+
+
+def _conflict(name: str, ours: list, record: dict, owned: dict[str, str], spf_include: str) -> Optional[str]:
+    """The fix when `record` (not ours) collides with the records `ours` the stack publishes at `name`."""
+    kind = record.get("type")
+    if name in owned:
+        return owned[name]
+    if kind == "CNAME":
+        return "delete the CNAME: a CNAME excludes every other record at its name"
+    if kind in ("A", "AAAA") and any(spec.type == "A" for spec in ours):
+        return ("delete it in Cloudflare (clients would reach another address), or choose another "
+                "postal-gateway:hostname")
+    prefix = _guarded_prefix(txt_text(str(record.get("content") or ""))) if kind == "TXT" else None
+    if prefix and any(spec.type == "TXT" and _guarded_prefix(str(spec.content)) == prefix for spec in ours):
+        if prefix == "v=spf1":
+            return (f"merge 'include:{spf_include}' into the existing SPF record yourself and set "
+                    "postal-gateway:manageSpf false, or delete the old record so this stack owns it")
+        return "keep it and unset postal-gateway:dmarcPolicy, or delete it so this stack publishes the policy"
+    return None
+
+
+def find_conflicts(specs: list[RecordSpec], existing: dict[str, list[dict]], comment: str,
+                   owned: Optional[dict[str, str]] = None, spf_include: str = "") -> list[str]:
+    """One line per record (not carrying our comment) that collides with a record the stack publishes."""
+    owned = owned or {}
+    ours: dict[str, list[RecordSpec]] = {}
     for spec in specs:
-        prefix = _guarded_prefix(str(spec.content)) if spec.type == "TXT" else None
-        if prefix is None:
-            continue
-        for record in existing.get(spec.name, []):
-            content = txt_text(str(record.get("content") or ""))  # Cloudflare may return it quoted
-            if _guarded_prefix(content) == prefix and record.get("comment") != comment:
-                problems.append(f"{spec.name} already has {content!r}")
+        ours.setdefault(spec.name, []).append(spec)
+    problems = []
+    for name in dict.fromkeys([*ours, *owned]):
+        for record in existing.get(name, []):
+            if record.get("comment") == comment:
+                continue
+            fix = _conflict(name, ours.get(name, []), record, owned, spf_include)
+            if fix:
+                content = txt_text(str(record.get("content") or ""))  # Cloudflare may return TXT quoted
+                problems.append(f"{name} already has {content!r} ({record.get('type')}). Fix: {fix}")
     return problems
 
 
@@ -126,17 +162,19 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
                 "and that the API token (cloudflare:apiToken or CLOUDFLARE_API_TOKEN) has Zone:Read and DNS:Edit "
                 "on it, or set postal-gateway:cloudflareZone.") from None
     specs = record_specs(cfg)
+    owned = owned_names(cfg)
+    zone_of = {spec.name: spec.zone for spec in specs}
+    for name in owned:  # postal._domainkey.rp.<hostname>: published later, with the signing key
+        zone_of.setdefault(name, cfg.cloudflare_zone)
     existing: dict[str, list[dict]] = {}
-    for spec in specs:
-        if spec.type == "TXT" and spec.name not in existing:
-            found = cloudflare.get_dns_records(zone_id=zone_ids[spec.zone], type="TXT", name={"exact": spec.name})
-            existing[spec.name] = [{"content": r.content, "comment": r.comment} for r in (found.results or [])]
-    conflicts = find_conflicts(specs, existing, comment_for(cfg))
+    for name, zone in zone_of.items():  # every type at the name: Cloudflare's name.exact filter
+        found = cloudflare.get_dns_records(zone_id=zone_ids[zone], name={"exact": name})
+        existing[name] = [{"type": r.type, "content": r.content, "comment": r.comment} for r in (found.results or [])]
+    conflicts = find_conflicts(specs, existing, comment_for(cfg), owned, cfg.spf_include)
     if conflicts:
         raise DnsConflictError(
-            "postal-gateway: refusing to publish a second SPF/DMARC record:\n  - " + "\n  - ".join(conflicts)
-            + f"\nFix: merge 'include:{cfg.spf_include}' into the existing SPF record yourself and set "
-            "postal-gateway:manageSpf false (or unset dmarcPolicy), or delete the old record so this stack owns it.")
+            "postal-gateway: records this stack would publish collide with records it did not create (ours "
+            f"carry the comment '{comment_for(cfg)}'):\n  - " + "\n  - ".join(conflicts))
     return zone_ids
 
 

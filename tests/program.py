@@ -99,9 +99,12 @@ def _fake_key(name: str, bits: int = 2048) -> dict:
 class Mocks(pulumi.runtime.Mocks):
     """Deterministic provider answers; records every invoke."""
 
-    def __init__(self, txt_records: Optional[dict] = None, missing_zones: tuple = ()):
+    def __init__(self, txt_records: Optional[dict] = None, missing_zones: tuple = (),
+                 dns_records: Optional[list] = None):
         self.invokes: list[tuple[str, dict]] = []
-        self.txt_records = txt_records or {}
+        # Existing Cloudflare records: dicts with name, type, content and comment.
+        self.dns_records = [dict(r, name=name, type="TXT") for name, rs in (txt_records or {}).items() for r in rs]
+        self.dns_records += dns_records or []
         self.missing_zones = missing_zones
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs):
@@ -138,9 +141,28 @@ class Mocks(pulumi.runtime.Mocks):
                 return {}, [("filter", f"zone {zone} not found")]
             return {"id": f"zone-{zone}", "zoneId": f"zone-{zone}", "name": zone}
         if args.token == "cloudflare:index/getDnsRecords:getDnsRecords":
-            name = args.args["name"]["exact"]
-            return {"results": [dict(r, name=name, type="TXT") for r in self.txt_records.get(name, [])]}
+            return {"results": self.list_records(args.args)}
         return {}
+
+    def list_records(self, query: dict) -> list[dict]:
+        """Cloudflare's list DNS records (GET /zones/{zone_id}/dns_records) as pulumi_cloudflare 6.23.1's
+        getDnsRecords invoke sends it: zoneId, optional type, name {"exact": …} (name filters are
+        case-insensitive); each result has GetDnsRecordsResultResult's fields (comment null when unset)."""
+        zone = query["zoneId"].removeprefix("zone-")
+        name = query.get("name", {}).get("exact", "").lower()
+        results = []
+        for i, record in enumerate(self.dns_records):
+            stored = record["name"].lower()  # Cloudflare stores names in lower case
+            if not (stored == zone or stored.endswith("." + zone)):
+                continue  # another zone's record
+            if (name and stored != name) or (query.get("type") and record["type"] != query["type"]):
+                continue
+            results.append({"id": f"record-{i}", "name": stored, "type": record["type"],
+                            "content": record["content"], "comment": record.get("comment"), "ttl": 1,
+                            "proxied": False, "proxiable": record["type"] in ("A", "AAAA", "CNAME"),
+                            "priority": record.get("priority"), "tags": [], "meta": "{}",
+                            "createdOn": "2026-01-01T00:00:00Z", "modifiedOn": "2026-01-01T00:00:00Z"})
+        return results
 
 
 class RecordingMonitor(mocks.MockMonitor):
@@ -190,11 +212,11 @@ class Run:
 
 
 def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Optional[dict] = None,
-        missing_zones: tuple = (), replace: bool = False) -> Run:
+        missing_zones: tuple = (), replace: bool = False, dns_records: Optional[list] = None) -> Run:
     """Run __main__.py with BASE_CONFIG updated by `config` (None values remove keys)."""
     merged = dict(config or {}) if replace else {**copy.deepcopy(BASE_CONFIG), **(config or {})}
     merged = {k: v for k, v in merged.items() if v is not None}
-    mock = Mocks(txt_records, missing_zones)
+    mock = Mocks(txt_records, missing_zones, dns_records)
     monitor = RecordingMonitor(mock)
     pulumi.runtime.set_mocks(mock, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(merged, list(secret_keys))
@@ -219,6 +241,21 @@ def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Opt
 
     program()
     return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None)
+
+
+def lookup(config: Optional[dict] = None, dns_records: Optional[list] = None):
+    """config.load and dns.lookup_zones alone (what __main__.py runs before any resource), under the
+    same mocks: (zone ids or None, the error or None, invokes)."""
+    from components import config as config_module, dns
+
+    mock = Mocks(dns_records=dns_records)
+    pulumi.runtime.set_mocks(mock, project=PROJECT, stack=STACK, preview=False)
+    merged = {k: v for k, v in {**BASE_CONFIG, **(config or {})}.items() if v is not None}
+    pulumi.runtime.set_all_config(merged, [])
+    try:
+        return dns.lookup_zones(config_module.load()), None, mock.invokes
+    except pulumi.RunError as err:
+        return None, err, mock.invokes
 
 
 # Bootstrap commands of a run: step name -> Registered, and what each one sends to the VM.

@@ -1,5 +1,7 @@
 """The real program under mocks: resources, properties, parenting, zones, outputs and secrecy."""
 
+import pytest
+
 import program
 from components import dns
 
@@ -194,3 +196,71 @@ def test_sizes_and_labels_flow_to_resources():
     assert vm.inputs["machineType"] == "n2-standard-2" and vm.inputs["labels"]["team"] == "platform"
     assert disk.inputs["size"] == 200 and disk.inputs["labels"]["team"] == "platform"
     assert policy.inputs["snapshotSchedulePolicy"]["retentionPolicy"]["maxRetentionDays"] == 30
+
+
+FOREIGN = None  # no comment: a record someone made by hand
+COLLISIONS = [
+    # (existing record, words its error line must contain)
+    ({"name": "postal.rdo-dev.com", "type": "A", "content": "192.0.2.80"}, "choose another postal-gateway:hostname"),
+    ({"name": "postal.rdo-dev.com", "type": "AAAA", "content": "2001:db8::80"}, "another address"),
+    ({"name": "Postal.RDO-dev.com", "type": "CNAME", "content": "old.example.net"}, "a CNAME excludes"),
+    ({"name": "spf.postal.rdo-dev.com", "type": "TXT", "content": "v=spf1 -all"}, "left by an earlier Postal"),
+    ({"name": "rp.postal.rdo-dev.com", "type": "MX", "content": "mx.example.net"}, "left by an earlier Postal"),
+    ({"name": "postal._domainkey.rp.postal.rdo-dev.com", "type": "TXT", "content": "v=DKIM1; p=MIIB"},
+     "left by an earlier Postal"),
+    ({"name": "psrp.rdo-studio.net", "type": "CNAME", "content": "rp.old-postal.rdo-studio.net"},
+     "return-path CNAME needs the name"),
+    ({"name": "psrp.rdo-dev.com", "type": "TXT", "content": "hello"}, "return-path CNAME needs the name"),
+    ({"name": "rdo-dev.com", "type": "TXT", "content": '"v=spf1 include:_spf.google.com ~all"'}, "manageSpf false"),
+    ({"name": "rdo-dev.com", "type": "CNAME", "content": "elsewhere.example.net"}, "a CNAME excludes"),
+    ({"name": "postal.rdo-dev.com", "type": "A", "content": "192.0.2.80",
+      "comment": "managed by postal-gateway (staging)"}, "choose another postal-gateway:hostname"),  # another stack's
+]
+
+
+@pytest.mark.parametrize("record,fix", COLLISIONS, ids=[f"{c[0]['type']}@{c[0]['name']}" for c in COLLISIONS])
+def test_a_foreign_record_at_a_name_we_publish_stops_the_run(record, fix):
+    run = program.run(dns_records=[{"comment": FOREIGN, **record}])
+    assert isinstance(run.error, dns.DnsConflictError) and run.resources == []
+    header, *lines = str(run.error).splitlines()
+    assert "managed by postal-gateway (prod)" in header
+    (line,) = lines
+    content = dns.txt_text(record["content"])
+    assert line.startswith(f"  - {record['name'].lower()} already has {content!r} ({record['type']}). Fix: ")
+    assert fix in line
+
+
+@pytest.mark.parametrize("record", [
+    {"name": "postal.rdo-dev.com", "type": "MX", "content": "mx.example.net"},  # no clash with an A record
+    {"name": "postal.rdo-dev.com", "type": "TXT", "content": "google-site-verification=abc"},
+    {"name": "rdo-dev.com", "type": "MX", "content": "aspmx.l.google.com"},
+    {"name": "_dmarc.rdo-dev.com", "type": "TXT", "content": "v=DMARC1; p=none"},  # dmarcPolicy unset
+    {"name": "psrp.rdo-dev.com", "type": "CNAME", "content": "rp.postal.rdo-dev.com",
+     "comment": "managed by postal-gateway (prod)"},  # ours, from the last run
+    {"name": "rp.postal.rdo-dev.com", "type": "TXT", "content": "v=spf1 include:spf.postal.rdo-dev.com ~all",
+     "comment": "managed by postal-gateway (prod)"},
+    {"name": "psrp.rdo-dev.com", "type": "A", "content": "192.0.2.1", "zone": "elsewhere"},
+], ids=lambda r: f"{r['type']}@{r['name']}")
+def test_records_that_do_not_collide_pass_the_guard(record):
+    zone = record.pop("zone", None)
+    if zone:  # the same name in a zone the stack does not use: Cloudflare lists it in that zone only
+        record = {**record, "name": record["name"].replace("rdo-dev.com", "rdo-dev.org")}
+    zone_ids, error, invokes = program.lookup(dns_records=[{"comment": FOREIGN, **record}])
+    assert error is None and zone_ids == {z: f"zone-{z}" for z in ("rdo-dev.com", "rdo-studio.net")}
+
+
+def test_the_guard_reads_every_published_name_in_its_zone(run):
+    queries = {(a["zoneId"], a["name"]["exact"]): a for t, a in run.invokes
+               if t == "cloudflare:index/getDnsRecords:getDnsRecords"}
+    assert all("type" not in a for a in queries.values())  # every type at the name
+    names = {(r["zoneId"], r["name"]) for r in records(run) if not r["name"].startswith("postal-")}  # DKIM: random
+    names.add(("zone-rdo-dev.com", "postal._domainkey.rp.postal.rdo-dev.com"))
+    assert set(queries) == names
+
+
+def test_dmarc_cname_collides_when_the_stack_publishes_dmarc():
+    cname = {"name": "_dmarc.rdo-studio.net", "type": "CNAME", "content": "dmarc.vendor.example", "comment": None}
+    assert program.lookup(dns_records=[cname])[1] is None
+    _, error, _ = program.lookup({NS + "dmarcPolicy": "reject"}, dns_records=[cname])
+    assert isinstance(error, dns.DnsConflictError) and "_dmarc.rdo-studio.net already has" in str(error)
+    assert "a CNAME excludes" in str(error)
