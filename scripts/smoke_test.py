@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -26,14 +27,11 @@ import dns.resolver
 import requests
 import urllib3
 
-from scripts.remote.relay_preflight import diagnose
+from scripts.remote.relay_preflight import diagnose, unwrap
 
 GOOGLE_SPF = "_spf.google.com"
 ALLOWLIST_PATH = ("Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
                   "→ Only accept mail from the specified IP addresses")
-DONE, FAILED = {"Sent"}, {"HardFail", "Bounced"}
-HELD_FIX = ("Postal held the message (a Development-mode server, a send limit or spam checks): "
-            "release it in Postal's web UI and check the server's mode and limits")
 CERT_WARN_DAYS = 14
 RESOLVER_FIX = "check this machine's resolver, or pass --nameserver 1.1.1.1"
 
@@ -46,37 +44,139 @@ class Check:
     fix: str = ""
 
 
-# --- diagnosis of Postal's delivery output (Google's answers) ---
+# --- diagnosis of Postal's deliveries (Google's answers as Postal 3.3.6 stores them) ---
 
-def relay_fix(text: str, outputs: dict) -> tuple[str, str]:
-    """(diagnosis, fix) for a delivery that the relay refused or that could not reach it."""
-    lowered = text.lower()
-    ip, host = outputs.get("publicIp", "<publicIp>"), outputs.get("hostname", "<hostname>")
-    status = diagnose(text, 550)[1]
-    if status == "not-allowlisted":
-        return ("Google does not accept this IP / HELO / sender domain (Invalid credentials for relay)",
-                f"add {ip} in {ALLOWLIST_PATH} (changes take up to an hour); check that the sender's domain is a "
-                f"Workspace domain and that Postal's HELO is {host}")
-    if status == "tls-failed":
-        return ("the relay requires TLS",
-                "set postal-gateway:relayTls to starttls (port 587) and run pulumi up; Postal's mode must be STARTLS")
-    if "for user" in lowered and "limit" in lowered:
-        return ("Google's daily relay limit for this envelope sender is used up (10,000 / 24 h)",
-                "wait for the 24-hour window to pass or spread mail over several senders")
-    if "peak" in lowered:
-        return ("Google's 10-minute peak relay limit for the organisation is used up",
-                "slow down; Postal retries soft failures by itself")
-    if status == "rate-limited":
-        return ("Google's daily relay limit for the organisation is used up",
-                "wait for the 24-hour window; the limit grows with the number of Workspace licences")
-    if "try again later" in lowered:
-        return ("Google throttled the connection at HELO",
-                f"Postal must greet as {host} (dns.helo_hostname, postal step); never localhost")
-    if any(m in lowered for m in ("connection refused", "timed out", "timeout", "unreachable", "no route")):
-        return ("Postal cannot reach the relay",
-                "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress; "
-                "on the VM: sudo postal logs worker")
-    return "the relay refused the message", "read the relay's answer above; on the VM: sudo postal logs worker"
+@dataclass(frozen=True)
+class Diagnosis:
+    headline: str
+    fix: str  # may name {publicIp} and {hostname}
+    stop: bool = True  # waiting cannot help: report at once instead of polling until --timeout
+
+
+RETRIES = "Postal retries by itself; run the smoke test again later"
+DIAGNOSES = {
+    # relay answers and connection errors: keys of relay_preflight.MARKERS, then by reply code
+    "not-allowlisted": Diagnosis(
+        "Google does not accept this IP, HELO or sender domain (Invalid credentials for relay)",
+        f"add {{publicIp}} in {ALLOWLIST_PATH}, Allowed senders: Only addresses in my domains (changes take up "
+        "to an hour); every sending domain must be a Workspace domain and Postal must greet as {hostname}"),
+    "tls-required": Diagnosis(
+        "the relay requires TLS and Postal did not start it",
+        "set postal-gateway:relayTls to starttls (port 587) or tls (465) and run pulumi up "
+        "(Postal's ssl_mode must be STARTLS or TLS)"),
+    "tls-handshake": Diagnosis(
+        "the TLS handshake with the relay failed (no STARTTLS offered, untrusted certificate, or reset or "
+        "timed out during the handshake)",
+        "check relayHost/relayPort/relayTls (smtp-relay.gmail.com, 587 starttls or 465 tls) and that nothing on "
+        "the VM's egress intercepts TLS; on the VM: openssl s_client -starttls smtp -connect smtp-relay.gmail.com:587"),
+    "sender-limit": Diagnosis(
+        "Google's daily relay limit for this envelope sender is used up (10,000 messages / 24 h per user)",
+        "wait for the 24-hour window to pass, or spread the mail over more senders"),
+    "customer-limit": Diagnosis(
+        "Google's daily relay limit for the whole organisation is used up",
+        "wait for the 24-hour window; the limit grows with the number of Workspace licences"),
+    "peak-limit": Diagnosis(
+        "Google's 10-minute peak relay limit for the organisation is exceeded (temporary)",
+        f"send more slowly; {RETRIES}", stop=False),
+    "unusual-rate": Diagnosis(
+        "Google temporarily blocks mail from {publicIp} for an unusual rate of unsolicited mail",
+        f"find what sent the burst (Postal's web UI → Messages) and stop it; {RETRIES}", stop=False),
+    "helo-rejected": Diagnosis(
+        "Google refused Postal's HELO name",
+        "Postal must greet as {hostname} (dns.helo_hostname in postal.yml, written by the postal step): pulumi up"),
+    "wrong-relay": Diagnosis(
+        "the server answered like Gmail's inbound MX, not the SMTP relay",
+        "set postal-gateway:relayHost to smtp-relay.gmail.com and run pulumi up"),
+    "unreachable": Diagnosis(
+        "Postal cannot reach the relay (connection refused, timed out, or never greeted)",
+        "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress firewall; "
+        "on the VM: sudo postal logs worker"),
+    "connection-dropped": Diagnosis(
+        "the relay closed the connection during the greeting (Google does so after a 421 at EHLO)",
+        f"{RETRIES}; if it persists, check that Postal greets as {{hostname}} and that {{publicIp}} is allowlisted",
+        stop=False),
+    "transient": Diagnosis("the relay deferred the message (a temporary 4xx answer)", RETRIES, stop=False),
+    "rejected": Diagnosis(
+        "the relay refused the message",
+        "read the relay's answer; `gcdp` marks a Workspace admin rule (Admin console → Gmail → Compliance); "
+        "on the VM: sudo postal logs worker"),
+    # deliveries Postal writes itself (app/lib/message_dequeuer/*.rb at 3.3.6)
+    "held-suppressed": Diagnosis(
+        "the recipient is on Postal's suppression list (after two hard fails in 24 hours, for 30 days)",
+        "fix the cause of the earlier failures, then remove the address: Postal web UI → the mail server → "
+        "Suppressions → delete it, and send again"),
+    "held-development": Diagnosis(
+        "the mail server is in Development mode: Postal holds every message",
+        "set the server to Live in Postal's web UI (Settings), or rerun the provision step"),
+    "held-limit": Diagnosis(
+        "the mail server's send limit is reached",
+        "raise or remove the send limit in Postal's web UI (Settings), then release the held messages"),
+    "held-credential": Diagnosis(
+        "the credential used is set to hold its messages",
+        "turn Hold off for the credential in Postal's web UI (Credentials), then release the message"),
+    "held-suspended": Diagnosis(
+        "the mail server is suspended", "unsuspend it in Postal's web UI (admin), then release the message"),
+    "held": Diagnosis("Postal held the message", "read the details; release it in Postal's web UI"),
+    "internal-error": Diagnosis(
+        "Postal hit an internal error while sending (it retries automatically)",
+        "on the VM: sudo postal logs worker (the output above is the exception)"),
+    "max-attempts": Diagnosis(
+        "Postal gave up after its maximum number of delivery attempts",
+        "fix the cause of the soft failures, remove the address from the suppression list (Postal web UI → "
+        "Suppressions) and send again"),
+    "spam": Diagnosis(
+        "Postal's own spam check refused the message",
+        "change the message, or raise the server's outbound spam threshold in Postal's web UI"),
+    "bounced": Diagnosis("the recipient's server bounced the message",
+                         "read the bounce in Postal's web UI; check the recipient address"),
+}
+HELD = (("suppression list", "held-suppressed"), ("development mode", "held-development"),
+        ("send limit", "held-limit"), ("credential is configured to hold", "held-credential"),
+        ("suspended", "held-suspended"))
+
+
+def bare_address(address: str) -> str:
+    """Postal's key for a recipient in `data.messages`: Postal::Helpers.strip_name_from_address (3.3.6)."""
+    return re.sub(r"\(.+?\)", "", re.sub(r">.*", "", re.sub(r".*<", "", address))).strip()
+
+
+def fold(text) -> str:
+    return " ".join(str(text or "").split())
+
+
+def diagnose_delivery(delivery: dict) -> str:
+    """Diagnosis key for a delivery that is not Sent, from Postal's status, details and output."""
+    status, details = delivery.get("status"), fold(delivery.get("details"))
+    lowered = details.lower()
+    if status == "Held":
+        return next((key for marker, key in HELD if marker in lowered), "held")
+    if status == "Error":
+        return "internal-error"
+    if status == "Bounced":
+        return "bounced"
+    if lowered.startswith("maximum number of delivery attempts"):
+        return "max-attempts"
+    if lowered.startswith("message is likely spam"):
+        return "spam"
+    return diagnose(f"{details}\n{delivery.get('output') or ''}")[0]
+
+
+def delivery_check(delivery: dict, outputs: dict, elapsed: float) -> Optional[Check]:
+    """The delivery's Check, or None while waiting can still help (pending, or a temporary SoftFail)."""
+    status = delivery["status"]
+    text = fold(f"{delivery.get('details') or ''} {unwrap(delivery.get('output'))}")
+    if status == "Sent":
+        return Check("delivery", True, f"Sent after {elapsed:.0f}s: {text}")
+    key = diagnose_delivery(delivery)
+    diagnosis = DIAGNOSES[key]
+    names = {"publicIp": outputs.get("publicIp", "<publicIp>"), "hostname": outputs.get("hostname", "<hostname>")}
+    if status == "SoftFail" and not diagnosis.stop:
+        return None
+    headline = diagnosis.headline.format(**names)
+    said = f"Postal said: {text}" if status in ("Held", "Error") or key in ("max-attempts", "spam") \
+        else f"the relay said: {text}"
+    retry = "; Postal will retry, but that cannot help until this is fixed" if status == "SoftFail" else ""
+    return Check("delivery", False, f"{status}: {headline}{retry}; {said}", diagnosis.fix.format(**names))
 
 
 # --- stack outputs ---
@@ -111,9 +211,9 @@ class SmokeTest:
 
     def report(self, check: Check) -> Check:
         self.results.append(check)
-        print(f"{'PASS' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}", file=self.out)
+        print(f"{'PASS' if check.ok else 'FAIL'}  {check.name:<9} {fold(check.detail)}", file=self.out)
         if not check.ok:
-            print(f"      fix: {check.fix}", file=self.out)
+            print(f"      fix: {fold(check.fix)}", file=self.out)
         return check
 
     # DNS: every record the stack published resolves to what it published; SPF reaches Google.
@@ -226,7 +326,7 @@ class SmokeTest:
     def api(self, path: str, body: dict) -> dict:
         base = self.o["apiUrl"].split("/api/v1/")[0]
         response = requests.post(f"{base}/api/v1/{path}", json=body, timeout=30, verify=self.verify,
-                                 headers={"X-Server-API-Key": self.o["apiKey"]})
+                                 headers={"X-Server-API-Key": self.o["apiKey"].strip()})
         try:
             return response.json()
         except ValueError:
@@ -234,11 +334,12 @@ class SmokeTest:
                                                      "message": response.text[:200]}}
 
     SEND_FIXES = {
+        "AccessDenied": "AccessDenied means the X-Server-API-Key header was missing or blank: the apiKey output is "
+                        "empty (read the outputs with --show-secrets, or pass --outputs FILE)",
         "InvalidServerAPIKey": "the apiKey output is not Postal's key: rerun the provision step "
                                "(pulumi up --replace <urn of postal-provision>)",
         "UnauthenticatedFromAddress": "send from one of sendingDomains (--sender), and check that the provision "
                                       "step created the domain",
-        "AccessDenied": "the credential is on hold or the server is suspended: check Postal's web UI",
         "ServerSuspended": "unsuspend the mail server in Postal's web UI",
     }
 
@@ -257,7 +358,7 @@ class SmokeTest:
             self.report(Check("send", False, f"{code}: {data.get('message', '')}",
                               self.SEND_FIXES.get(code, "read Postal's answer; on the VM: sudo postal logs web")))
             return None
-        message = (data.get("messages") or {}).get(self.recipient) or {}
+        message = (data.get("messages") or {}).get(bare_address(self.recipient)) or {}
         self.report(Check("send", True, f"accepted as message {message.get('id')} ({data.get('message_id')})"))
         return message.get("id")
 
@@ -268,7 +369,7 @@ class SmokeTest:
         self.report(check)
 
     def poll_delivery(self, message_id: int) -> Check:
-        """Polls the message's deliveries until the relay took it, refused it, or time ran out."""
+        """Polls the message's deliveries until a verdict: Sent, a failure waiting cannot cure, or --timeout."""
         start, last = self.clock(), None
         while True:
             try:
@@ -282,21 +383,26 @@ class SmokeTest:
                              self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web"))
             deliveries = reply.get("data") or []
             latest = deliveries[-1] if deliveries else None
-            status = latest["status"] if latest else "Pending"
-            text = f"{latest.get('details') or ''} {latest.get('output') or ''}".strip() if latest else ""
             elapsed = self.clock() - start
-            if status in DONE:
-                return Check("delivery", True, f"{status} after {elapsed:.0f}s: {text}")
-            diagnosis, fix = relay_fix(text, self.o) if latest else ("", "")
-            if status == "Held":
-                diagnosis, fix = "held by Postal", HELD_FIX
-            if status in FAILED | {"Held"} or (status == "SoftFail" and diagnosis != "the relay refused the message"):
-                return Check("delivery", False, f"{status}: {diagnosis}: {text}", fix)
+            check = delivery_check(latest, self.o, elapsed) if latest else None
+            if check:
+                return check
+            status = latest["status"] if latest else "Pending"
             if elapsed >= self.timeout:
-                return Check("delivery", False, f"still {status} after {self.timeout:.0f}s {text}".strip(),
-                             "Postal's worker has not delivered it: on the VM, sudo postal status and "
+                if latest:  # a temporary SoftFail that did not clear in time
+                    key = diagnose_delivery(latest)
+                    names = {"publicIp": self.o.get("publicIp", "<publicIp>"),
+                             "hostname": self.o.get("hostname", "<hostname>")}
+                    return Check("delivery", False,
+                                 f"still {status} after {self.timeout:.0f}s: "
+                                 f"{DIAGNOSES[key].headline.format(**names)}; Postal will retry; the relay said: "
+                                 f"{fold(latest.get('details'))} {fold(latest.get('output'))}".rstrip(),
+                                 DIAGNOSES[key].fix.format(**names))
+                return Check("delivery", False, f"still Pending after {self.timeout:.0f}s: Postal has not tried it",
+                             "Postal's worker has not picked the message up: on the VM, sudo postal status and "
                              "sudo postal logs worker")
-            self.show_progress(f"waiting for delivery: {status}, {elapsed:.0f}s of {self.timeout:.0f}s",
+            said = f" ({fold(latest.get('output'))[:80]})" if latest else ""
+            self.show_progress(f"waiting for delivery: {status}{said}, {elapsed:.0f}s of {self.timeout:.0f}s",
                                changed=status != last)
             last = status
             self.sleep(self.poll)

@@ -40,24 +40,47 @@ def fold(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def source_url(source: str) -> str:
+    """A scenario's source as a link: a named source, or `path:line` in Postal 3.3.6."""
+    if source in SOURCES:
+        repo, _, path = SOURCES[source].partition(" ")
+        if repo.startswith("github:"):  # github:<owner>/<repo>@<tag> <path>
+            name, _, tag = repo[len("github:"):].partition("@")
+            return f"https://github.com/{name}/blob/{tag}/{path.split(',')[0].split()[0]}"
+        return repo
+    path, _, line = source.split()[0].partition(":")
+    return f"https://github.com/postalserver/postal/blob/3.3.6/{path}" + (f"#L{line}" if line else "")
+
+
+def answer_text(scenario: dict) -> str:
+    """The reply a scenario plays (unwrapped to one line), or its title when it is a connection behaviour."""
+    from fake_relay import MUST_STARTTLS
+    from scripts.remote.relay_preflight import unwrap
+    relay = scenario.get("relay", {})
+    if relay.get("require_tls"):
+        return MUST_STARTTLS
+    said = [v for k, v in relay.items() if k in ("banner", "ehlo", "ehlo_tls", "mail", "rcpt", "data", "eom")
+            and v not in ("refused", "blackhole", "hang", "reset")]
+    if said:
+        return unwrap("\n".join(said[0]) if isinstance(said[0], list) else said[0])
+    return scenario.get("title") or scenario["delivery"]["details"]
+
+
 def troubleshooting_table() -> str:
-    """Markdown rows: Google's (or Postal's) text, relayStatus, what the smoke test says and the fix."""
+    """Markdown: each answer with relayStatus, Postal's status and the diagnosis; then each diagnosis's fix."""
     from scripts import smoke_test
-    outputs = {"publicIp": "<publicIp>", "hostname": "<hostname>"}
-    rows = ["| answer (source) | `relayStatus` | Postal | smoke test says | fix |", "|---|---|---|---|---|"]
+    names = {"publicIp": "`publicIp`", "hostname": "`hostname`"}
+    rows = ["| answer | `relayStatus` | Postal | diagnosis |", "|---|---|---|---|"]
     for s in TABLE["scenarios"] + TABLE["postal_only"]:
-        if "diagnosis" not in s:
-            continue
-        text = s.get("relay") and next((v for k, v in s["relay"].items() if k != "implicit"), "") or \
-            s["delivery"].get("output") or s["delivery"]["details"]
-        text = fold(text[0] if isinstance(text, list) else text)
-        text = text if re.match(r"\d{3}[ -]", text) else f"{s.get('title', '')}".strip() or text
-        source = SOURCES.get(s.get("source"), f"Postal 3.3.6 {s.get('source')}")
-        diagnosis = smoke_test.DIAGNOSES[s["diagnosis"]]
-        status = s.get("postal") or s["delivery"]["status"]
-        rows.append(f"| `{text[:90]}` ([source]({source}) ) | {s.get('preflight', '—')} | {status} | "
-                    f"{diagnosis.headline} | {diagnosis.fix.format(**outputs)} |".replace("([source](github:", "(["
-                                                                                        "source](https://github.com/"))
+        if "diagnosis" in s:
+            text = answer_text(s).replace("|", "/")
+            text = text if len(text) <= 110 else text[:109] + "…"
+            rows.append(f"| {text} ([source]({source_url(s['source'])})) | {s.get('preflight', '—')} | "
+                        f"{s.get('postal') or s['delivery']['status']} | [{s['diagnosis']}](#{s['diagnosis']}) |")
+    rows += ["", "| diagnosis | the smoke test says | fix | waits for Postal's retry |", "|---|---|---|---|"]
+    for key, d in smoke_test.DIAGNOSES.items():
+        rows.append(f'| <a id="{key}"></a>`{key}` | {d.headline.format(**names)} | {d.fix.format(**names)} | '
+                    f"{'no' if d.stop else 'yes, until `--timeout`'} |")
     return "\n".join(rows)
 
 
@@ -68,4 +91,6 @@ def render_doc(current: str) -> str:
 
 
 if __name__ == "__main__":
+    import sys
+    sys.path[:0] = [str(HERE), str(HERE.parent)]
     DOC.write_text(render_doc(DOC.read_text()))

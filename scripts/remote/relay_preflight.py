@@ -43,6 +43,13 @@ MARKERS = (
                                          "closed the connection")),
 )
 REPLY_CODE = re.compile(r"(?<![\d.])([245]\d\d)[ -]\d\.\d")
+CONTINUATION = re.compile(r"^\s*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
+
+
+def unwrap(text):
+    """One line from a multi-line reply: continuation lines lose their `550-5.7.1 ` prefix."""
+    lines = str(text or "").splitlines() or [""]
+    return fold(" ".join([lines[0]] + [CONTINUATION.sub("", line) for line in lines[1:]]))
 
 
 def reply_code(text):
@@ -52,7 +59,7 @@ def reply_code(text):
 
 def diagnose(text, code=None):
     """(diagnosis, status) for a relay answer or a connection error, from its text (any case, any lines)."""
-    lowered = text.lower()
+    lowered = unwrap(text).lower()
     for key, status, markers in MARKERS:
         if any(marker in lowered for marker in markers):
             return key, status
