@@ -76,10 +76,10 @@ def troubleshooting_table() -> str:
             text = answer_text(s).replace("|", "/")
             text = text if len(text) <= 110 else text[:109] + "…"
             rows.append(f"| {text} ([source]({source_url(s['source'])})) | {s.get('preflight', '—')} | "
-                        f"{s.get('postal') or s['delivery']['status']} | [{s['diagnosis']}](#{s['diagnosis']}) |")
+                        f"{s.get('postal') or s['delivery']['status']} | `{s['diagnosis']}` |")
     rows += ["", "| diagnosis | the smoke test says | fix | waits for Postal's retry |", "|---|---|---|---|"]
     for key, d in smoke_test.DIAGNOSES.items():
-        rows.append(f'| <a id="{key}"></a>`{key}` | {d.headline.format(**names)} | {d.fix.format(**names)} | '
+        rows.append(f"| `{key}` | {d.headline.format(**names)} | {d.fix.format(**names)} | "
                     f"{'no' if d.stop else 'yes, until `--timeout`'} |")
     return "\n".join(rows)
 
