@@ -301,3 +301,138 @@ def test_warnings_for_open_ports_and_foreign_hostname():
     notes = " ".join(config.warnings(cfg))
     assert "smtpSourceRanges opens port 25" in notes and "not under a sending domain" in notes
     assert "webSourceRanges opens port 443" in notes  # derived from the SMTP ranges, so world-open too
+
+
+@pytest.mark.parametrize("machine", ["e2-medium", "e2-highcpu-4", "n1-standard-2", "n2-highcpu-4", "n4-highcpu-2",
+                                     "c4-highcpu-2", "c2d-highcpu-2", "t2d-standard-1", "custom-2-4096",
+                                     "e2-custom-medium-4096", "n2-custom-2-8192-ext"])
+def test_machine_types_with_4_gb_are_accepted(machine):
+    assert load({NS + "machineType": machine}).machine_type == machine
+
+
+@pytest.mark.parametrize("pattern,host,covered", [
+    ("postal.rdo-dev.com", "postal.rdo-dev.com", True),
+    ("POSTAL.rdo-dev.com.", "postal.rdo-dev.com", True),
+    ("*.rdo-dev.com", "postal.rdo-dev.com", True),
+    ("*.rdo-dev.com", "rdo-dev.com", False),  # a wildcard never covers its own parent
+    ("*.rdo-dev.com", "a.postal.rdo-dev.com", False),  # one label only
+    ("*.com", "rdo-dev.com", False),  # no wildcard over a top-level domain
+    ("p*.rdo-dev.com", "postal.rdo-dev.com", False),  # partial wildcards: Go does not match them
+])
+def test_certificate_name_matching(pattern, host, covered):
+    assert certificate.covers(pattern, host) is covered
+
+
+def custom_load(chain, key):
+    keys = (NS + "tlsCertificate", NS + "tlsPrivateKey")
+    return load({NS + "tls": "custom", keys[0]: chain, keys[1]: key}, secret_keys=keys)
+
+
+def test_a_wildcard_certificate_is_accepted():
+    cfg = custom_load(*certs.issue("*.rdo-dev.com"))
+    assert cfg.tls == "custom" and cfg.tls_certificate is not None
+
+
+def test_a_chain_in_the_wrong_order_is_reordered_leaf_first():
+    chain, key = CERT, KEY
+    leaf, intermediate = certs.blocks(chain)
+    assert custom_load(intermediate + leaf, key).tls_certificate is not None
+    pair, problems = certificate.check_pair(intermediate + leaf, key, certs.HOST, certs.NOW)
+    assert problems == [] and pair.chain_pem == leaf + intermediate
+
+
+@pytest.mark.parametrize("days,warned", [(5, True), (13, True), (30, False)])
+def test_a_certificate_expiring_within_14_days_is_a_warning(days, warned):
+    cfg = custom_load(*certs.issue(certs.HOST, days=days))
+    notes = [n for n in config.warnings(cfg) if "tlsCertificate" in n]
+    assert bool(notes) is warned
+    if warned:
+        assert f"expires on {cfg.tls_certificate_expires:%Y-%m-%d}" in notes[0] and "renew it" in notes[0]
+
+
+@pytest.mark.parametrize("ranges,flagged", [
+    ('["203.0.113.7/32"]', "203.0.113.7/32"),
+    ('["10.0.0.0/8", "198.51.100.0/28"]', "198.51.100.0/28"),
+    ('["192.0.2.0/24"]', "192.0.2.0/24"),
+    ('["203.0.0.0/16"]', None),  # contains a documentation range but is not inside one
+    ('["34.90.1.7/32"]', None),
+])
+def test_documentation_ranges_are_a_warning(ranges, flagged):
+    notes = [n for n in config.warnings(load({NS + "sshSourceRanges": ranges})) if "RFC 5737" in n]
+    ssh = [n for n in notes if n.startswith(NS + "sshSourceRanges")]
+    assert bool(ssh) == bool(flagged)
+    if flagged:
+        assert f"({flagged})" in ssh[0] and "replace them with your real egress range" in ssh[0]
+
+
+def test_warnings_never_show_a_secret_value():
+    cfg = load({NS + "sshSourceRanges": '["203.0.113.7/32"]', NS + "hostname": "postal.other-zone.org",
+                NS + "cloudflareZone": "other-zone.org"},
+               secret_keys=(NS + "sshSourceRanges", NS + "hostname"))
+    notes = " ".join(config.warnings(cfg))
+    assert "sshSourceRanges lists RFC 5737" in notes and "hostname is not under a sending domain" in notes
+    assert "203.0.113.7" not in notes and "other-zone" not in notes
+
+
+def test_user_labels_join_ours():
+    cfg = load({NS + "labels": '{"team": "platform", "cost-center": "c42"}'})
+    assert cfg.gcp_labels == {"app": "postal-gateway", "stack": "prod", "team": "platform", "cost-center": "c42"}
+
+
+# Values that reach the Caddyfile, rendered as they are and given to the real Caddy: each one the
+# config refuses would have broken the Caddyfile or been changed by it ({$VAR} expands when the
+# Caddyfile is adapted); each one it accepts comes out unchanged.
+CADDY_REFUSED = [
+    ("adminEmail", "{$HOME}@rdo-dev.com"),
+    ("adminEmail", '"ops"@rdo-dev.com'),
+    ("adminEmail", "#ops@rdo-dev.com"),
+    ("adminEmail", "ops @rdo-dev.com"),
+    ("adminEmail", "ops@rdo-dev.com\n}\nevil.example.com {"),
+    ("hostname", "{$HOME}.rdo-dev.com"),
+    ("hostname", "postal.rdo-dev.com, evil.example.com"),
+    ("hostname", "postal.rdo-dev.com {\n}\nevil.rdo-dev.com"),
+]
+CADDY_ACCEPTED = [
+    ("adminEmail", "first.last+postal@rdo-dev.com"),
+    ("adminEmail", "ops_team%eu-1@mail.rdo-dev.com"),
+    ("hostname", "postal-1.mail.rdo-dev.com"),
+    ("hostname", "POSTAL.rdo-dev.com."),
+]
+
+
+def adapted(tmp_path, key, value):
+    """(Caddy's JSON or None when Caddy refuses the file) for the Caddyfile rendered with `value`."""
+    import subprocess
+    from components import render
+    fields = {"hostname": certs.HOST, "admin_email": "ops@rdo-dev.com",
+              {"adminEmail": "admin_email", "hostname": "hostname"}[key]: value}
+    path = tmp_path / "Caddyfile"
+    path.write_text(render.caddyfile(tls="letsencrypt", **fields))
+    result = subprocess.run([program.tool("caddy"), "adapt", "--config", str(path), "--adapter", "caddyfile"],
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                            env={"HOME": "/home/caddy", "PATH": "/usr/bin:/bin"})
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def rendered(caddy_json):
+    """(ACME account e-mail, site host names) in Caddy's JSON."""
+    policy = caddy_json["apps"]["tls"]["automation"]["policies"][0]
+    routes = caddy_json["apps"]["http"]["servers"]["srv0"]["routes"]
+    return policy["issuers"][0].get("email"), [h for r in routes for m in r.get("match", []) for h in m.get("host", [])]
+
+
+@pytest.mark.parametrize("key,value", CADDY_REFUSED, ids=[repr(v) for _, v in CADDY_REFUSED])
+def test_caddy_syntax_is_refused_and_would_have_broken_or_changed_the_caddyfile(key, value, tmp_path):
+    with pytest.raises(config.ConfigError, match=f"{NS}{key}: "):
+        load({NS + key: value})
+    result = adapted(tmp_path, key, value)
+    intended = (value, [certs.HOST]) if key == "adminEmail" else ("ops@rdo-dev.com", [value])
+    assert result is None or rendered(result) != intended  # refused by Caddy, or expanded / another site
+
+
+@pytest.mark.parametrize("key,value", CADDY_ACCEPTED, ids=[v for _, v in CADDY_ACCEPTED])
+def test_accepted_values_render_unchanged_in_caddy(key, value, tmp_path):
+    cfg = load({NS + key: value, NS + "cloudflareZone": "rdo-dev.com"})
+    normalised = cfg.admin_email if key == "adminEmail" else cfg.hostname
+    intended = (normalised, [certs.HOST]) if key == "adminEmail" else ("ops@rdo-dev.com", [normalised])
+    assert rendered(adapted(tmp_path, key, normalised)) == intended
