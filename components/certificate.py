@@ -22,6 +22,7 @@ CERT, KEY = "tlsCertificate", "tlsPrivateKey"
 class CheckedPair:
     chain_pem: str  # leaf first
     expires: datetime  # the leaf's notAfter (UTC)
+    incomplete: bool = False  # a leaf not self-signed, without its issuer
 
 
 def _spki(public_key) -> bytes:
@@ -95,4 +96,4 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
     if problems:
         return None, problems
     pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
-    return CheckedPair(pem, leaf.not_valid_after_utc), []
+    return CheckedPair(pem, leaf.not_valid_after_utc, len(chain) == 1 and leaf.issuer != leaf.subject), []

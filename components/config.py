@@ -144,6 +144,7 @@ class MailConfig:
     worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     backup_retention_days: int = 3
     tls_certificate_expires: Optional[datetime] = None  # tls=custom: the leaf's notAfter
+    tls_chain_incomplete: bool = False  # tls=custom: a CA-issued leaf without its issuer
     secret_keys: frozenset = frozenset()  # keys whose values no message may show
 
     @property
@@ -301,8 +302,8 @@ def _cidr(item: Any) -> str:
     text = _token(item)
     try:
         network = ipaddress.ip_network(text, strict=True)
-    except ValueError as err:  # the message repeats the item: keep only the problem
-        raise Invalid(str(err).replace(repr(text), "").replace(text, "").strip() or "not a CIDR range") from None
+    except ValueError as err:  # ipaddress's message repeats (parts of) the item: name the problem only
+        raise Invalid("has host bits set" if "host bits" in str(err) else "not an IPv4 CIDR range") from None
     if network.version != 4:
         raise Invalid("IPv6; the VM has no IPv6 address")
     return str(network)
@@ -419,8 +420,11 @@ def parse_pem(kind: str) -> Callable[[str], str]:
     """The shape of a PEM value; `certificate.check_pair` checks the content."""
     def parse(raw: str) -> str:
         labels = _PEM_LABEL.findall(raw)
-        if not labels or not all(label.endswith(kind) for label in labels):
+        if not any(label.endswith(kind) for label in labels):
             raise Invalid(f"no PEM {kind} block")
+        other = next((label for label in labels if not label.endswith(kind)), None)
+        if other:
+            raise Invalid(f"holds a PEM {other} block besides the {kind}; keep only {kind} blocks here")
         return raw.strip() + "\n"
     return parse
 
@@ -529,6 +533,9 @@ def load(stack: Optional[str] = None) -> MailConfig:
         _check_names(r, hostname, domains)
     if relay_tls and relay_port:
         _check_relay(r, relay_tls, relay_port)
+    if relay_host and relay_host == hostname:
+        r.fail("relayHost", "is hostname: Postal would relay to itself",
+               "pulumi config set relayHost smtp-relay.gmail.com")
 
     pair = _custom_tls(r, tls, hostname)
 
@@ -543,8 +550,10 @@ def load(stack: Optional[str] = None) -> MailConfig:
         tls_certificate=pulumi.Output.secret(pair[0].chain_pem) if pair else None,
         tls_private_key=pulumi.Output.secret(pair[1]) if pair else None,
         tls_certificate_expires=pair[0].expires if pair else None,
-        secret_keys=frozenset(k for k in KEYS if r.secret(k) or (
-            k == "webSourceRanges" and r.raw(k) is None and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges")))),
+        tls_chain_incomplete=bool(pair and pair[0].incomplete),
+        secret_keys=frozenset(k for k in KEYS if r.secret(k)) | (  # a default web range is an SSH or SMTP one
+            {"webSourceRanges"} if r.raw("webSourceRanges") is None
+            and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges")) else set()),
         machine_type=machine, boot_disk_size_gb=boot, data_disk_size_gb=data,
         snapshot_retention_days=retention, postal_version=version, relay_host=relay_host,
         relay_port=relay_port, relay_tls=relay_tls, selinux=selinux, dmarc_policy=dmarc,
@@ -578,21 +587,23 @@ def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
     if any(hostname == f"psrp.{d}" for d in domains):
         r.fail("hostname", f"{host} is the return-path name (psrp.<domain>) of a sending domain",
                "pulumi config set hostname postal.<domain>")
-    taken = {name: prefix for prefix, name in derived_names(hostname).items()}
+    taken = {name: f"the {prefix}. name Postal derives from hostname"
+             for prefix, name in derived_names(hostname).items()}
+    taken.update({f"psrp.{d}": "the return-path name (psrp.<domain>) of another sending domain" for d in domains})
     for domain in domains:
         if domain in taken:
-            r.fail("sendingDomains", f"{r.show('sendingDomains', domain)} is the {taken[domain]}. name Postal "
-                   f"derives from hostname", "remove it from sendingDomains (pulumi config set --path "
-                   "'sendingDomains[N]' …), or choose another hostname")
+            r.fail("sendingDomains", f"{r.show('sendingDomains', domain)} is {taken[domain]}",
+                   "remove it from sendingDomains (pulumi config set --path 'sendingDomains[N]' …), "
+                   "or choose another hostname")
 
 
 def _check_relay(r: _Reader, relay_tls: str, relay_port: int) -> None:
-    """Implicit TLS listens on 465, STARTTLS on 587 (RFC 8314): the other pairing never connects."""
+    """Implicit TLS listens on 465, STARTTLS on 587 (RFC 8314): the other pairings never connect."""
     if relay_tls == "tls" and relay_port == 587:
         r.fail("relayPort", "587 is the STARTTLS port, but relayTls is tls (implicit TLS, port 465)",
                "pulumi config set relayTls starttls, or pulumi config set relayPort 465")
-    if relay_tls == "starttls" and relay_port == 465:
-        r.fail("relayPort", "465 is the implicit TLS port, but relayTls is starttls (port 587)",
+    if relay_tls in ("starttls", "none") and relay_port == 465:
+        r.fail("relayPort", f"465 is the implicit TLS port, but relayTls is {relay_tls} (a plain connection)",
                "pulumi config set relayPort 587, or pulumi config set relayTls tls")
 
 
@@ -648,6 +659,12 @@ def warnings(cfg: MailConfig, now: Optional[datetime] = None) -> list[str]:
             notes.append(f"{NAMESPACE}:tlsCertificate expires on {cfg.tls_certificate_expires:%Y-%m-%d} "
                          f"(in {max(left.days, 0)} days): renew it and set it again with pulumi config set "
                          "--secret tlsCertificate < fullchain.pem")
+    if cfg.relay_port == 25:
+        notes.append(f"{NAMESPACE}:relayPort 25: Google Cloud blocks connections to port 25 of external addresses, "
+                     "so only a relay inside the VPC answers there; the Workspace relay listens on 587")
+    if cfg.tls_chain_incomplete:
+        notes.append(f"{NAMESPACE}:tlsCertificate holds the server certificate without its issuer: clients that "
+                     "lack the intermediate certificate fail; set the full chain (fullchain.pem)")
     if cfg.relay_tls == "none":
         notes.append(f"{NAMESPACE}:relayTls none sends mail to the relay in plain text")
     return notes

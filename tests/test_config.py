@@ -47,6 +47,7 @@ BAD = [
     ("sendingDomains", {"sendingDomains": "rdo-dev.com"}, "not a list"),
     ("sendingDomains", {"sendingDomains": '["rp.postal.rdo-dev.com"]'}, "rp. name Postal derives from hostname"),
     ("sendingDomains", {"sendingDomains": '["rdo-dev.com", "track.postal.rdo-dev.com"]'}, "track. name"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com", "psrp.rdo-dev.com"]'}, "return-path name"),
     ("cloudflareZone", {"cloudflareZone": "example.org"}, "does not contain hostname"),
     ("cloudflareZone", {"cloudflareZone": "rdo-dev.com\r\n"}, "whitespace or a control character"),
     ("adminEmail", {"adminEmail": None}, "is required"),
@@ -59,16 +60,19 @@ BAD = [
     ("adminEmail", {"adminEmail": "ops @rdo-dev.com"}, "whitespace or a control character"),
     ("sshSourceRanges", {"sshSourceRanges": None}, "is required"),
     ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.1/8"]'}, "has host bits set"),
-    ("sshSourceRanges", {"sshSourceRanges": '["300.1.1.1/32"]'}, "does not appear to be an IPv4 or IPv6 network"),
+    ("sshSourceRanges", {"sshSourceRanges": '["300.1.1.1/32"]'}, "not an IPv4 CIDR range"),
+    ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.0/33"]'}, "not an IPv4 CIDR range"),
+    ("sshSourceRanges", {"sshSourceRanges": '["10.1.2.3/0.0.0.255"]'}, "has host bits set"),
     ("sshSourceRanges", {"sshSourceRanges": '["2001:db8::/32"]'}, "IPv6"),
     ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.0/8\\n"]'}, "whitespace or a control character"),
     ("smtpSourceRanges", {"smtpSourceRanges": "[]"}, "empty"),
-    ("webSourceRanges", {"webSourceRanges": '["everyone"]'}, "does not appear to be"),
+    ("webSourceRanges", {"webSourceRanges": '["everyone"]'}, "not an IPv4 CIDR range"),
     ("tls", {"tls": "acme"}, "not one of letsencrypt, internal, custom"),
     ("tls", {"tls": "internal\n"}, "whitespace or a control character"),
     ("tlsCertificate", {"tls": "custom"}, "is required"),
     ("tlsCertificate", {"tlsCertificate": CERT}, "only used with tls=custom"),
     ("tlsCertificate", custom(KEY, CERT), "no PEM CERTIFICATE block"),
+    ("tlsCertificate", custom(CERT + KEY, KEY), "holds a PEM EC PRIVATE KEY block besides the CERTIFICATE"),
     ("tlsPrivateKey", custom(KEY, CERT), "no PEM PRIVATE KEY block"),
     ("tlsCertificate", custom("-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n", KEY),
      "does not parse as an X.509 certificate"),
@@ -110,6 +114,8 @@ BAD = [
     ("relayPort", {"relayPort": "587.5"}, "not a int"),
     ("relayPort", {"relayTls": "tls"}, "587 is the STARTTLS port"),
     ("relayPort", {"relayPort": "465"}, "465 is the implicit TLS port"),
+    ("relayPort", {"relayPort": "465", "relayTls": "none"}, "465 is the implicit TLS port"),
+    ("relayHost", {"relayHost": "postal.rdo-dev.com"}, "relay to itself"),
     ("relayTls", {"relayTls": "ssl"}, "not one of starttls, tls, none"),
     ("relayTls", {"relayTls": "STARTTLS "}, "whitespace or a control character"),
     ("selinux", {"selinux": "disabled"}, "not one of enforcing, permissive"),
@@ -262,7 +268,8 @@ def test_defaults_and_normalisation():
 
 
 @pytest.mark.parametrize("mode,port,expected", [("starttls", 587, "STARTLS"), ("tls", 465, "TLS"),
-                                               ("none", 25, "None"), ("none", 587, "None")])
+                                               ("none", 25, "None"), ("none", 587, "None"),
+                                               ("starttls", 2525, "STARTLS")])
 def test_relay_tls_renders_postals_spelling(mode, port, expected):
     cfg = load({NS + "relayTls": mode, NS + "relayPort": str(port)})
     assert cfg.relay_url == f"smtp://smtp-relay.gmail.com:{port}?ssl_mode={expected}"
@@ -339,6 +346,19 @@ def test_a_chain_in_the_wrong_order_is_reordered_leaf_first():
     assert custom_load(intermediate + leaf, key).tls_certificate is not None
     pair, problems = certificate.check_pair(intermediate + leaf, key, certs.HOST, certs.NOW)
     assert problems == [] and pair.chain_pem == leaf + intermediate
+
+
+def test_a_leaf_without_its_intermediate_is_a_warning():
+    leaf, intermediate = certs.blocks(CERT)
+    assert not any("without its issuer" in n for n in config.warnings(custom_load(CERT, KEY)))
+    notes = config.warnings(custom_load(leaf, KEY))
+    assert any("tlsCertificate holds the server certificate without its issuer" in n for n in notes)
+
+
+def test_relay_port_25_is_a_warning():
+    notes = config.warnings(load({NS + "relayPort": "25"}))
+    assert any("relayPort 25: Google Cloud blocks" in n for n in notes)
+    assert not any("relayPort" in n for n in config.warnings(load()))
 
 
 @pytest.mark.parametrize("days,warned", [(5, True), (13, True), (30, False)])
