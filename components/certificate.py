@@ -1,6 +1,6 @@
 """Checks a custom certificate chain and its private key with `cryptography`, before any resource.
 
-Problems are returned as (config key, problem) pairs whose text never quotes the PEM values.
+Problems are returned as (config key, problem[, fix]) whose text never quotes the PEM values.
 The chain is returned leaf first, each certificate followed by its issuer (what Caddy and Go's
 `tls.X509KeyPair` expect): a chain given in another order is reordered.
 """
@@ -52,7 +52,7 @@ def _issuer_of(cert: x509.Certificate, candidates: list) -> Optional[x509.Certif
 
 def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
                shown_hostname: Optional[str] = None) -> tuple[Optional[CheckedPair], list]:
-    """(checked pair, []) or (None, [(key, problem), …]); messages name the host as `shown_hostname`."""
+    """(checked pair, []) or (None, [(key, problem[, fix]), …]); messages name the host as `shown_hostname`."""
     try:
         certs = x509.load_pem_x509_certificates(chain_pem.encode())
     except ValueError:
@@ -60,8 +60,9 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except TypeError:
-        return None, [(KEY, "is encrypted with a passphrase, which Caddy cannot use: decrypt it with "
-                            "openssl pkey -in key.pem -out plain-key.pem and set that")]
+        return None, [(KEY, "is encrypted with a passphrase, which Caddy cannot use",
+                       "openssl pkey -in key.pem -out plain-key.pem (asks the passphrase), then "
+                       "pulumi config set --secret tlsPrivateKey < plain-key.pem")]
     except (ValueError, UnsupportedAlgorithm):
         return None, [(KEY, "does not parse as a private key")]
     leaf = next((c for c in certs if _spki(c.public_key()) == _spki(key.public_key())), None)

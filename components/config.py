@@ -376,8 +376,8 @@ def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
             raise Invalid("breaks GCP's rules (lowercase letters, digits, _ and -; keys start with a letter)",
                           f"{key}={value}")
         if key in OUR_LABELS:
-            raise Invalid(f"{key} is set by the stack ({', '.join(OUR_LABELS)} find its resources); "
-                          "use another label key")
+            raise Invalid(f"{key} is the stack's own label ({' and '.join(OUR_LABELS)} find its resources); "
+                          "use another key")
     if len(labels) + len(OUR_LABELS) > 64:
         raise Invalid(f"more than {64 - len(OUR_LABELS)} labels (GCP allows 64, the stack sets {len(OUR_LABELS)})")
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
@@ -626,9 +626,9 @@ def _custom_tls(r: _Reader, tls: Optional[str], hostname: Optional[str]) -> Opti
         return None
     pair, problems = certificate.check_pair(chain, key, hostname, datetime.now(timezone.utc),
                                               r.show("hostname", hostname))
-    for name, problem in problems:
-        r.fail(name, problem, f"{fix}, with a certificate for hostname and its own key, "
-               "leaf first then intermediates")
+    for name, problem, *own_fix in problems:
+        r.fail(name, problem, own_fix[0] if own_fix else f"{fix}, with a certificate for hostname and its "
+               "own key, leaf first then intermediates")
     return (pair, key) if pair else None
 
 
