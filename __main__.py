@@ -38,7 +38,7 @@ mail_dns = dns.MailDns("postal", dns.DnsArgs(
 
 bootstrap = PostalBootstrap("postal", BootstrapArgs(
     config=cfg, public_ip=network.public_ip, ssh_user=host.ssh_user, ssh_private_key=host.ssh_private_key,
-    instance_id=host.instance_id, secrets=secrets,
+    instance_id=host.instance_id, secrets=secrets, data_disk_id=host.data_disk.id,
     web_dns=[mail_dns.records["host-a"]], mail_dns=list(mail_dns.records.values())))
 
 web_url = f"https://{cfg.hostname}"

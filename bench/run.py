@@ -59,6 +59,7 @@ STEP_GOALS = {
     "relayPort": {"postal"},
     "relayTls": {"postal"},
     "selinux": {"os"},
+    "dataDiskSizeGb": {"os"},  # xfs_growfs
     "adminEmail": {"caddy", "provision"},
     "hostname": {"postal", "caddy", "provision"},
     "sendingDomains": {"provision"},

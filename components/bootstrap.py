@@ -34,6 +34,7 @@ class BootstrapArgs:
     secrets: MailSecrets
     web_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # Caddy waits for these (ACME)
     mail_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # provisioning's DNS check needs these
+    data_disk_id: pulumi.Input[str] = ""  # a new disk (restore) reruns the os step: it remounts
 
 
 def parse_relay_status(stdout: Optional[str]) -> str:
@@ -69,8 +70,10 @@ class PostalBootstrap(pulumi.ComponentResource):
             dial_error_limit=60, per_dial_timeout=15)
         self.steps: dict[str, remote.Command] = {}
 
+        # The os step also reruns when the data disk grows (xfs_growfs) or is replaced (remount).
         os_step = self._step("os", {"PG_SELINUX": cfg.selinux, "PG_DATA_DEVICE": DATA_DEVICE,
-                                    "PG_DATA_DIR": DATA_DIR}, timeout="30m")
+                                    "PG_DATA_DIR": DATA_DIR, "PG_DATA_DISK_GB": str(cfg.data_disk_size_gb)},
+                             timeout="30m", triggers=[args.data_disk_id])
         database = self._step("database", {"PG_MARIADB_IMAGE": cfg.mariadb_image},
                               {"db_root_password": secrets.db_root_password, "db_password": secrets.db_password},
                               after=[os_step])
@@ -85,7 +88,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                             {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
                             after=[database], timeout="30m")
         self._step("caddy", {"PG_CADDY_IMAGE": cfg.caddy_image, "PG_TLS": cfg.tls,
-                             "PG_HOSTNAME": cfg.hostname,
+                             "PG_HOSTNAME": cfg.hostname, "PG_CADDY_ADMIN": render.CADDY_ADMIN,
                              "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
                                                               admin_email=cfg.admin_email)},
                    {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
@@ -119,7 +122,8 @@ class PostalBootstrap(pulumi.ComponentResource):
                                "relay_status_by_domain": self.relay_status_by_domain})
 
     def _step(self, step: str, env: Mapping[str, str], files: Optional[Mapping[str, pulumi.Input]] = None,
-              after: Sequence[pulumi.Resource] = (), timeout: str = "20m") -> remote.Command:
+              after: Sequence[pulumi.Resource] = (), timeout: str = "20m",
+              triggers: Sequence[pulumi.Input[str]] = ()) -> remote.Command:
         create = render.command_line(step, env)
         files = {k: v for k, v in (files or {}).items() if v is not None}
         stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
@@ -128,7 +132,7 @@ class PostalBootstrap(pulumi.ComponentResource):
         hidden = stdin is not None  # a step that receives secrets may echo them: keep its output secret
         command = remote.Command(
             f"{self._name}-{step}", connection=self._connection, create=create, stdin=stdin,
-            triggers=[self._instance_id, fingerprint],
+            triggers=[self._instance_id, fingerprint, *triggers],
             logging=remote.Logging.NONE if hidden else remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
                 parent=self, depends_on=list(after), custom_timeouts=pulumi.CustomTimeouts(create=timeout,

@@ -19,7 +19,10 @@ INSTALL_COMMIT = "c82658da7fa16615a2fba9bae2d02c860816fdb3"  # 2024-03-21, "add 
 MARIADB_IMAGE = "mariadb:11.4"  # defaults of mariadbImage / caddyImage
 CADDY_IMAGE = "caddy:2.10"
 CONFIG_DIR = "/config"  # /opt/postal/config inside Postal's containers
-CERT_DIR = "/certs"  # /opt/postal/config/certs inside postal-caddy
+CERT_DIR = "/certs"  # /opt/postal/caddy/live/certs inside postal-caddy
+# Caddy's admin API listens on a unix socket inside postal-caddy, never on TCP 2019 of the host
+# network; `caddy reload --address` reaches it through `docker exec`.
+CADDY_ADMIN = "unix//run/caddy-admin.sock"
 ORGANIZATION = {"name": "Postal Gateway", "permalink": "postal-gateway"}
 SERVER = {"name": "Gateway", "permalink": "gateway", "mode": "Live"}
 API_CREDENTIAL = "postal-gateway-api"
@@ -75,8 +78,8 @@ def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT
         "internal": "\ttls internal\n",
         "custom": f"\ttls {cert_dir}/cert.pem {cert_dir}/key.pem\n",
     }[tls]
-    global_options = f"{{\n\temail {admin_email}\n}}\n\n" if tls == "letsencrypt" else ""
-    return f"{global_options}{hostname} {{\n{site_tls}\treverse_proxy 127.0.0.1:5000\n}}\n"
+    email = f"\temail {admin_email}\n" if tls == "letsencrypt" else ""
+    return f"{{\n\tadmin {CADDY_ADMIN}\n{email}}}\n\n{hostname} {{\n{site_tls}\treverse_proxy 127.0.0.1:5000\n}}\n"
 
 
 def provision_json(*, admin_email: str, admin_password: str, sending_domains: Mapping[str, tuple[str, str]],

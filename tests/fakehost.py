@@ -1,49 +1,105 @@
 """A fake Rocky 9 host for the bootstrap scripts: one stub for every system command they call.
 
-`install(bin_dir)` links the stubs into a directory put first on PATH. Each call is appended to
-`$PG_ROOT/.fake/calls.log` as `M <argv>` (it changes the host) or `Q <argv>` (it only looks),
-and the host's state (packages, units, disks, containers, Postal) lives in `.fake/state` (marshal).
-`STUB_FAIL=<command>` makes that command fail with a message on stderr.
+`serve()` starts the fake in this process (a thread answering on 127.0.0.1) and returns the
+environment that makes every command in COMMANDS a bash function forwarding its argv, working
+directory and (for the commands that read it) stdin there: a call costs a TCP round trip, not a
+process start. Each call is appended to `$PG_ROOT/.fake/calls.log` as `M <argv>` (it changes the
+host) or `Q <argv>` (it only looks), and the host's state (packages, units, disks, containers,
+Postal) lives in `.fake/state` (marshal).
+`STUB_FAIL=<command>` makes that command fail with a message on stderr. Fault injection
+(tests/test_scripts.py): `STUB_FAIL_CHANGE=<n>` makes the n-th change of the log (counting every
+`M` line so far, 1-based) fail instead of happening, logged as `F <argv>`; `STUB_REDO=<line>`
+stops a rerun, logged as `R <argv>`, as soon as it repeats that change (mktemp names aside).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
 import marshal
 import os
+import socketserver
 import sys
-
-# Each stub call is a new process: stdlib imports that pull in `re` (json, shlex, pathlib) would
-# double its start-up time, so they are imported only where needed.
+import threading
+from dataclasses import dataclass, field
 
 COMMANDS = ("sudo", "sleep", "curl", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
-            "mkfs.xfs", "mountpoint", "mount", "semanage", "restorecon", "chown", "git", "docker", "needs-restarting")
+            "mkfs.xfs", "findmnt", "mount", "umount", "blockdev", "xfs_info", "xfs_growfs", "semanage", "restorecon",
+            "chown", "chmod", "mv", "ln", "git", "docker", "ss", "needs-restarting")
+GIB = 1 << 30
 DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
-FAKE_POSTAL_HELPER = """#!/usr/bin/env bash
-# Postal's install helper, as far as postal.sh uses it.
-set -euo pipefail
-cd "$(dirname "$0")/.."
-[[ $1 == set-version ]] || { echo "fake helper: unsupported $*" >&2; exit 1; }
-printf 'M postal set-version %s\\n' "$2" >>"$PG_ROOT/.fake/calls.log"
-for svc in web smtp worker runner; do printf '  %s:\\n    image: ghcr.io/postalserver/postal:%s\\n' "$svc" "$2"; done \\
-  >docker-compose.yml
-"""
+# The client: argv, cwd and settings out as NUL-terminated fields; exit code, stdout, stderr back.
+CLIENT = r"""() {
+  local fd code out err input=""
+  if [[ $1 == docker && " $* " =~ \ (--interactive|runner)\  ]]; then input=$(cat; printf .); input=${input%.}; fi
+  exec {fd}<>"/dev/tcp/127.0.0.1/$FAKEHOST_PORT"
+  printf '%s\0' "$PWD" "${PG_ROOT:-}" "${STUB_FAIL:-}" "${STUB_FAIL_CHANGE:-}" "${STUB_REDO:-}" "$input" "$@" >&"$fd"
+  printf '\1\0' >&"$fd"
+  IFS= read -r -d '' code <&"$fd"
+  IFS= read -r -d '' out <&"$fd"
+  IFS= read -r -d '' err <&"$fd"
+  exec {fd}>&-
+  printf '%s' "$out"
+  printf '%s' "$err" >&2
+  return "$code"
+}"""
+# Postal's install helper (bin/postal), made by the fake `git clone`.
+HELPER = '#!/usr/bin/env bash\ncd "$(dirname "$0")/.." && _fakehost postal "$@"\n'
 
 
-def install(bin_dir) -> None:
-    bin_dir.mkdir(parents=True, exist_ok=True)
-    stub = bin_dir / "_fakehost"
-    stub.write_text(f"#!{sys.executable} -S\nimport sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
-                    "import fakehost\nfakehost.main()\n")
-    stub.chmod(0o755)
-    for name in COMMANDS:
-        (bin_dir / name).symlink_to(stub)
+@dataclass
+class Call:
+    """The call being answered: where it runs and what it was given."""
+    cwd: str = ""
+    env: dict = field(default_factory=dict)
+    stdin: str = ""
+
+
+CALL = Call()
+LOCK = threading.Lock()  # one call at a time: CALL and sys.stdout/stderr are process-wide
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    def handle(self):
+        data = b""
+        while not data.endswith(b"\1\0"):
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        cwd, root, stub_fail, fail_change, redo, stdin, *argv = data[:-2].decode().split("\0")[:-1]
+        out, err = io.StringIO(), io.StringIO()
+        with LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            CALL.cwd, CALL.stdin = cwd, stdin
+            CALL.env = {"PG_ROOT": root, "STUB_FAIL": stub_fail, "STUB_FAIL_CHANGE": fail_change, "STUB_REDO": redo}
+            try:
+                code = answer(argv[0], argv[1:])
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        self.wfile.write(f"{code}\0{out.getvalue()}\0{err.getvalue()}\0".encode())
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def serve() -> dict[str, str]:
+    """Starts the fake host; returns the environment that routes the commands to it."""
+    server = _Server(("127.0.0.1", 0), _Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"FAKEHOST_PORT": str(server.server_address[1]), "BASH_FUNC__fakehost%%": CLIENT,
+           "BASH_FUNC_sudo%%": '() { "$@"; }'}
+    for name in COMMANDS[1:]:
+        env[f"BASH_FUNC_{name}%%"] = f'() {{ _fakehost {name} "$@"; }}'
+    return env
 
 
 SAFE = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:,@%+")
 
 
 def quote(arg: str) -> str:
-    """shlex.quote without importing re."""
     return arg if arg and set(arg) <= SAFE else "'" + arg.replace("'", "'\"'\"'") + "'"
 
 
@@ -66,8 +122,9 @@ class Host:
             marshal.dump(self.state, f)
 
     def log(self, kind: str, argv: list[str]) -> None:
+        """One line per call, with paths as the real host sees them (without the test's root)."""
         with open(os.path.join(self.dir, "calls.log"), "a") as f:
-            f.write(f"{kind} {' '.join(map(quote, argv))}\n")
+            f.write(f"{kind} {' '.join(quote(a.replace(self.root, '')) for a in argv)}\n")
 
     def rel(self, path: str) -> str:
         """A path as the real host would see it (without the test's root)."""
@@ -82,24 +139,41 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
-def main() -> None:
-    name, args = os.path.basename(sys.argv[0]), sys.argv[1:]
-    if name == "sudo":
-        os.execvp(args[0], args)
-    host = Host(os.environ["PG_ROOT"])
-    if os.environ.get("STUB_FAIL") == name:
+def answer(name: str, args: list[str]) -> int:
+    host = Host(CALL.env["PG_ROOT"])
+    open(os.path.join(host.dir, "calls.log"), "a").close()
+    if CALL.env.get("STUB_FAIL") == name:
         host.log("Q", [name, *args])
         fail(f"{name}: simulated failure: {' '.join(args)}")
-    code = HANDLERS.get(name, lambda h, a: None)(host, args) or 0
-    host.save()
-    sys.exit(code)
+    try:
+        return HANDLERS.get(name, lambda h, a: None)(host, args) or 0
+    finally:
+        host.save()
 
 
 def _query(host: Host, argv: list[str]) -> None:
     host.log("Q", argv)
 
 
+def action(line: str) -> str:
+    """A change as a rerun repeats it: the random suffix of a mktemp name aside."""
+    import re
+
+    return re.sub(r"\.[A-Za-z0-9]{6}\b", ".XXXXXX", line)
+
+
 def _change(host: Host, argv: list[str]) -> None:
+    line = ' '.join(quote(a.replace(host.root, '')) for a in argv)
+    if CALL.env.get("STUB_REDO") and action(line) == CALL.env["STUB_REDO"]:
+        host.log("R", argv)
+        fail(f"{argv[0]}: redone; the fault-injection rerun stops here")
+    target = CALL.env.get("STUB_FAIL_CHANGE")
+    if target:
+        with open(os.path.join(host.dir, "calls.log")) as f:
+            done = sum(entry.startswith("M ") for entry in f)
+        if done + 1 == int(target):
+            host.log("F", argv)
+            fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
     host.log("M", argv)
 
 
@@ -117,16 +191,34 @@ def systemctl(host, args):
     elif verb in ("is-enabled", "is-active"):
         _query(host, ["systemctl", *args])
         return 0 if units.get(unit, {}).get(verb) else 1
-    elif verb in ("enable", "start"):
+    elif verb in ("enable", "start", "restart", "stop"):
         _change(host, ["systemctl", *args])
-        units.setdefault(unit, {})["is-enabled" if verb == "enable" else "is-active"] = True
-    elif verb in ("daemon-reload", "restart"):
+        units.setdefault(unit, {})["is-enabled" if verb == "enable" else "is-active"] = verb != "stop"
+        if unit == "docker" and verb != "enable":
+            docker_daemon(host, verb)
+    elif verb == "daemon-reload":
         _change(host, ["systemctl", *args])
     elif verb == "reboot":
         _change(host, ["systemctl", *args])
         host.state["reboots"] = host.state.get("reboots", 0) + 1
     else:
         fail(f"systemctl stub: unsupported {args}")
+
+
+def docker_daemon(host, verb: str) -> None:
+    """Stopping Docker stops every container; starting it again restarts those that were running
+    (their restart policy is unless-stopped)."""
+    containers, postal = host.get("containers", {}), host.get("postal", {})
+    if verb in ("stop", "restart"):
+        host.state["was_running"] = [n for n, c in containers.items() if c["running"]], postal.get("running", [])
+        for container in containers.values():
+            container["running"] = False
+        postal["running"] = []
+    if verb in ("start", "restart") and "was_running" in host.state:
+        names, services = host.state.pop("was_running")
+        for name in names:
+            containers[name]["running"] = True
+        postal["running"] = services
 
 
 def getenforce(host, args):
@@ -159,43 +251,97 @@ def dnf(host, args):
 
 
 def firewall_cmd(host, args):
-    rules = host.get("firewall", [])
+    """Rules go to the permanent configuration; `--reload` makes them the runtime one."""
+    permanent, runtime = host.get("firewall", []), host.get("firewall_runtime", [])
     (action,) = [a for a in args if a.startswith("--") and a != "--permanent"]
     if action.startswith("--query-"):
         _query(host, ["firewall-cmd", *args])
-        return 0 if action.split("=", 1)[1] in rules else 1
+        return 0 if action.split("=", 1)[1] in (permanent if "--permanent" in args else runtime) else 1
     _change(host, ["firewall-cmd", *args])
-    if action.startswith("--add-"):
-        rules.append(action.split("=", 1)[1])
+    if action.startswith("--add-") and "--permanent" in args:
+        permanent.append(action.split("=", 1)[1])
+    elif action == "--reload":
+        runtime[:] = permanent
+    else:
+        fail(f"firewall-cmd stub: unsupported {args}")
+
+
+def disk_of(host, device: str) -> dict:
+    """A disk's state; a new disk is blank and 50 GiB (dataDiskSizeGb's default)."""
+    disk = host.get("disks", {}).setdefault(host.rel(device), {})
+    disk.setdefault("SIZE", 50 * GIB)
+    return disk
 
 
 def blkid(host, args):
     _query(host, ["blkid", *args])
-    disk = host.get("disks", {}).get(host.rel(args[-1]))
-    if not disk:
+    value = disk_of(host, args[-1]).get(args[args.index("--match-tag") + 1])
+    if not value:
         return 2
-    print(disk[args[args.index("--match-tag") + 1]])
+    print(value)
 
 
 def mkfs_xfs(host, args):
     _change(host, ["mkfs.xfs", *args])
     if not os.path.exists(args[-1]):
         fail(f"mkfs.xfs: {args[-1]}: no such device")
-    host.get("disks", {})[host.rel(args[-1])] = {"TYPE": "xfs", "UUID": DISK_UUID}
+    disk = disk_of(host, args[-1])
+    disk.update(TYPE="xfs", UUID=DISK_UUID, FS_BYTES=disk["SIZE"])
 
 
-def mountpoint(host, args):
-    _query(host, ["mountpoint", *args])
-    return 0 if host.rel(args[-1]) in host.get("mounts", []) else 32
+def mounted(host, path: str) -> "dict | None":
+    """The disk mounted at path (mounts: mount point -> [device, filesystem UUID when mounted])."""
+    mount = host.get("mounts", {}).get(host.rel(path))
+    return None if mount is None else disk_of(host, mount[0])
+
+
+def findmnt(host, args):
+    """The UUID of the filesystem mounted there (a disk swapped underneath keeps the old one)."""
+    _query(host, ["findmnt", *args])
+    mount = host.get("mounts", {}).get(host.rel(args[args.index("--mountpoint") + 1]))
+    if mount is None:
+        return 1
+    print(mount[1])
 
 
 def mount(host, args):
     _change(host, ["mount", *args])
     with open(host.path("etc/fstab")) as f:
-        fstab = f.read()
-    if f" {host.rel(args[-1])} " not in fstab:
+        lines = [line.split() for line in f if f" {host.rel(args[-1])} " in line]
+    if not lines:
         fail(f"mount: {args[-1]}: can't find in /etc/fstab")
-    host.get("mounts", []).append(host.rel(args[-1]))
+    uuid = lines[-1][0].removeprefix("UUID=")
+    devices = [d for d, disk in host.get("disks", {}).items() if disk.get("UUID") == uuid]
+    if not devices:
+        fail(f"mount: {args[-1]}: can't find UUID={uuid}")
+    host.get("mounts", {})[host.rel(args[-1])] = [devices[0], uuid]
+
+
+def umount(host, args):
+    _change(host, ["umount", *args])
+    if host.get("mounts", {}).pop(host.rel(args[-1]), None) is None:
+        fail(f"umount: {args[-1]}: not mounted")
+
+
+def blockdev(host, args):
+    _query(host, ["blockdev", *args])
+    print(disk_of(host, args[-1])["SIZE"])
+
+
+def xfs_info(host, args):
+    _query(host, ["xfs_info", *args])
+    disk = mounted(host, args[-1])
+    if disk is None:
+        fail(f"xfs_info: {args[-1]} is not a mounted XFS filesystem")
+    print(f"meta-data=/dev/sdb               isize=512    agcount=4, agsize=655360 blks\n"
+          f"data     =                       bsize=4096   blocks={disk['FS_BYTES'] // 4096}, imaxpct=25\n"
+          f"naming   =version 2              bsize=4096   ascii-ci=0, ftype=1")
+
+
+def xfs_growfs(host, args):
+    _change(host, ["xfs_growfs", *args])
+    disk = mounted(host, args[-1])
+    disk["FS_BYTES"] = disk["SIZE"]
 
 
 def semanage(host, args):
@@ -208,6 +354,23 @@ def semanage(host, args):
         rules.append(f"{args[-1]} all files system_u:object_r:{args[args.index('--type') + 1]}:s0")
 
 
+def chmod(host, args):
+    _change(host, ["chmod", *args])
+    os.chmod(args[-1], int(args[0], 8))
+
+
+def mv(host, args):
+    _change(host, ["mv", *args])
+    os.replace(args[-2], args[-1])
+
+
+def ln(host, args):
+    _change(host, ["ln", *args])
+    if os.path.lexists(args[-1]):
+        os.remove(args[-1])
+    os.symlink(args[-2], args[-1])
+
+
 def git(host, args):
     if args[0] == "clone":
         _change(host, ["git", *args])
@@ -215,7 +378,7 @@ def git(host, args):
         os.makedirs(repo + "/.git")
         os.makedirs(repo + "/bin")
         write(repo + "/.git/FAKE_HEAD", "0" * 40)
-        write(repo + "/bin/postal", FAKE_POSTAL_HELPER)
+        write(repo + "/bin/postal", HELPER)
         os.chmod(repo + "/bin/postal", 0o755)
         return
     repo, verb = args[1], args[2]
@@ -231,7 +394,17 @@ def git(host, args):
         fail(f"git stub: unsupported {args}")
 
 
-RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env-file", "--volume", "--workdir"}
+def postal(host, args):
+    """Postal's install helper (bin/postal), as far as postal.sh uses it: set-version."""
+    if args[0] != "set-version":
+        fail(f"fake helper: unsupported {args}")
+    _change(host, ["postal", *args])
+    compose = os.path.join(CALL.cwd, "docker-compose.yml")
+    write(compose, "".join(f"  {svc}:\n    image: ghcr.io/postalserver/postal:{args[1]}\n"
+                           for svc in ("web", "smtp", "worker", "runner")))
+
+
+RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env", "--volume", "--label", "--workdir"}
 # mariadb-backup, as the MariaDB image runs it: `--backup --stream=xbstream` writes an mbstream
 # archive of the data directory to stdout, `mbstream -x` unpacks one into the working directory,
 # `--prepare` applies the redo log (the backup's checkpoints file then says log-applied).
@@ -242,8 +415,9 @@ CHECKPOINTS = "mariadb_backup_checkpoints"
 def _mbstream(host, datadir: str) -> str:
     files = {CHECKPOINTS: "backup_type = full-backuped\n"}
     for name in sorted(os.listdir(datadir)) if os.path.isdir(datadir) else []:
-        with open(os.path.join(datadir, name)) as f:
-            files[name] = f.read()
+        if os.path.isfile(os.path.join(datadir, name)):
+            with open(os.path.join(datadir, name)) as f:
+                files[name] = f.read()
     return "MBSTREAM1\n" + "".join(f"{name}\t{text.encode().hex()}\n" for name, text in files.items())
 
 
@@ -252,7 +426,7 @@ def _one_off(host, options, argv):
     mounts = dict(v.split(":")[1::-1] for v in options.get("--volume", []))
     restore = host.path(mounts.get("/restore", "/nonexistent"))
     if argv[:2] == ["mbstream", "-x"]:
-        data = sys.stdin.read()
+        data = CALL.stdin
         if not data.startswith("MBSTREAM1\n"):
             fail("mbstream: incorrect stream chunk")
         for line in data.splitlines()[1:]:
@@ -269,37 +443,122 @@ def _one_off(host, options, argv):
         fail(f"docker run stub: unsupported one-off {argv}")
 
 
+def root_password_ok(host, container: dict) -> bool:
+    """The password in the mounted root-only file is the one MariaDB initialised with."""
+    with open(host_path(container["volumes"], "/run/secrets/mariadb-root-password")) as f:
+        return f.read() == host.state.get("mariadb_root_password")
+
+
+def run_options(args: list[str]) -> tuple[dict, int]:
+    """`docker run` options (name -> values) and the index of the image."""
+    i, options = 1, {}
+    while args[i].startswith("--"):
+        if args[i] in RUN_OPTIONS_WITH_VALUE:
+            options.setdefault(args[i], []).append(args[i + 1])
+            i += 2
+        else:
+            options.setdefault(args[i], []).append("")
+            i += 1
+    return options, i
+
+
+def host_path(volumes: list[str], path: str) -> str:
+    """The host path behind a container path, through the bind mounts."""
+    for volume in volumes:
+        source, target = volume.split(":")[:2]
+        if path == target or path.startswith(target + "/"):
+            return CALL.env["PG_ROOT"] + source + path[len(target):]
+    return ""
+
+
+def caddy_validate(host, volumes: list[str], config: str) -> int:
+    """The real caddy parses the staged Caddyfile (`caddy adapt`: the certificates stay unread)."""
+    with open(host_path(volumes, config)) as f:
+        code, stderr = _caddy_adapt(f.read())
+    print(stderr, file=sys.stderr, end="")
+    if code == 0:
+        print("Valid configuration", file=sys.stderr)
+    return code
+
+
+@functools.lru_cache(maxsize=None)
+def _caddy_adapt(text: str) -> tuple[int, str]:
+    import subprocess
+    import tempfile
+
+    caddy = os.path.join(os.path.dirname(sys.executable), "caddy")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "Caddyfile")
+        write(path, text)
+        result = subprocess.run([caddy, "adapt", "--config", path, "--adapter", "caddyfile"],
+                                capture_output=True, text=True)
+    return result.returncode, result.stderr.replace(path, "/etc/caddy/Caddyfile")
+
+
+def caddy_load(host, container: dict) -> None:
+    """Caddy (re)reads /etc/caddy/Caddyfile; tls internal makes its local CA root in /data."""
+    with open(host_path(container["volumes"], "/etc/caddy/Caddyfile")) as f:
+        text = f.read()
+    site = [line for line in text.splitlines() if line.endswith(" {") and not line.startswith("{")]
+    container["site"] = site[0].split()[0] if site else ""
+    container["tls"] = "internal" if "tls internal" in text else "custom" if "tls /" in text else "letsencrypt"
+    if container["tls"] == "internal":
+        root = host_path(container["volumes"], "/data/caddy/pki/authorities/local/root.crt")
+        os.makedirs(os.path.dirname(root), exist_ok=True)
+        write(root, "-----BEGIN CERTIFICATE-----\nCADDY LOCAL ROOT\n-----END CERTIFICATE-----\n")
+    if container["tls"] == "letsencrypt" and host.state.get("acme_error"):
+        container["logs"] = container.get("logs", "") + (
+            '{"level":"error","logger":"tls.obtain","msg":"could not get certificate from issuer",'
+            f'"identifier":"{container["site"]}","error":"{host.state["acme_error"]}"}}\n')
+
+
 def docker(host, args):
     containers = host.get("containers", {})
     if args[0] == "compose":
         return compose(host, args)
-    if args[0] == "inspect":
+    if args[0] in ("inspect", "logs"):
         _query(host, ["docker", *args])
         container = containers.get(args[-1])
         if container is None:
             fail(f"Error: No such object: {args[-1]}")
-        print(container["image"] if "Image" in args[2] else str(container["running"]).lower())
+        if args[0] == "logs":
+            print(container.get("logs", ""), end="")
+            return
+        fields = {".Config.Image": container["image"], ".State.Running": str(container["running"]).lower(),
+                  'index .Config.Labels "postal-gateway.spec"': container.get("labels", {}).get(
+                      "postal-gateway.spec", "")}
+        out = args[args.index("--format") + 1]
+        for field, value in fields.items():
+            out = out.replace("{{" + field + "}}", value)
+        print(out)
         return
-    read_only = args[0] == "exec" and "--interactive" not in args  # the readiness probe
-    (_query if read_only else _change)(host, ["docker", *args])
+    if args[0] == "run" and "--rm" in args and args[-6:-4] == ["caddy", "validate"]:
+        _query(host, ["docker", *args])
+        options, _ = run_options(args)
+        return caddy_validate(host, options["--volume"], args[-3])
+    # readiness probe and backup stream: they only read
+    readiness = args[0] == "exec" and (args[2:4] == ["healthcheck.sh", "--connect"]
+                                       or "mariadb-backup --backup" in args[-1])
+    (_query if readiness else _change)(host, ["docker", *args])
     if args[0] == "run":
-        i, options = 1, {}
-        while args[i].startswith("--"):
-            if args[i] in RUN_OPTIONS_WITH_VALUE:
-                options.setdefault(args[i], []).append(args[i + 1])
-                i += 2
-            else:
-                i += 1
-        if "--rm" in args[1:i] and "--name" not in options:
+        options, i = run_options(args)
+        if "--rm" in options and "--name" not in options:
             return _one_off(host, options, args[i + 1:])
-        env = {}
-        for env_file in options.get("--env-file", []):
-            with open(env_file) as f:
-                env.update(line.split("=", 1) for line in f.read().splitlines())
-        containers[options["--name"][0]] = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
-                                            "volumes": options.get("--volume", []),
-                                            "network": options.get("--network", [""])[0],
-                                            "restart": options.get("--restart", ["no"])[0]}
+        name = options["--name"][0]
+        env = dict(e.split("=", 1) for e in options.get("--env", []))
+        container = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
+                     "volumes": options.get("--volume", []), "network": options.get("--network", [""])[0],
+                     "labels": dict(label.split("=", 1) for label in options.get("--label", [])),
+                     "restart": options.get("--restart", ["no"])[0]}
+        containers[name] = container
+        if "MARIADB_ROOT_PASSWORD_FILE" in env:  # the image initialises an empty data dir with it
+            data = host_path(container["volumes"], "/var/lib/mysql")
+            if not os.path.exists(data + "/mysql"):
+                with open(host_path(container["volumes"], env["MARIADB_ROOT_PASSWORD_FILE"])) as f:
+                    host.state["mariadb_root_password"] = f.read()
+                os.makedirs(data + "/mysql")
+        if container["image"].startswith("caddy:"):
+            caddy_load(host, container)
     elif args[0] in ("rm", "start", "restart", "stop"):
         name = args[-1]
         if name not in containers:
@@ -313,17 +572,24 @@ def docker(host, args):
             containers[name]["restarts"] = containers[name].get("restarts", 0) + (args[0] == "restart")
     elif args[0] == "exec":
         name = args[2] if args[1] == "--interactive" else args[1]
-        if not containers.get(name, {}).get("running"):
+        container = containers.get(name, {})
+        if not container.get("running"):
             fail(f"Error response from daemon: container {name} is not running")
-        if "--interactive" in args:
-            if "MARIADB_ROOT_PASSWORD" not in containers[name]["env"]:
+        if args[2:5] == ["caddy", "reload", "--config"]:
+            container["reloads"] = container.get("reloads", 0) + 1
+            caddy_load(host, container)
+        elif "--interactive" in args and "mariadb --user=root" in args[-1]:
+            if not root_password_ok(host, container):
                 fail("ERROR 1045 (28000): Access denied for user 'root'@'localhost'")
-            containers[name]["sql"] = sys.stdin.read()
+            container["sql"] = CALL.stdin
         elif "mariadb-backup --backup" in args[-1]:
-            if 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD"' not in args[-1]:
+            if "MYSQL_PWD=$(cat /run/secrets/mariadb-root-password)" not in args[-1] or \
+                    not root_password_ok(host, container):
                 fail("mariadb-backup: Got error: 1045: Access denied for user 'root'@'localhost'")
-            volume = next(v for v in containers[name]["volumes"] if v.endswith(":/var/lib/mysql"))
+            volume = next(v for v in container["volumes"] if v.endswith(":/var/lib/mysql"))
             sys.stdout.write(_mbstream(host, host.path(volume.split(":")[0])))
+        elif not readiness:
+            fail(f"docker exec stub: unsupported {args}")
     else:
         fail(f"docker stub: unsupported {args}")
 
@@ -331,9 +597,10 @@ def docker(host, args):
 def compose(host, args):
     postal = host.get("postal", {})
     rest = args[3:]  # compose -p postal ...
-    if not os.path.exists("docker-compose.yml"):
+    compose_file = os.path.join(CALL.cwd, "docker-compose.yml")
+    if not os.path.exists(compose_file):
         fail("no configuration file provided: not found")
-    with open("docker-compose.yml") as f:
+    with open(compose_file) as f:
         version = f.read().split("postal:")[1].split()[0]
     if rest[0] == "ps":
         _query(host, ["docker", *args])
@@ -359,7 +626,7 @@ def compose(host, args):
         config = host.path("opt/postal/config")
         if not os.path.exists(config + "/provision.rb") or not os.path.exists(config + "/postal.yml"):
             fail("provision: /config/provision.rb or /config/postal.yml missing")
-        spec = json.loads(sys.stdin.read())
+        spec = json.loads(CALL.stdin)
         postal["provisioned"] = spec
         print("[postal-gateway:provision] done")
     else:
@@ -367,17 +634,52 @@ def compose(host, args):
 
 
 HEALTH = {"5000": "web", "9090": "worker", "9091": "smtp"}
+HEALTH_NAMES = {"worker": "worker", "smtp": "smtp-server"}  # script/worker.rb, script/smtp_server.rb
 
 
 def curl(host, args):
-    """Postal's health endpoints answer once its service runs (and, for web, with the right Host)."""
+    """Postal's web server (right Host only) and health servers (`GET /` names the process, as
+    app/util/health_server.rb does) once its service runs; https through postal-caddy."""
     _query(host, ["curl", *args])
     url = args[-1]
-    service = HEALTH.get(url.split(":")[2].split("/")[0]) if url.startswith("http://127.0.0.1:") else None
+    if url.startswith("https://"):
+        return curl_https(host, args, url)
+    port = url.split(":")[2].split("/")[0]
+    other = host.get("listeners", {}).get(port)  # another process holds the port
+    if other is not None:
+        print(other["body"], end="")
+        return
+    service = HEALTH.get(port)
     if service not in host.get("postal", {}).get("running", []):
         return 7
     if service == "web" and "Host: localhost" in args:
         return 22  # 403 Blocked host
+    if service != "web":
+        print(f"{HEALTH_NAMES[service]} (pid: 4242, host: postal-vm)", end="")
+
+
+def curl_https(host, args, url):
+    hostname = url.split("/")[2]
+    caddy = host.get("containers", {}).get("postal-caddy")
+    if f"{hostname}:443:127.0.0.1" not in args or caddy is None or not caddy["running"]:
+        return 7
+    if caddy.get("site") != hostname:
+        return 35  # no certificate for this name
+    if caddy["tls"] != "letsencrypt":
+        if "--cacert" not in args or not os.path.exists(args[args.index("--cacert") + 1]):
+            return 60  # a certificate curl's default CA bundle cannot verify
+    elif host.state.get("acme_error"):
+        return 35
+    if "--write-out" in args:  # Caddy answers 502 until Postal's web server runs
+        print("200" if "web" in host.get("postal", {}).get("running", []) else "502", end="")
+
+
+def ss(host, args):
+    _query(host, ["ss", *args])
+    port = args[-1].split(":")[-1]
+    other = host.get("listeners", {}).get(port)
+    if other is not None:
+        print(f'LISTEN 0 128 127.0.0.1:{port} 0.0.0.0:* users:(("{other["process"]}",pid=777,fd=3))')
 
 
 def needs_restarting(host, args):
@@ -395,5 +697,6 @@ def needs_restarting(host, args):
 HANDLERS = {"needs-restarting": needs_restarting, "curl": curl, "sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
             "chown": lambda h, a: _change(h, ["chown", *a]), "systemctl": systemctl, "getenforce": getenforce,
             "setenforce": setenforce, "rpm": rpm, "dnf": dnf, "firewall-cmd": firewall_cmd, "blkid": blkid,
-            "mkfs.xfs": mkfs_xfs, "mountpoint": mountpoint, "mount": mount, "semanage": semanage, "git": git,
-            "docker": docker}
+            "mkfs.xfs": mkfs_xfs, "findmnt": findmnt, "mount": mount, "umount": umount, "blockdev": blockdev,
+            "xfs_info": xfs_info, "xfs_growfs": xfs_growfs, "semanage": semanage, "chmod": chmod, "mv": mv, "ln": ln,
+            "git": git, "postal": postal, "docker": docker, "ss": ss}

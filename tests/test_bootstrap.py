@@ -92,6 +92,15 @@ def test_provisioning_uses_the_pulumi_keys(run):
     assert spec["admin"]["password"] == run.outputs["adminPassword"][0]
 
 
+def test_a_new_data_disk_reruns_the_os_step_only(run):
+    """A restore replaces the disk (new id): the os step remounts it; the other steps keep theirs."""
+    steps = commands(run)
+    disk = run.named("postal-data")
+    assert steps["os"].inputs["triggers"][2] == f"{disk.name}_id"
+    assert all(len(c.inputs["triggers"]) == 2 for step, c in steps.items() if step != "os")
+    assert env_of(steps["os"])["PG_DATA_DISK_GB"] == "50"
+
+
 def test_relay_status_output_comes_from_the_preflight(run):
     assert run.outputs["relayStatus"] == ("not-allowlisted", False)
     assert run.outputs["relayStatusByDomain"] == ({"rdo-dev.com": "allowlisted", "rdo-studio.net": "not-allowlisted"},
@@ -112,6 +121,7 @@ def changed(before, after):
     ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
     ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
     ({NS + "selinux": "permissive"}, {"postal-os"}),
+    ({NS + "dataDiskSizeGb": "80"}, {"postal-data", "postal-os"}),  # the disk grows, os runs xfs_growfs
     ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
     ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
     ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),

@@ -49,21 +49,19 @@ def units(run):
 @pytest.fixture(scope="module")
 def host(tmp_path_factory, steps):
     """A host after os, database and ops (built once, copied for each test)."""
-    stubs = tmp_path_factory.mktemp("ops-stubs")
-    fakehost.install(stubs)
-    machine = Machine(tmp_path_factory.mktemp("ops-host"), stubs)
+    machine = Machine(tmp_path_factory.mktemp("ops-host"), fakehost.serve())
     machine.output = machine.up(steps, ("os", "database", "ops"))
     return machine
 
 
 @pytest.fixture
 def fresh(tmp_path, host):
-    return Machine(tmp_path / "copy", host.bin, like=host)
+    return Machine(tmp_path / "copy", host.fake_env, like=host)
 
 
 def sbin(machine: Machine, tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(machine.file(f"/usr/local/sbin/{tool}")), *args], capture_output=True, text=True,
-                          env={"PATH": f"{machine.bin}:/usr/bin:/bin", "PG_ROOT": str(machine.root), **env},
+                          env={**machine.fake_env, "PATH": "/usr/bin:/bin", "PG_ROOT": str(machine.root), **env},
                           timeout=60)
 
 
@@ -144,7 +142,7 @@ def test_composed_ops_step_passes_shellcheck():
 
 
 def test_ops_step_without_its_settings_stops_before_doing_anything(tmp_path, host):
-    machine = Machine(tmp_path, host.bin)
+    machine = Machine(tmp_path, host.fake_env)
     result = machine.run((f"bash -c {shlex.quote(render.step_script('ops'))} ops", ""))
     assert result.returncode != 0 and "PG_AGENT_CONFIG: parameter null or not set" in result.stderr
     assert machine.changes() == []

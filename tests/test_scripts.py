@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -46,11 +47,11 @@ def registered():
 
 
 class Machine:
-    def __init__(self, tmp: Path, bin_dir: Path, like: "Machine | None" = None):
-        self.root, self.bin = tmp / "root", bin_dir
+    def __init__(self, tmp: Path, fake_env: dict, like: "Machine | None" = None):
+        self.root, self.fake_env = tmp / "root", fake_env
         if like is not None:
             shutil.copytree(like.root, self.root, symlinks=True)
-            self.output = like.output
+            self.output = getattr(like, "output", "")
             return
         for d in ("etc/selinux", "dev/disk/by-id", "usr/bin", "tmp"):
             (self.root / d).mkdir(parents=True)
@@ -60,7 +61,7 @@ class Machine:
 
     def run(self, command: tuple[str, str], fail: str = "", **extra: str) -> subprocess.CompletedProcess:
         create, stdin = command
-        env = {"PATH": f"{self.bin}:{os.environ['PATH']}", "PG_ROOT": str(self.root),
+        env = {"PATH": os.environ["PATH"], **self.fake_env, "PG_ROOT": str(self.root),
                "TMPDIR": str(self.root / "tmp"), "STUB_FAIL": fail, **extra}
         return subprocess.run(["bash", "-c", create], input=stdin, env=env, capture_output=True, text=True,
                               timeout=60)
@@ -105,10 +106,8 @@ def index(calls: list[str], pattern: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def stubs(tmp_path_factory):
-    bin_dir = tmp_path_factory.mktemp("stubs")
-    fakehost.install(bin_dir)
-    return bin_dir
+def stubs():
+    return fakehost.serve()
 
 
 def decode(stdin: str) -> dict[str, str]:
@@ -182,7 +181,7 @@ def test_fresh_host_runs_every_step_in_order(fresh):
         index(calls, r"rails runner /config/provision.rb$")
     assert not any("postal upgrade" in c for c in calls)
     queries = fresh.calls()
-    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*9091/health") < \
+    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*9091/$") < \
         index(queries, r"^M docker run .*--name postal-caddy")
 
 
@@ -199,10 +198,11 @@ def test_fresh_host_ends_in_the_configured_state(fresh, registered):
     mariadb = state["containers"]["postal-mariadb"]
     assert mariadb["image"] == render.MARIADB_IMAGE and mariadb["network"] == "host"
     assert {"--bind-address=127.0.0.1", "--innodb-log-file-size=512M"} <= set(mariadb["args"])
-    assert mariadb["volumes"] == ["/opt/postal/mariadb:/var/lib/mysql"]
+    assert mariadb["volumes"] == ["/opt/postal/mariadb:/var/lib/mysql",
+                                  "/opt/postal/secrets/mariadb-root-password:/run/secrets/mariadb-root-password:ro"]
     caddy = state["containers"]["postal-caddy"]
     assert caddy["image"] == render.CADDY_IMAGE and caddy["network"] == "host"
-    assert "/opt/postal/config/Caddyfile:/etc/caddy/Caddyfile:ro" in caddy["volumes"]
+    assert "/opt/postal/caddy/live:/etc/caddy:ro" in caddy["volumes"]
     assert state["postal"]["running"] == ["web", "smtp", "worker"] and state["postal"]["version"] == "3.3.6"
     assert state["postal"]["tasks"] == ["initialize 3.3.6"]
     assert state["postal"]["provisioned"]["server"]["mode"] == "Live"
@@ -215,7 +215,7 @@ def test_files_on_the_host_are_what_the_program_rendered(fresh, registered):
     for name in ("postal.yml", "signing.key"):
         assert stat.S_IMODE(fresh.file(f"/opt/postal/config/{name}").stat().st_mode) == 0o640
     assert "chown 999:999" in " ".join(fresh.changes())  # owned by the container user (uid 999)
-    caddyfile = fresh.file("/opt/postal/config/Caddyfile").read_text()
+    caddyfile = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
     assert caddyfile == render.caddyfile(hostname="postal.rdo-dev.com", tls="letsencrypt",
                                          admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"])
     assert fresh.file("/opt/postal/config/provision.rb").read_text() == render.script_text("provision.rb")
@@ -269,7 +269,15 @@ def test_secrets_stay_out_of_argv_logs_and_disk_leftovers(fresh, registered):
     assert list(fresh.file("/tmp").iterdir()) == []  # the payload directory is removed on exit
     sent = decode(registered["base"]["database"][1])
     mariadb = fresh.state()["containers"]["postal-mariadb"]
-    assert mariadb["env"] == {"MARIADB_ROOT_PASSWORD": sent["db_root_password"]}
+    # the root password is not in the container's configuration (`docker inspect`): the image
+    # reads it from a root-only file on the data disk, mounted read-only
+    assert mariadb["env"] == {"MARIADB_ROOT_PASSWORD_FILE": "/run/secrets/mariadb-root-password"}
+    assert sent["db_root_password"] not in repr(mariadb)
+    password_file = fresh.file("/opt/postal/secrets/mariadb-root-password")
+    assert password_file.read_text() == sent["db_root_password"]
+    assert stat.S_IMODE(password_file.stat().st_mode) == 0o600
+    assert stat.S_IMODE(password_file.parent.stat().st_mode) == 0o700
+    assert fresh.state()["mariadb_root_password"] == sent["db_root_password"]  # what MariaDB initialised with
     assert f"IDENTIFIED BY '{sent['db_password']}'" in mariadb["sql"]  # via stdin, not argv
     assert "GRANT ALL PRIVILEGES ON `postal-%`.*" in mariadb["sql"]
     provisioned = fresh.state()["postal"]["provisioned"]
@@ -299,25 +307,35 @@ def test_new_postal_version_upgrades_in_place(fresh, registered):
 
 
 @pytest.mark.parametrize("variant", ["custom", "internal"])
-def test_tls_change_rewrites_caddy_and_restarts_it(fresh, registered, variant):
+def test_tls_change_is_validated_then_reloaded_gracefully(fresh, registered, variant):
     start = len(fresh.calls())
     fresh.up(registered[variant], ["caddy"])
     calls = fresh.changes(start)
-    assert "docker restart postal-caddy" in calls and not any("docker run" in c for c in calls)
-    assert fresh.state()["containers"]["postal-caddy"]["restarts"] == 1
-    caddyfile = fresh.file("/opt/postal/config/Caddyfile").read_text()
-    certs = fresh.file("/opt/postal/config/certs")
+    reload = "docker exec postal-caddy caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile " \
+        "--address unix//run/caddy-admin.sock"
+    assert reload in calls and not any(re.match("docker (run|restart|rm)", c) for c in calls)
+    queries = fresh.calls()[start:]
+    assert index(queries, r"^Q docker run --rm .* caddy validate --config /etc/caddy/Caddyfile") < \
+        index(queries, r"^M mv -f /opt/postal/caddy/live/Caddyfile\.") < index(queries, "^M " + re.escape(reload)) < \
+        index(queries, r"^Q curl .*--resolve postal.rdo-dev.com:443:127.0.0.1 https://postal.rdo-dev.com/login$")
+    assert fresh.state()["containers"]["postal-caddy"]["reloads"] == 1
+    caddyfile = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
+    certs = fresh.file("/opt/postal/caddy/live/certs")
     if variant == "custom":
         assert "tls /certs/cert.pem /certs/key.pem" in caddyfile
         assert (certs / "cert.pem").read_text() == CERT and (certs / "key.pem").read_text() == KEY
         assert {stat.S_IMODE((certs / f).stat().st_mode) for f in ("cert.pem", "key.pem")} == {0o600}
+        assert any("--cacert /opt/postal/caddy/live/certs/cert.pem" in q for q in queries)
         fresh.up(registered["internal"], ["caddy"])
         assert not (certs / "key.pem").exists()  # a mode change away from custom removes the key
+        assert not fresh.file("/opt/postal/caddy/next/certs/key.pem").exists()
     else:
         assert "tls internal" in caddyfile
+        # https is checked against Caddy's own internal root
+        assert any("--cacert /opt/postal/caddy-data/caddy/pki/authorities/local/root.crt" in q for q in queries)
 
 
-@pytest.mark.parametrize("variant,step,applied", [("internal", "caddy", r"^docker restart postal-caddy$"),
+@pytest.mark.parametrize("variant,step,applied", [("internal", "caddy", r"^docker exec postal-caddy caddy reload "),
                                                   ("upgrade", "postal", r" up --detach .*--force-recreate$")])
 def test_a_change_written_by_a_failed_run_is_applied_by_the_next(fresh, registered, variant, step, applied):
     failed = fresh.run(registered[variant][step], fail="docker")
@@ -340,7 +358,8 @@ def test_permissive_selinux_is_set_now_and_persistently(fresh, registered):
 
 def test_an_existing_data_disk_is_mounted_not_formatted(machine, registered):
     host = fakehost.Host(machine.root)
-    host.state["disks"] = {"/dev/disk/by-id/google-postal-data": {"TYPE": "xfs", "UUID": fakehost.DISK_UUID}}
+    host.state["disks"] = {"/dev/disk/by-id/google-postal-data": {"TYPE": "xfs", "UUID": fakehost.DISK_UUID,
+                                                                  "SIZE": 50 << 30, "FS_BYTES": 50 << 30}}
     host.save()
     machine.up(registered["base"], ["os"])
     assert not any(c.startswith("mkfs") for c in machine.changes())
@@ -365,7 +384,7 @@ def test_postal_step_fails_when_postal_never_becomes_healthy(fresh, registered):
     host.save()
     result = fresh.run(registered["base"]["postal"], PG_WAIT_TRIES="2")
     assert result.returncode != 0
-    assert "Postal's worker did not answer http://127.0.0.1:9090/health in 5 minutes" in result.stderr
+    assert "Postal's worker service did not answer http://127.0.0.1:9090/ in 5 minutes" in result.stderr
 
 
 @pytest.mark.parametrize("step,stub,not_after", [
@@ -457,3 +476,166 @@ def test_provision_applies_a_rotated_key_and_password_only(tmp_path, provision_s
         "update_column Credential API/postal-gateway-api key"]
     assert postal.records("Credential")["postal-gateway-api"]["key"] == "rotated-api-key-0123456789"
     assert "reset the admin password" in out
+
+
+# --- fault injection: every change a step makes, made to fail once ---
+
+DATA_DEVICE = "/dev/disk/by-id/google-postal-data"
+RESTORED_UUID = "0c9d8e7f-6a5b-4c3d-8e2f-1a0b9c8d7e6f"
+
+
+def grow_disk(host: Machine) -> None:
+    state = fakehost.Host(host.root)
+    state.state["disks"][DATA_DEVICE]["SIZE"] = 80 << 30  # dataDiskSizeGb 50 -> 80, resized by GCE
+    state.save()
+
+
+def restore_disk(host: Machine) -> None:
+    """A disk made from a snapshot replaced the mounted one: same data, new filesystem UUID."""
+    state = fakehost.Host(host.root)
+    state.state["disks"][DATA_DEVICE] = {"TYPE": "xfs", "UUID": RESTORED_UUID, "SIZE": 50 << 30,
+                                         "FS_BYTES": 50 << 30}
+    state.save()
+
+
+@pytest.fixture(scope="module")
+def before_step(tmp_path_factory, stubs, registered, provisioned):
+    """Hosts to run a step on: before each step of a first deploy, and a deployed host changed."""
+    hosts, host = {}, Machine(tmp_path_factory.mktemp("first"), stubs)
+    for step in (*STEPS, "ops"):
+        hosts[step, "first deploy"] = Machine(tmp_path_factory.mktemp(step), stubs, like=host)
+        start = len(host.calls())
+        host.up(registered["base"], [step])
+        hosts[step, "first deploy"].actions = {fakehost.action(a) for a in host.changes(start)}
+    for change, prepare in (("grown disk", grow_disk), ("restored disk", restore_disk)):
+        hosts["os", change] = Machine(tmp_path_factory.mktemp(change.replace(" ", "-")), stubs, like=provisioned)
+        prepare(hosts["os", change])
+    for step, change in (("postal", "upgrade"), ("caddy", "internal")):
+        hosts[step, change] = provisioned
+    return hosts
+
+
+FAULT_CASES = [*((step, "first deploy") for step in (*STEPS, "ops")), ("os", "grown disk"), ("os", "restored disk"),
+               ("postal", "upgrade"), ("caddy", "internal")]
+
+
+@pytest.mark.parametrize("step,change", FAULT_CASES)
+def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(tmp_path, stubs, registered,
+                                                                           before_step, step, change):
+    """The changes are the `M` lines of a successful run, so a new action is covered by itself; a
+    change to a deployed host tries those a first deploy does not make."""
+    command = registered["upgrade" if change == "upgrade" else "internal" if change == "internal" else "base"][step]
+    base = before_step[step, change]
+    done_before, calls_before = len(base.changes()), len(base.calls())
+    ok = Machine(tmp_path / "ok", stubs, like=base)
+    ok.up({step: command}, [step])
+    actions = ok.changes(calls_before)
+    tried = [k for k, a in enumerate(actions)
+             if change == "first deploy" or fakehost.action(a) not in before_step[step, "first deploy"].actions]
+    assert tried
+
+    def inject(k: int) -> tuple[str, subprocess.CompletedProcess, list[str], list[str]]:
+        host = Machine(tmp_path / f"fault-{k}", stubs, like=base)
+        failed = host.run(command, STUB_FAIL_CHANGE=str(done_before + k + 1))
+        faults = [c[2:] for c in host.calls()[calls_before:] if c.startswith("F ")]
+        mark = len(host.calls())
+        host.run(command, STUB_REDO=fakehost.action(actions[k]))
+        return actions[k], failed, faults, [c[2:] for c in host.calls()[mark:] if c.startswith("R ")]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(inject, tried))
+    for action, failed, faults, redone in results:
+        assert [fakehost.action(f) for f in faults] == [fakehost.action(action)]
+        assert failed.returncode != 0, f"{step} ({change}) exited 0 although `{action}` failed:\n{failed.stdout}"
+        assert f"[postal-gateway:{step}] ERROR" in failed.stderr
+        assert redone, f"{step} ({change}): the run after a failed `{action}` did not redo it"
+
+
+# --- disks, versions, ports, Caddy ---
+
+def test_a_grown_data_disk_grows_the_filesystem_and_nothing_else(fresh, registered):
+    grow_disk(fresh)
+    start = len(fresh.calls())
+    out = fresh.up(registered["base"], ["os"])
+    assert fresh.changes(start) == ["xfs_growfs /opt/postal"]
+    assert "growing the filesystem on /opt/postal to 80 GiB" in out
+    assert fresh.state()["disks"][DATA_DEVICE]["FS_BYTES"] == 80 << 30
+
+
+def test_a_data_disk_smaller_than_configured_stops_the_os_step(fresh, registered):
+    create, stdin = registered["base"]["os"]
+    result = fresh.run((create.replace("PG_DATA_DISK_GB=50", "PG_DATA_DISK_GB=80"), stdin))
+    assert result.returncode != 0
+    assert "the data disk shows 50 GiB, dataDiskSizeGb is 80" in result.stderr
+
+
+def test_a_restored_data_disk_is_remounted_and_postal_comes_back(fresh, registered):
+    restore_disk(fresh)
+    start = len(fresh.calls())
+    fresh.up(registered["base"], ["os"])
+    calls = fresh.changes(start)
+    assert index(calls, r"^systemctl stop docker$") < index(calls, r"^umount --lazy /opt/postal$") < \
+        index(calls, r"^mount /opt/postal$") < index(calls, r"^restorecon -R /opt/postal$") < \
+        index(calls, r"^systemctl start docker$")
+    assert f"UUID={RESTORED_UUID} /opt/postal xfs defaults,nofail 0 2" in fresh.file("/etc/fstab").read_text()
+    assert fakehost.DISK_UUID not in fresh.file("/etc/fstab").read_text()
+    state = fresh.state()
+    assert state["mounts"]["/opt/postal"] == [DATA_DEVICE, RESTORED_UUID]
+    assert all(c["running"] for c in state["containers"].values())
+    assert state["postal"]["running"] == ["web", "smtp", "worker"]
+    start = len(fresh.calls())
+    fresh.up(registered["base"], ["os"])
+    assert fresh.changes(start) == []  # remounted once
+
+
+def test_a_lower_postal_version_is_refused(fresh, registered):
+    fresh.file("/opt/postal/config/postal-gateway.version").write_text("3.3.7\n")
+    start = len(fresh.calls())
+    result = fresh.run(registered["base"]["postal"])
+    assert result.returncode != 0
+    assert "postalVersion 3.3.6 is lower than 3.3.7, which the data disk was initialised or upgraded with" \
+        in result.stderr
+    assert fresh.changes(start) == []
+
+
+@pytest.mark.parametrize("port,process", [("9090", "cockpit-ws"), ("9091", "node")])
+def test_postal_step_fails_when_another_process_holds_a_health_port(fresh, registered, port, process):
+    host = fakehost.Host(fresh.root)
+    host.state["listeners"] = {port: {"process": process, "body": "<html>Cockpit</html>"}}
+    host.save()
+    result = fresh.run(registered["base"]["postal"])
+    assert result.returncode != 0
+    assert f"127.0.0.1:{port} is held by a process that is not Postal's" in result.stderr
+    assert f'users:(("{process}"' in result.stderr
+
+
+def test_a_caddyfile_caddy_rejects_keeps_the_running_configuration(fresh, registered):
+    create, stdin = registered["internal"]["caddy"]
+    broken = create.replace("tls internal", "tls internal\n\tbogus_directive on")
+    live = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
+    start = len(fresh.calls())
+    result = fresh.run((broken, stdin))
+    assert result.returncode != 0
+    assert "Caddy rejects the new configuration (the running one is kept)" in result.stderr
+    assert "unrecognized directive: bogus_directive" in result.stderr  # Caddy's own message
+    assert fresh.file("/opt/postal/caddy/live/Caddyfile").read_text() == live
+    assert not any("caddy reload" in c or "/live/" in c for c in fresh.changes(start))
+
+
+def test_letsencrypt_failure_is_reported_with_caddys_acme_error(fresh, registered):
+    host = fakehost.Host(fresh.root)
+    del host.state["containers"]["postal-caddy"]  # a first deploy of Caddy
+    fresh.file("/var/lib/postal-gateway/caddy.applied").unlink()
+    host.state["acme_error"] = "HTTP 400 urn:ietf:params:acme:error:connection - Timeout during connect"
+    host.save()
+    result = fresh.run(registered["base"]["caddy"], PG_CADDY_TRIES="2")
+    assert result.returncode != 0
+    assert "https://postal.rdo-dev.com did not answer through Caddy in 10 s" in result.stderr
+    assert "port 80 must be open to the internet" in result.stderr
+    assert "urn:ietf:params:acme:error:connection - Timeout during connect" in result.stderr
+    start = len(fresh.calls())
+    host = fakehost.Host(fresh.root)
+    del host.state["acme_error"]
+    host.save()
+    fresh.up(registered["base"], ["caddy"])
+    assert any("caddy reload" in c for c in fresh.changes(start))  # not recorded as applied: reloaded now

@@ -1,23 +1,40 @@
 #!/usr/bin/env bash
 # Shared by every bootstrap step (render.step_script prepends it). Paths are prefixed with
 # ${PG_ROOT:-} so the tests can run a step against a temporary root and stub commands.
+#
+# Every action runs where `set -e` applies: never on the left of ||/&& nor inside an `if`
+# condition (bash ignores `set -e` there, also in the functions called from there). Helpers
+# that act report what they did in PG_RESULT (changed / unchanged, or what the caller must do);
+# a failed action ends the step before anything is recorded as applied.
 set -euo pipefail -o errtrace
+shopt -s inherit_errexit
 umask 022
 PG_ROOT="${PG_ROOT:-}"
 PG_DATA_DIR="${PG_DATA_DIR:-/opt/postal}"
 # shellcheck disable=SC2034  # used by the steps
 PG_POSTAL_UID=999  # the `postal` user inside ghcr.io/postalserver/postal
+PG_RESULT=
+PG_PAYLOAD=
+PG_PENDING=
 
 pg_log() { printf '[postal-gateway:%s] %s\n' "${PG_STEP:-step}" "$*"; }
 pg_fail() { printf '[postal-gateway:%s] ERROR: %s\n' "${PG_STEP:-step}" "$*" >&2; exit 1; }
-pg_on_error() { local rc=$?; printf '[postal-gateway:%s] ERROR: line %s exited %s\n' "${PG_STEP:-step}" "$1" "$rc" >&2; }
+pg_on_error() {  # reported once, by the step's own shell (not again by a failed $(…))
+  local rc=$?
+  if [[ $BASHPID != "$$" ]]; then return 0; fi
+  printf '[postal-gateway:%s] ERROR: line %s exited %s\n' "${PG_STEP:-step}" "$1" "$rc" >&2
+}
+pg_on_exit() {
+  if [[ -n $PG_PENDING ]]; then rm -f "$PG_PENDING"; fi
+  if [[ -n $PG_PAYLOAD ]]; then rm -rf "$PG_PAYLOAD"; fi
+}
 trap 'pg_on_error "$LINENO"' ERR
+trap pg_on_exit EXIT
 
 # Reads the step's stdin (`<name> <base64>` lines) into files under $PG_PAYLOAD (mode 600),
 # removed when the step exits. Secrets never touch the command line or the log.
 pg_read_payload() {
   PG_PAYLOAD="$(umask 077 && mktemp -d)"
-  trap 'rm -rf "$PG_PAYLOAD"' EXIT
   local name data
   while read -r name data; do
     [[ $name =~ ^[a-z_]+$ ]] || pg_fail "malformed stdin payload line"
@@ -27,23 +44,29 @@ pg_read_payload() {
 
 pg_need() { [[ -s "$PG_PAYLOAD/$1" ]] || pg_fail "stdin payload lacks $1"; }
 
-# pg_install <mode> <owner> <dest> < content: writes dest only when its content or mode differs.
-# Returns 0 when it changed the file, 1 when it was already up to date. The new file is made in
-# dest's directory, so it gets that directory's SELinux label (a file moved from /tmp keeps tmp's).
+# pg_install <mode> <owner> <dest> < content: writes dest only when its content or mode differs;
+# PG_RESULT=changed|unchanged. The new file is made in dest's directory, so it gets that
+# directory's SELinux label (a file moved from /tmp keeps tmp's). Not for pipelines: the result
+# and the temporary file's clean-up would stay in the pipeline's subshell.
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
 pg_install() {
-  local mode=$1 owner=$2 dest=$PG_ROOT$3 tmp
+  local mode=$1 owner=$2 dest=$PG_ROOT$3
   mkdir -p "$(dirname "$dest")"
-  tmp="$(mktemp "$dest.XXXXXX")"
-  cat >"$tmp"
-  if [[ -f $dest ]] && cmp -s "$tmp" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
-    rm -f "$tmp"
-    return 1
+  PG_PENDING="$(mktemp "$dest.XXXXXX")"
+  cat >"$PG_PENDING"
+  if [[ -f $dest ]] && cmp -s "$PG_PENDING" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
+    rm -f "$PG_PENDING"
+    PG_PENDING='' PG_RESULT=unchanged
+    return 0
   fi
-  chmod "$mode" "$tmp"
-  chown "$owner" "$tmp"
-  mv -f "$tmp" "$dest"
+  chmod "$mode" "$PG_PENDING"
+  chown "$owner" "$PG_PENDING"
+  mv -f "$PG_PENDING" "$dest"
+  PG_PENDING='' PG_RESULT=changed
   pg_log "wrote $3"
 }
+# pg_install_text <mode> <owner> <dest> <text>
+pg_install_text() { pg_install "$1" "$2" "$3" < <(printf '%s' "$4"); }
 
 # What a step last applied successfully, as a hash of the files it applied (kept in
 # /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
@@ -55,50 +78,82 @@ pg_fingerprint() {
     if [[ -f $PG_ROOT$file ]]; then cat "$PG_ROOT$file"; fi
   done | sha256sum | cut -d ' ' -f 1
 }
-pg_applied() { [[ $(cat "$PG_ROOT/var/lib/postal-gateway/$1.applied" 2>/dev/null || true) == "$2" ]]; }
-pg_mark_applied() {
-  pg_applied "$1" "$2" || printf '%s\n' "$2" | pg_install 0644 root:root "/var/lib/postal-gateway/$1.applied" || true
+pg_applied() {
+  local stamp=$PG_ROOT/var/lib/postal-gateway/$1.applied
+  [[ -f $stamp && $(<"$stamp") == "$2" ]]
 }
+pg_mark_applied() { pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.applied" "$2"$'\n'; }
 
 # Installs the RPM packages that are missing, in one dnf transaction.
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
 pg_dnf_install() {
   local missing=() pkg
-  rpm -q --quiet "$@" && return 0
-  for pkg in "$@"; do rpm -q --quiet "$pkg" || missing+=("$pkg"); done
+  PG_RESULT=unchanged
+  if rpm -q --quiet "$@"; then return 0; fi
+  for pkg in "$@"; do
+    if ! rpm -q --quiet "$pkg"; then missing+=("$pkg"); fi
+  done
   if ((${#missing[@]})); then
     pg_log "installing ${missing[*]}"
     dnf -y -q install "${missing[@]}"
+    PG_RESULT=changed
   fi
 }
 
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
 pg_enable_unit() {
-  systemctl is-enabled --quiet "$1" || { pg_log "enabling $1"; systemctl enable "$1"; }
-  systemctl is-active --quiet "$1" || { pg_log "starting $1"; systemctl start "$1"; }
-}
-
-# The image a container was created from, or nothing when it does not exist.
-pg_container_image() { docker inspect --format '{{.Config.Image}}' "$1" 2>/dev/null || true; }
-# pg_container_stale <name> <image>: succeeds when the container must be created, after removing
-# one made from another image (its data lives in bind mounts, so nothing is lost).
-pg_container_stale() {
-  local current
-  current=$(pg_container_image "$1")
-  [[ $current != "$2" ]] || return 1
-  if [[ -n $current ]]; then
-    pg_log "replacing $1 ($current -> $2)"
-    docker rm -f "$1" >/dev/null
+  PG_RESULT=unchanged
+  if ! systemctl is-enabled --quiet "$1"; then
+    pg_log "enabling $1"
+    systemctl enable "$1"
+    PG_RESULT=changed
+  fi
+  if ! systemctl is-active --quiet "$1"; then
+    pg_log "starting $1"
+    systemctl start "$1"
+    PG_RESULT=changed
   fi
 }
-pg_container_running() { [[ $(docker inspect --format '{{.State.Running}}' "$1" 2>/dev/null || true) == true ]]; }
+
+# pg_container <name> <image> <spec>: PG_RESULT=running|stopped|create. A container made from
+# another image or another spec (a hash of its `docker run` options, kept in a label) is removed
+# first (its data lives in bind mounts, so nothing is lost). Only "no such object" means absent:
+# any other docker error fails the step.
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
+pg_container() {
+  local state image spec running
+  if ! state=$(docker inspect --format \
+    '{{.Config.Image}}|{{index .Config.Labels "postal-gateway.spec"}}|{{.State.Running}}' "$1" 2>&1); then
+    [[ $state == *"No such object"* ]] || pg_fail "docker inspect $1: $state"
+    state=
+  fi
+  IFS='|' read -r image spec running <<<"$state"
+  if [[ -n $state && ($image != "$2" || $spec != "$3") ]]; then
+    pg_log "replacing $1 ($image -> $2, new settings)"
+    docker rm -f "$1" >/dev/null
+    running=
+  fi
+  case $running in
+    true) PG_RESULT=running ;;
+    false) PG_RESULT=stopped ;;
+    *) PG_RESULT=create ;;
+  esac
+}
 
 # pg_wait_http <what> <url> [Host header]: waits up to 5 minutes (PG_WAIT_TRIES x 5 s) for a 2xx answer.
 pg_wait_http() {
   local what=$1 url=$2 host=${3:-localhost}
   for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
-    curl --silent --fail --output /dev/null --max-time 5 --header "Host: $host" "$url" && return 0
+    if curl --silent --fail --output /dev/null --max-time 5 --header "Host: $host" "$url"; then return 0; fi
     sleep 5
   done
   pg_fail "$what did not answer $url in 5 minutes"
 }
 
 pg_compose() { (cd "$PG_ROOT$PG_DATA_DIR/install" && docker compose -p postal "$@"); }
+
+# pg_dir <mode> <dir>: creates dir (and its parents) and sets its mode when it differs.
+pg_dir() {
+  mkdir -p "$PG_ROOT$2"
+  if [[ $(stat -c %a "$PG_ROOT$2") != "${1#0}" ]]; then chmod "$1" "$PG_ROOT$2"; fi
+}

@@ -7,15 +7,15 @@
 # shellcheck disable=SC2016  # $basearch is dnf's variable. Spaces around the gpgkey '=' (dnf accepts
 # them) keep the policy pack from reading a KEY assignment.
 # Google's package repository for the agent (what Google's add-google-cloud-ops-agent-repo.sh writes, handle_rpm el9).
-printf '%s\n' '[google-cloud-ops-agent]' 'name=Google Cloud Ops Agent Repository' \
+pg_install_text 0644 root:root /etc/yum.repos.d/google-cloud-ops-agent.repo "$(printf '%s\n' \
+  '[google-cloud-ops-agent]' 'name=Google Cloud Ops Agent Repository' \
   'baseurl=https://packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all' \
   'enabled=1' 'gpgcheck=1' 'repo_gpgcheck=1' \
-  'gpgkey = https://packages.cloud.google.com/yum/doc/yum-key.gpg https://packages.cloud.google.com/yum/doc/rpm-package-key.gpg' |
-  pg_install 0644 root:root /etc/yum.repos.d/google-cloud-ops-agent.repo || true
+  'gpgkey = https://packages.cloud.google.com/yum/doc/yum-key.gpg https://packages.cloud.google.com/yum/doc/rpm-package-key.gpg')"$'\n'
 # yum-utils carries needs-restarting on EL9.
 pg_dnf_install google-cloud-ops-agent dnf-automatic yum-utils
 
-printf '%s' "$PG_AGENT_CONFIG" | pg_install 0644 root:root /etc/google-cloud-ops-agent/config.yaml || true
+pg_install_text 0644 root:root /etc/google-cloud-ops-agent/config.yaml "$PG_AGENT_CONFIG"
 agent=$(pg_fingerprint /etc/google-cloud-ops-agent/config.yaml)
 pg_enable_unit google-cloud-ops-agent
 if ! pg_applied ops-agent "$agent"; then
@@ -24,17 +24,18 @@ if ! pg_applied ops-agent "$agent"; then
 fi
 pg_mark_applied ops-agent "$agent"
 
-printf '%s' "$PG_AUTOMATIC_CONF" | pg_install 0644 root:root /etc/dnf/automatic.conf || true
-printf '%s' "$PG_REBOOT_SH" | pg_install 0755 root:root /usr/local/sbin/postal-gateway-reboot || true
-printf '%s' "$PG_BACKUP_SH" | pg_install 0755 root:root /usr/local/sbin/postal-gateway-backup || true
-printf '%s' "$PG_RESTORE_SH" | pg_install 0755 root:root /usr/local/sbin/postal-gateway-restore-db || true
+pg_install_text 0644 root:root /etc/dnf/automatic.conf "$PG_AUTOMATIC_CONF"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-reboot "$PG_REBOOT_SH"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup "$PG_BACKUP_SH"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore-db "$PG_RESTORE_SH"
 
 # PG_UNITS: one `<path> <base64 content>` line per systemd unit.
 unit_paths=()
 while read -r path data; do
   [[ -n $path ]] || continue
   [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z]+\.(service|timer)$ ]] || pg_fail "bad unit path $path"
-  printf '%s' "$data" | base64 -d | pg_install 0644 root:root "$path" || true
+  unit=$(base64 -d <<<"$data"; printf .)
+  pg_install_text 0644 root:root "$path" "${unit%.}"
   unit_paths+=("$path")
 done <<<"$PG_UNITS"
 units=$(pg_fingerprint "${unit_paths[@]}")

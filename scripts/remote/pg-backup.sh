@@ -10,10 +10,10 @@ chmod 700 "$dir"
 name=mariadb-$(date -u +%Y%m%dT%H%M%SZ).mbstream.gz
 partial=$dir/.$name.partial
 trap 'rm -f "$partial"' EXIT
-# The root password stays in the container's environment; nothing secret on a command line.
+# The root password comes from the container's root-only mounted file; nothing secret on a command line.
 # shellcheck disable=SC2016
 docker exec "$PG_MARIADB_CONTAINER" sh -c \
-  'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" exec mariadb-backup --backup --user=root --stream=xbstream --target-dir=/tmp' \
+  'MYSQL_PWD=$(cat /run/secrets/mariadb-root-password) exec mariadb-backup --backup --user=root --stream=xbstream --target-dir=/tmp' \
   2>"$dir/last-backup.log" | gzip >"$partial"
 [[ -s $partial ]] || { echo "mariadb-backup wrote nothing; see $dir/last-backup.log" >&2; exit 1; }
 mv "$partial" "$dir/$name"

@@ -7,6 +7,16 @@ pg_need postal_yml
 pg_need signing_key
 install_dir=$PG_ROOT$PG_DATA_DIR/install
 
+# The version that initialize/upgrade last completed for, kept on the data disk (so a restored
+# disk brings its own). Migrations only run forwards: a lower postalVersion is refused.
+version_file=$PG_DATA_DIR/config/postal-gateway.version
+current=
+if [[ -f $PG_ROOT$version_file ]]; then current=$(<"$PG_ROOT$version_file"); fi
+if [[ -n $current && $(printf '%s\n' "$current" "$PG_POSTAL_VERSION" | sort -V | head -n 1) != "$current" ]]; then
+  pg_fail "postalVersion $PG_POSTAL_VERSION is lower than $current, which the data disk was initialised or" \
+    "upgraded with; Postal's migrations do not run backwards: set postal-gateway:postalVersion to $current or later"
+fi
+
 if [[ ! -d $install_dir/.git ]]; then
   pg_log "cloning $PG_INSTALL_REPO"
   git clone --quiet "$PG_INSTALL_REPO" "$install_dir"
@@ -16,28 +26,29 @@ if [[ $(git -C "$install_dir" rev-parse HEAD) != "$PG_INSTALL_COMMIT" ]]; then
   git -C "$install_dir" fetch --quiet origin
   git -C "$install_dir" checkout --quiet --force "$PG_INSTALL_COMMIT"
 fi
-if [[ $(readlink "$PG_ROOT/usr/bin/postal" || true) != "$PG_DATA_DIR/install/bin/postal" ]]; then
+if [[ ! -L $PG_ROOT/usr/bin/postal || $(readlink "$PG_ROOT/usr/bin/postal") != "$PG_DATA_DIR/install/bin/postal" ]]; then
   ln -sfn "$PG_DATA_DIR/install/bin/postal" "$PG_ROOT/usr/bin/postal"
 fi
 
-pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml" || true
-pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key" || true
+pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/postal.yml" <"$PG_PAYLOAD/postal_yml"
+pg_install 0640 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$PG_DATA_DIR/config/signing.key" <"$PG_PAYLOAD/signing_key"
 
-# The version that initialize/upgrade last completed for, kept on the data disk.
-version_file=$PG_ROOT$PG_DATA_DIR/config/postal-gateway.version
-current=$(cat "$version_file" 2>/dev/null || true)
-compose_version=$(sed -n 's#^ *image: ghcr.io/postalserver/postal:##p;T;q' "$install_dir/docker-compose.yml" 2>/dev/null || true)
+compose_version=
+if [[ -f $install_dir/docker-compose.yml ]]; then
+  compose_version=$(sed -n 's#^ *image: ghcr.io/postalserver/postal:##p;T;q' "$install_dir/docker-compose.yml")
+fi
 if [[ $compose_version != "$PG_POSTAL_VERSION" ]]; then
   pg_log "docker-compose.yml for Postal $PG_POSTAL_VERSION"
   "$install_dir/bin/postal" set-version "$PG_POSTAL_VERSION" >/dev/null
 fi
 if [[ $current != "$PG_POSTAL_VERSION" ]]; then
   # A new host loads the schema; a new version migrates it.
-  task=$([[ -z $current ]] && echo initialize || echo upgrade)
+  task=upgrade
+  if [[ -z $current ]]; then task=initialize; fi
   pg_log "postal $task: ${current:-new host} -> $PG_POSTAL_VERSION"
   pg_compose pull --quiet
   pg_compose run --rm -T runner postal "$task"
-  echo "$PG_POSTAL_VERSION" >"$version_file"
+  pg_install_text 0644 root:root "$version_file" "$PG_POSTAL_VERSION"$'\n'
 fi
 
 # Postal reads its configuration at start: recreate it unless it runs what is on disk now.
@@ -51,9 +62,25 @@ elif [[ $running != "smtp web worker " ]]; then
   pg_log "starting Postal (running: ${running:-none})"
   pg_compose up --detach --remove-orphans
 fi
-# Puma only answers for web_hostname (Rails host authorization); worker and SMTP server have /health.
+
+# pg_wait_health <service> <port> <name>: Postal's health servers answer `GET /` with
+# "<name> (pid: …, host: …)" (app/util/health_server.rb). When another process holds the port,
+# Postal only logs "already in use": whatever answers there instead fails the step by name.
+pg_wait_health() {
+  local body
+  for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+    if body=$(curl --silent --max-time 5 "http://127.0.0.1:$2/"); then
+      if [[ $body == "$3 (pid: "* ]]; then return 0; fi
+      pg_fail "127.0.0.1:$2 is held by a process that is not Postal's $1 service ($(ss -Hltnp "sport = :$2" | head -n 1));" \
+        "stop it (e.g. cockpit.socket listens on 9090) so Postal's health server can listen there"
+    fi
+    sleep 5
+  done
+  pg_fail "Postal's $1 service did not answer http://127.0.0.1:$2/ in 5 minutes; see: postal logs $1"
+}
+# Puma only answers for web_hostname (Rails host authorization).
 pg_wait_http "Postal's web server" http://127.0.0.1:5000/login "$PG_HOSTNAME"
-pg_wait_http "Postal's worker" http://127.0.0.1:9090/health
-pg_wait_http "Postal's SMTP server" http://127.0.0.1:9091/health
+pg_wait_health worker 9090 worker
+pg_wait_health smtp 9091 smtp-server
 pg_mark_applied postal "$applied"
 pg_log "done: Postal $PG_POSTAL_VERSION (web, worker and SMTP server healthy)"

@@ -4,7 +4,7 @@
 : "${PG_PROVISION_RB:?}"
 pg_read_payload
 pg_need provision_json
-printf '%s' "$PG_PROVISION_RB" | pg_install 0644 root:root "$PG_DATA_DIR/config/provision.rb" || true
+pg_install_text 0644 root:root "$PG_DATA_DIR/config/provision.rb" "$PG_PROVISION_RB"
 pg_log "provisioning Postal"
 pg_compose run --rm -T runner bundle exec rails runner /config/provision.rb <"$PG_PAYLOAD/provision_json"
 pg_log "done"
