@@ -81,9 +81,10 @@ def test_a_foreign_spf_record_is_found_however_it_is_quoted(content):
 def test_quoted_records_that_are_not_spf_or_ours_pass_the_guard():
     spec = mail_dns.RecordSpec("rdo-dev.com-spf", "rdo-dev.com", "TXT", "v=spf1 include:spf.postal.rdo-dev.com ~all",
                                "rdo-dev.com")
-    existing = [{"content": '"google-site-verification=abc"', "comment": None},
-                {"content": '"v=spf10 is not spf"', "comment": None},
-                {"content": '"v=spf1 include:spf.postal.rdo-dev.com ~all"', "comment": OURS}]
+    existing = [{"type": "TXT", "content": '"google-site-verification=abc"', "comment": None},
+                {"type": "TXT", "content": '"v=spf10 is not spf"', "comment": None},
+                {"type": "TXT", "content": '"v=spf1 include:spf.postal.rdo-dev.com ~all"', "comment": OURS}]
     assert mail_dns.find_conflicts([spec], {"rdo-dev.com": existing}, OURS) == []
-    foreign = existing + [{"content": '"v=spf1 -all"', "comment": None}]
-    assert mail_dns.find_conflicts([spec], {"rdo-dev.com": foreign}, OURS) == ["rdo-dev.com already has 'v=spf1 -all'"]
+    foreign = existing + [{"type": "TXT", "content": '"v=spf1 -all"', "comment": None}]
+    (problem,) = mail_dns.find_conflicts([spec], {"rdo-dev.com": foreign}, OURS)
+    assert problem.startswith("rdo-dev.com already has 'v=spf1 -all' (TXT). Fix: merge")
