@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import re
+import smtplib
 import socket
 import ssl
 import subprocess
@@ -287,12 +288,17 @@ class SmokeTest:
                      f"add include:spf.{self.o.get('hostname')} (or include:{GOOGLE_SPF}) to {domain}'s SPF")
 
     # HTTPS: a trusted certificate on webUrl and Postal behind it.
-    def check_https(self) -> bool:
-        url = urlsplit(self.o["webUrl"])
-        host, port = url.hostname, url.port or 443
+    def tls_context(self) -> ssl.SSLContext:
+        """Verifies chain and host name, against --ca-bundle if given; --insecure turns both off."""
         context = ssl.create_default_context(cafile=self.verify if isinstance(self.verify, str) else None)
         if self.verify is False:
             context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        return context
+
+    def check_https(self) -> bool:
+        url = urlsplit(self.o["webUrl"])
+        host, port = url.hostname, url.port or 443
+        context = self.tls_context()
         try:
             with socket.create_connection((host, port), timeout=10) as sock, \
                     context.wrap_socket(sock, server_hostname=host) as tls:
@@ -321,6 +327,44 @@ class SmokeTest:
             return not self.report(Check("https", False, f"{self.o['webUrl']}/login answered {response.status_code}",
                                          "502: Postal's web server is down (sudo postal status; sudo postal logs web)"))
         return self.report(Check("https", True, f"{self.o['webUrl']} certificate valid{days}, Postal answers")).ok
+
+    # SMTP intake: STARTTLS on smtpHost:smtpPort with a certificate valid for smtpHost, then the
+    # stack's credential through CRAM-MD5, the one mechanism that needs smtpUsername to be right.
+    def check_smtp(self) -> bool:
+        host, port = self.o["smtpHost"], int(self.o.get("smtpPort") or 25)
+        user, password = self.o.get("smtpUsername", ""), self.o.get("smtpPassword", "")
+        where = f"{host}:{port}"
+        try:
+            with smtplib.SMTP(host, port, timeout=15) as smtp:
+                smtp.ehlo()
+                if not smtp.has_extn("starttls"):
+                    return not self.report(Check(
+                        "smtp", False, f"{where} offers no STARTTLS: the SMTP password would cross the network in clear",
+                        "Postal's SMTP TLS is off: smtp_server.tls_enabled with the web certificate (postal step, "
+                        "pulumi up); until then send only over trusted networks"))
+                smtp.starttls(context=self.tls_context())
+                cert = smtp.sock.getpeercert()
+                smtp.ehlo()
+                smtp.user, smtp.password = user, password
+                code, answer = smtp.auth("CRAM-MD5", smtp.auth_cram_md5, initial_response_ok=False)
+        except ssl.SSLCertVerificationError as err:
+            return not self.report(Check("smtp", False, f"{where}: certificate not valid for {host} "
+                                                        f"({err.verify_message})",
+                                         "Postal's SMTP server must present the web certificate for the hostname "
+                                         "(postal step); tls=internal: pass --ca-bundle with Caddy's root"))
+        except smtplib.SMTPAuthenticationError as err:
+            return not self.report(Check("smtp", False, f"AUTH CRAM-MD5 as {user!r} refused: {err.smtp_code} "
+                                                        f"{fold(err.smtp_error.decode(errors='replace'))}",
+                                         "smtpUsername must be <organization>/<server> (postal-gateway/gateway) and "
+                                         "smtpPassword the SMTP credential's key: rerun the provision step"))
+        except (OSError, smtplib.SMTPException) as err:
+            return not self.report(Check("smtp", False, f"{where}: {fold(err) or type(err).__name__}",
+                                         "this machine must be inside smtpSourceRanges and Postal's smtp container "
+                                         "running (sudo postal status on the VM)"))
+        left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400 if cert else None
+        expires = f", expires in {left:.0f} days" if left is not None else ""
+        return self.report(Check("smtp", True, f"{where} STARTTLS, certificate valid for {host}{expires}; "
+                                               f"AUTH CRAM-MD5 as {user} accepted ({code})")).ok
 
     # Send API: Postal answers HTTP 200 even for errors; `status` tells.
     def api(self, path: str, body: dict) -> dict:
@@ -420,6 +464,7 @@ class SmokeTest:
     def run(self) -> int:
         self.check_dns()
         self.check_https()
+        self.check_smtp()
         message_id = self.send()
         if message_id is not None:
             self.wait_for_delivery(message_id)
@@ -448,7 +493,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 def main(argv: Optional[list[str]] = None, resolver=None) -> int:
     args = parse_args(argv)
     outputs = load_outputs(args)
-    missing = [k for k in ("webUrl", "apiUrl", "apiKey", "sendingDomains", "hostname") if not outputs.get(k)]
+    missing = [k for k in ("webUrl", "apiUrl", "apiKey", "sendingDomains", "hostname", "smtpHost", "smtpPassword")
+               if not outputs.get(k)]
     if missing:
         print(f"the outputs lack {', '.join(missing)}: run pulumi up first (or pass --show-secrets)", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import dns.rdatatype
 import dns.resolver
 import pytest
 
+from fake_postal_smtp import FakePostalSMTP
 from fake_relay import FakeRelay
 from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, record_postal, render_doc
 from scripts import smoke_test
@@ -148,10 +149,31 @@ def postal(certs):
     server.shutdown()
 
 
+SMTP_KEY = "smtp-k3y-0f-the-stack"
+SMTP = {"port": 0}  # the module's fake Postal SMTP server (postal_smtp)
+
+
+def server_context(cert, key):
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+@pytest.fixture(scope="module", autouse=True)
+def postal_smtp(certs):
+    """Postal's SMTP intake with TLS on (the web certificate) and the stack's SMTP credential."""
+    server = FakePostalSMTP({("postal-gateway", "gateway"): [SMTP_KEY]}, context=server_context(*certs["good"]))
+    SMTP["port"] = server.port
+    yield server
+    server.close()
+
+
 def outputs(port, **changes):
     base = {"publicIp": "203.0.113.10", "hostname": "postal.example.com", "webUrl": f"https://localhost:{port}",
             "apiUrl": f"https://localhost:{port}/api/v1/send/message", "apiKey": KEY,
-            "sendingDomains": ["example.com"], "adminEmail": "ops@example.com", "dnsRecords": RECORDS}
+            "sendingDomains": ["example.com"], "adminEmail": "ops@example.com", "dnsRecords": RECORDS,
+            "smtpHost": "localhost", "smtpPort": SMTP["port"], "smtpUsername": "postal-gateway/gateway",
+            "smtpPassword": SMTP_KEY}
     return {**base, **changes}
 
 
@@ -190,6 +212,49 @@ def test_a_healthy_gateway_passes_and_exits_0(tmp_path, capsys, postal, certs):
     assert "waiting for delivery: Pending" in err  # progress while the worker is busy
     sent = postal.sent[0]
     assert sent["to"] == ["ops@example.com"] and sent["from"] == "smoke-test@example.com"
+
+
+def test_smtp_intake_offers_starttls_and_takes_the_stacks_credential_by_cram_md5(tmp_path, capsys, postal, certs,
+                                                                                  postal_smtp):
+    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs)
+    assert code == 0, out
+    assert (f"PASS  smtp      localhost:{postal_smtp.port} STARTTLS, certificate valid for localhost, expires in 8"
+            in out or "expires in 9" in out) and "AUTH CRAM-MD5 as postal-gateway/gateway accepted (235)" in out
+    commands = postal_smtp.commands[postal_smtp.port]
+    assert [c.split()[0].upper() for c in commands[:4]] == ["EHLO", "STARTTLS", "EHLO", "AUTH"]
+
+
+@pytest.mark.parametrize("changes,line,fix", [
+    ({"smtpUsername": "postal-gateway"}, "AUTH CRAM-MD5 as 'postal-gateway' refused: 535 Denied",
+     "smtpUsername must be <organization>/<server>"),  # the username before <org>/<server>: no server found
+    ({"smtpPassword": "not-the-key"}, "refused: 535 Denied", "rerun the provision step"),
+    ({"smtpPort": 1}, "localhost:1: ", "smtpSourceRanges"),
+])
+def test_every_smtp_failure_prints_its_fix(tmp_path, capsys, postal, certs, changes, line, fix):
+    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, **changes)
+    (fail, fix_line), = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
+    assert code == 1 and line in fail and fix in fix_line
+    assert "PASS  delivery" in out  # the other checks still ran
+
+
+def test_smtp_without_starttls_or_with_a_certificate_for_another_name(tmp_path, capsys, postal, certs):
+    plain = FakePostalSMTP({}, tls_enabled=False)
+    other = FakePostalSMTP({})  # its certificate is for postal.example.com, not localhost
+    other.tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    other.trusted_ca.issue_cert("other.example.com").configure_cert(other.tls)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(certs["good"][0].read_bytes() + other.trusted_ca.cert_pem.bytes())
+    try:
+        _, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, smtpPort=plain.port)
+        _, out2, _ = smoke(tmp_path, capsys, postal.server_port, certs, smtpPort=other.port,
+                           extra=("--ca-bundle", str(bundle)))
+    finally:
+        plain.close()
+        other.close()
+    (fail, fix), = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
+    assert "offers no STARTTLS" in fail and "smtp_server.tls_enabled" in fix
+    (fail, fix), = [f for f in failures(out2) if f[0].startswith("FAIL  smtp")]
+    assert "certificate not valid for localhost (Hostname mismatch" in fail and "web certificate" in fix
 
 
 def test_a_recipient_with_a_display_name(tmp_path, capsys, postal, certs):
@@ -389,3 +454,19 @@ def test_without_pulumi_it_says_how_to_get_outputs(monkeypatch, tmp_path):
 
 def test_the_troubleshooting_doc_has_the_generated_table():
     assert render_doc(DOC.read_text()) == DOC.read_text(), "run: python -m tests.relay_scenarios"
+
+
+def test_the_smtplib_example_in_docs_sends_over_starttls_with_the_stack_credential(monkeypatch, certs, postal_smtp):
+    doc = (DOC.parent / "sending.md").read_text()
+    code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
+    monkeypatch.setenv("SSL_CERT_FILE", str(certs["good"][0]))  # ssl.create_default_context() trusts it
+    for name, value in {"SMTP_HOST": "localhost", "SMTP_PORT": str(postal_smtp.port),
+                        "SMTP_USERNAME": "postal-gateway/gateway", "SMTP_PASSWORD": SMTP_KEY}.items():
+        monkeypatch.setenv(name, value)
+    before, seen = len(postal_smtp.received), len(postal_smtp.commands[postal_smtp.port])
+    exec(compile(code, "docs/sending.md", "exec"), {})
+    (mail_from, rcpt_to, data), = postal_smtp.received[before:]
+    assert (mail_from, rcpt_to) == ("<noreply@rdo-dev.com>", ["<artist@example.com>"])
+    assert "Subject: Render complete: shot 001" in data
+    commands = [c.split()[0].upper() for c in postal_smtp.commands[postal_smtp.port][seen:]]
+    assert commands[:4] == ["EHLO", "STARTTLS", "EHLO", "AUTH"]  # the password never crosses in clear
