@@ -88,6 +88,10 @@ DIAGNOSES = {
     "wrong-relay": Diagnosis(
         "the server answered like Gmail's inbound MX, not the SMTP relay",
         "set postal-gateway:relayHost to smtp-relay.gmail.com and run pulumi up"),
+    "unauthenticated": Diagnosis(
+        "Google refused the message as unauthenticated (SPF/DKIM/DMARC)",
+        "the dns and spf checks above must pass: the sending domain's SPF includes spf.{hostname}, its "
+        "postal-<selector>._domainkey record is published and Postal's DKIM check is OK (provision step)"),
     "unreachable": Diagnosis(
         "Postal cannot reach the relay (connection refused, timed out, or never greeted)",
         "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress firewall; "
