@@ -166,22 +166,27 @@ def diagnose_delivery(delivery: dict) -> str:
     return diagnose(f"{details}\n{delivery.get('output') or ''}")[0]
 
 
-def delivery_check(delivery: dict, outputs: dict, elapsed: float) -> Optional[Check]:
-    """The delivery's Check, or None while waiting can still help (pending, or a temporary SoftFail)."""
+def recorded(delivery: dict) -> str:
+    """What Postal recorded, on one line: its details, then the relay's answer (or the error) it kept."""
+    output = unwrap(delivery.get("output"))
+    return f"Postal recorded: {fold(delivery.get('details'))}" + (f"; the relay said: {output}" if output else "")
+
+
+def delivery_check(delivery: dict, outputs: dict, elapsed: float, timed_out: bool = False) -> Optional[Check]:
+    """The delivery's Check; None while waiting can still help (a temporary SoftFail before --timeout)."""
     status = delivery["status"]
-    text = fold(f"{delivery.get('details') or ''} {unwrap(delivery.get('output'))}")
     if status == "Sent":
-        return Check("delivery", True, f"Sent after {elapsed:.0f}s: {text}")
-    key = diagnose_delivery(delivery)
-    diagnosis = DIAGNOSES[key]
+        return Check("delivery", True, f"Sent after {elapsed:.0f}s: {recorded(delivery)}")
+    diagnosis = DIAGNOSES[diagnose_delivery(delivery)]
     names = {"publicIp": outputs.get("publicIp", "<publicIp>"), "hostname": outputs.get("hostname", "<hostname>")}
+    headline, fix = diagnosis.headline.format(**names), diagnosis.fix.format(**names)
     if status == "SoftFail" and not diagnosis.stop:
-        return None
-    headline = diagnosis.headline.format(**names)
-    said = f"Postal said: {text}" if status in ("Held", "Error") or key in ("max-attempts", "spam") \
-        else f"the relay said: {text}"
+        if not timed_out:
+            return None
+        return Check("delivery", False, f"still SoftFail after {elapsed:.0f}s: {headline}; Postal will retry; "
+                                        f"{recorded(delivery)}", fix)
     retry = "; Postal will retry, but that cannot help until this is fixed" if status == "SoftFail" else ""
-    return Check("delivery", False, f"{status}: {headline}{retry}; {said}", diagnosis.fix.format(**names))
+    return Check("delivery", False, f"{status}: {headline}{retry}; {recorded(delivery)}", fix)
 
 
 # --- stack outputs ---
@@ -438,18 +443,11 @@ class SmokeTest:
             status = latest["status"] if latest else "Pending"
             if elapsed >= self.timeout:
                 if latest:  # a temporary SoftFail that did not clear in time
-                    key = diagnose_delivery(latest)
-                    names = {"publicIp": self.o.get("publicIp", "<publicIp>"),
-                             "hostname": self.o.get("hostname", "<hostname>")}
-                    return Check("delivery", False,
-                                 f"still {status} after {self.timeout:.0f}s: "
-                                 f"{DIAGNOSES[key].headline.format(**names)}; Postal will retry; the relay said: "
-                                 f"{fold(latest.get('details'))} {fold(latest.get('output'))}".rstrip(),
-                                 DIAGNOSES[key].fix.format(**names))
+                    return delivery_check(latest, self.o, self.timeout, timed_out=True)
                 return Check("delivery", False, f"still Pending after {self.timeout:.0f}s: Postal has not tried it",
                              "Postal's worker has not picked the message up: on the VM, sudo postal status and "
                              "sudo postal logs worker")
-            said = f" ({fold(latest.get('output'))[:80]})" if latest else ""
+            said = f" ({unwrap(latest.get('output'))[:80]})" if latest else ""
             self.show_progress(f"waiting for delivery: {status}{said}, {elapsed:.0f}s of {self.timeout:.0f}s",
                                changed=status != last)
             last = status

@@ -413,7 +413,8 @@ def test_every_delivery_postal_records_is_diagnosed_with_its_fix(recorded, sid):
 
 def test_a_delivery_that_postal_retries_into_sent_passes(recorded):
     out, polls, _ = poll([[], [recorded["peak-limit"]], [recorded["peak-limit"], recorded["accepted"]]])
-    assert out.startswith("PASS  delivery  Sent after 10s: Message for ops@example.com accepted") and polls == 3
+    assert out.startswith("PASS  delivery  Sent after 10s: Postal recorded: Message for ops@example.com accepted")
+    assert polls == 3
 
 
 def test_every_diagnosis_has_a_scenario():
@@ -432,7 +433,8 @@ def test_a_message_that_never_leaves_times_out(tmp_path, capsys, postal, certs):
     code, out, err = smoke(tmp_path, capsys, postal.server_port, certs)
     (fail, fix), = failures(out)
     assert code == 1 and "still SoftFail after 0s: the relay deferred the message" in fail
-    assert "Postal will retry; the relay said: 451 4.3.0 Temporary server error" in fail and "Postal retries" in fix
+    assert "Postal will retry; Postal recorded: " in fail and "the relay said: 451 4.3.0 Temporary server error" in fail
+    assert "Postal retries" in fix
     assert "waiting for delivery: SoftFail" in err
 
 
