@@ -5,7 +5,8 @@ loop in a daemon thread serves every scenario of a test module; a scenario is a 
   banner   greeting (str or list of lines), or "hang" (accept, never speak) / "reset" (RST) /
            "refused" (nothing listens) / "blackhole" (connections never answered)
   starttls offer STARTTLS in EHLO (default true)
-  tls      what follows "220 Ready to start TLS": ok | untrusted | reset | hang | plaintext
+  tls      the TLS handshake (after "220 Ready to start TLS", or first with implicit):
+           ok | untrusted | reset | hang | plaintext
   implicit TLS from the first byte (port 465 style)
   ehlo, ehlo_tls, mail, rcpt, data, eom
            the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
@@ -76,11 +77,8 @@ class FakeRelay:
             return free_port()
         if scenario.get("banner") == "blackhole":
             return self.blackhole()
-        context = self.contexts["ok"] if scenario.get("implicit") else None
-
         async def start():
-            server = await asyncio.start_server(lambda r, w: self.session(scenario, r, w), "127.0.0.1", 0,
-                                                ssl=context)
+            server = await asyncio.start_server(lambda r, w: self.session(scenario, r, w), "127.0.0.1", 0)
             return server.sockets[0].getsockname()[1]
 
         port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
@@ -115,7 +113,25 @@ class FakeRelay:
             writer.write("".join(f"{line}\r\n" for line in lines(reply)).encode())
             return not lines(reply)[-1].startswith("421")
 
+        async def handshake() -> bool:
+            """The TLS handshake the scenario asks for; False when the session ends instead."""
+            mode = s.get("tls", "ok")
+            if mode == "reset":
+                await reader.read(1)  # the ClientHello has arrived
+                reset(writer)
+                return False
+            if mode in ("hang", "plaintext"):
+                if mode == "plaintext":
+                    say(GREETING)
+                    await writer.drain()
+                await reader.read()
+                return False
+            await writer.start_tls(self.contexts[mode])
+            return True
+
         try:
+            if s.get("implicit") and not await handshake():
+                return
             banner = s.get("banner", GREETING)
             if banner == "hang":
                 await reader.read()
@@ -145,20 +161,8 @@ class FakeRelay:
                         continue
                     say("220 2.0.0 Ready to start TLS")
                     await writer.drain()
-                    mode = s.get("tls", "ok")
-                    if mode == "reset":
-                        await reader.read(1)  # the ClientHello has arrived
-                        reset(writer)
+                    if not await handshake():
                         return
-                    if mode == "hang":
-                        await reader.read()
-                        return
-                    if mode == "plaintext":
-                        say(GREETING)
-                        await writer.drain()
-                        await reader.read()
-                        return
-                    await writer.start_tls(self.contexts[mode])
                     secure = True
                 elif verb == "MAIL":
                     reply = next((r for key, r in s.get("senders", {}).items() if key in command),

@@ -81,6 +81,22 @@ def _reply(code, message):
     return fold("%s %s" % (code, text))
 
 
+class HandshakeFailed(Exception):
+    """The TLS handshake of an implicit-TLS connection failed (the TCP connection itself worked)."""
+
+
+class ImplicitTLS(smtplib.SMTP_SSL):
+    """SMTP_SSL that tells a failed connection from a failed TLS handshake (a reset, a timeout, a bad certificate)."""
+
+    def _get_socket(self, host, port, timeout):
+        sock = socket.create_connection((host, port), timeout, self.source_address)
+        try:
+            return self.context.wrap_socket(sock, server_hostname=host)
+        except (OSError, ssl.CertificateError) as err:
+            sock.close()
+            raise HandshakeFailed(err or type(err).__name__)
+
+
 class Refused(Exception):
     """The dialogue ended with a verdict: status and detail."""
 
@@ -100,12 +116,12 @@ def open_session(host, port, tls_mode, helo, timeout, context):
     """A connected, greeted (and encrypted) SMTP session, or Refused."""
     try:
         if tls_mode == "tls":
-            smtp = smtplib.SMTP_SSL(host, port, local_hostname=helo, timeout=timeout, context=context)
+            smtp = ImplicitTLS(host, port, local_hostname=helo, timeout=timeout, context=context)
         else:
             smtp = smtplib.SMTP(host, port, local_hostname=helo, timeout=timeout)
     except smtplib.SMTPConnectError as err:
         _answer("greeting", err.smtp_code, err.smtp_error)
-    except (ssl.SSLError, ssl.CertificateError) as err:
+    except HandshakeFailed as err:
         raise Refused("tls-failed", "TLS handshake with %s:%s failed: %s" % (host, port, err))
     except (OSError, smtplib.SMTPException) as err:
         raise Refused("unreachable", "cannot connect to %s:%s: %s" % (host, port, err or type(err).__name__))
