@@ -1,4 +1,4 @@
-"""Smoke test of a deployed postal-gateway: DNS, HTTPS, the send API, delivery through the relay.
+"""Smoke test of a deployed postal-gateway: DNS, HTTPS, the SMTP intake, the send API, delivery through the relay.
 
     python -m scripts.smoke_test --stack prod --recipient you@example.com
 
