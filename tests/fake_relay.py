@@ -8,6 +8,7 @@ loop in a daemon thread serves every scenario of a test module; a scenario is a 
   tls      the TLS handshake (after "220 Ready to start TLS", or first with implicit):
            ok | untrusted | reset | hang | plaintext
   implicit TLS from the first byte (port 465 style)
+  starttls_reply  the answer to STARTTLS when it is not "220 … Ready to start TLS"
   ehlo, ehlo_tls, mail, rcpt, data, eom
            the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
            a 421 reply closes the connection, as Google does
@@ -158,6 +159,10 @@ class FakeRelay:
                 elif verb == "STARTTLS":
                     if not s.get("starttls", True):
                         say("502 5.5.1 Unrecognized command. a1-20020a0560 - gsmtp")
+                        continue
+                    if not s.get("starttls_reply", "220").startswith("220"):
+                        if not say(s["starttls_reply"]):
+                            break
                         continue
                     say("220 2.0.0 Ready to start TLS")
                     await writer.drain()

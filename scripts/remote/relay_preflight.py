@@ -38,7 +38,7 @@ MARKERS = (
                                      "5.7.26", "5.7.27")),
     ("tls-handshake", "tls-failed", ("ssl_connect", "certificate verify failed", "starttls is not supported",
                                      "wrong version number", "net::opentimeout", "tls handshake",
-                                     "does not offer starttls")),
+                                     "does not offer starttls", "tls not available")),
     ("unreachable", "unreachable", ("execution expired", "connection refused", "network is unreachable",
                                     "no route to host", "no hosts to try", "net::readtimeout", "timed out",
                                     "name or service not known", "getaddrinfo", "cannot connect")),
@@ -131,7 +131,8 @@ def open_session(host, port, tls_mode, helo, timeout, context):
             if not smtp.has_extn("starttls"):
                 raise Refused("tls-failed", "%s:%s does not offer STARTTLS" % (host, port))
             code, message = smtp.docmd("STARTTLS")
-            _answer("STARTTLS", code, message)
+            if code != 220:  # part of the TLS negotiation, whatever the code says
+                raise Refused("tls-failed", "STARTTLS: %s" % _reply(code, message), code)
             try:
                 smtp.sock = context.wrap_socket(smtp.sock, server_hostname=host)
             except (OSError, ssl.CertificateError) as err:  # SSLError, a reset or a timeout mid-handshake
