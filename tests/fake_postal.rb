@@ -8,6 +8,24 @@ require "digest"
 require "json"
 require "securerandom"
 
+# ActiveRecord's errors, as provision.rb sees them: a failed validation carries its record; a
+# failed statement carries the SQL (with the values being written) in its message.
+module ActiveRecord
+  class RecordInvalid < StandardError
+    attr_reader :record
+
+    def initialize(record, messages)
+      @record = record
+      record.errors = Errors.new(messages)
+      super("Validation failed: #{messages.join(', ')}")
+    end
+  end
+
+  class StatementInvalid < StandardError; end
+
+  Errors = Struct.new(:full_messages)
+end
+
 class FakeRecord
   DB = {}  # class name -> records; loaded at the end of this file, once every class exists
   at_exit do
@@ -37,13 +55,28 @@ class FakeRecord
     record = new
     attributes.each { |k, v| record.attributes[k.to_sym] = v }
     record.before_create
-    record.validate!
+    record.check!
     rows << record
     log("create #{name} #{record.label}")
     record
   end
 
+  # FAKE_POSTAL_FAIL=<Class>#<method>: that write fails the way a database error does, with the
+  # statement and its values in the message (Mysql2 through ActiveRecord::StatementInvalid).
+  def self.maybe_fail(method, changes)
+    return unless ENV["FAKE_POSTAL_FAIL"] == "#{name}##{method}"
+
+    columns = changes.map { |k, v| "`#{k}` = '#{v}'" }.join(", ")
+    raise ActiveRecord::StatementInvalid, "Mysql2::Error: Lock wait timeout exceeded: UPDATE `#{name.downcase}s` SET #{columns}"
+  end
+
   attr_reader :attributes
+  attr_accessor :errors
+
+  def check!
+    messages = validation_errors
+    raise ActiveRecord::RecordInvalid.new(self, messages) unless messages.empty?
+  end
 
   def initialize
     @attributes = {}
@@ -51,11 +84,21 @@ class FakeRecord
 
   def before_create; end
 
-  def validate!; end
+  def validation_errors
+    []
+  end
 
   def update!(changes)
+    self.class.maybe_fail("update!", changes)
     changes.each { |k, v| check_change!(k.to_sym, v) }
+    before = attributes.dup
     changes.each { |k, v| attributes[k.to_sym] = v }
+    begin
+      check!
+    rescue ActiveRecord::RecordInvalid
+      @attributes = before
+      raise
+    end
     self.class.log("update #{self.class.name} #{label} #{changes.keys.sort.join(',')}")
     true
   end
@@ -108,6 +151,12 @@ class User < FakeRecord
     super(User.digest(changes.dup))
   end
 
+  def validation_errors
+    others = User.rows.reject { |u| u.equal?(self) }
+    taken = others.any? { |u| u.email_address.casecmp?(attributes[:email_address].to_s) }
+    taken ? ["Email address has already been taken"] : []
+  end
+
   def authenticate(password)
     attributes[:password_digest] == Digest::SHA256.hexdigest(password) && self
   end
@@ -121,9 +170,16 @@ class User < FakeRecord
   end
 end
 
+# Organization and Server include HasSoftDestroy (app/models/concerns/has_soft_destroy.rb): the
+# UI's delete sets deleted_at, the rows stay (find_by still returns them) until
+# ActionDeletionsScheduledTask destroys them.
 class Organization < FakeRecord
-  def validate!
-    raise "Owner must exist" unless owner.is_a?(User)
+  def validation_errors
+    owner.is_a?(User) ? [] : ["Owner must exist"]
+  end
+
+  def deleted_at
+    attributes[:deleted_at]
   end
 
   def servers
@@ -136,8 +192,12 @@ class Organization < FakeRecord
 end
 
 class Server < FakeRecord
-  def validate!
-    raise "Mode is not included in the list" unless %w[Live Development].include?(mode)
+  def validation_errors
+    %w[Live Development].include?(mode) ? [] : ["Mode is not included in the list"]
+  end
+
+  def deleted_at
+    attributes[:deleted_at]
   end
 
   def domains
@@ -159,10 +219,32 @@ class Domain < FakeRecord
     attributes[:dkim_identifier_string] = SecureRandom.alphanumeric(6).upcase
   end
 
+  # app/models/concerns/has_dns_checks.rb: each check sets <check>_status and <check>_error.
+  # FAKE_POSTAL_DNS={"<domain>": n}: the records become visible to Postal's resolver at the n-th
+  # check (-1: never; default 1).
   def check_dns
-    %i[spf_status dkim_status return_path_status].each { |s| attributes[s] = "OK" }
+    visible_at = JSON.parse(ENV.fetch("FAKE_POSTAL_DNS", "{}")).fetch(name, 1)
+    attributes[:checks] = attributes.fetch(:checks, 0) + 1
+    if visible_at.negative? || attributes[:checks] < visible_at
+      dkim = "postal-#{attributes[:dkim_identifier_string]}._domainkey.#{name}"
+      set_check(:spf, "Missing", "No SPF record exists for this domain")
+      set_check(:dkim, "Missing", "No TXT records were returned for #{dkim}")
+      set_check(:return_path, "Missing", "There is no return path record at psrp.#{name}")
+    else
+      %i[spf dkim return_path].each { |check| set_check(check, "OK", nil) }
+    end
     attributes[:dns_checked_at] = Time.now
     self.class.log("check_dns #{label}")
+    [spf_status, dkim_status].all?("OK")
+  end
+
+  def set_check(check, status, error)
+    attributes[:"#{check}_status"] = status
+    attributes[:"#{check}_error"] = error
+  end
+
+  def name
+    attributes[:name]
   end
 
   def label
@@ -177,9 +259,11 @@ class Credential < FakeRecord
     attributes[:key] = SecureRandom.alphanumeric(24)  # Postal: before_validation :generate_key
   end
 
-  def validate!
-    raise "Type is not included in the list" unless %w[SMTP API SMTP-IP].include?(type)
-    raise "Key must be a valid IPv4 or IPv6 address" if type == "SMTP-IP" && !attributes[:key].to_s.match?(/\A[\d.:a-f]+\z/)
+  def validation_errors
+    return ["Type is not included in the list"] unless %w[SMTP API SMTP-IP].include?(type)
+    return ["Key must be a valid IPv4 or IPv6 address"] if type == "SMTP-IP" && !attributes[:key].to_s.match?(/\A[\d.:a-f]+\z/)
+
+    []
   end
 
   def check_change!(key, value)

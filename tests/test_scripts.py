@@ -87,11 +87,11 @@ class Machine:
         return fakehost.Host(self.root).state
 
     def tree(self) -> dict[str, str]:
-        """Every file (content hash and mode) and the host state, but not the call log."""
+        """Every file (content hash and mode) and the host state, but not the call and bootstrap logs."""
         files = {}
         for path in sorted(self.root.rglob("*")):
             rel = str(path.relative_to(self.root))
-            if rel != ".fake/calls.log" and path.is_file():
+            if rel not in (".fake/calls.log", "opt/postal/log/bootstrap.log") and path.is_file():
                 files[rel] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {stat.S_IMODE(path.stat().st_mode):o}"
         return files
 
@@ -411,14 +411,19 @@ class FakePostal:
     def __init__(self, tmp: Path):
         self.db, self.log = tmp / "postal.db", tmp / "postal.log"
 
-    def run(self, spec: dict) -> str:
+    def run(self, spec: dict, ok: bool = True, **env: str) -> str:
         self.log.unlink(missing_ok=True)
-        result = subprocess.run([program.tool("ruby"), "-r", str(program.ROOT / "tests/fake_postal.rb"),
-                                 str(SCRIPTS / "provision.rb")], input=json.dumps(spec), capture_output=True,
-                                text=True, env={**os.environ, "FAKE_POSTAL_DB": str(self.db),
-                                                "FAKE_POSTAL_LOG": str(self.log)}, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
+        result = self.ruby(str(SCRIPTS / "provision.rb"), json.dumps(spec), **env)
+        assert (result.returncode == 0) == ok, result.stderr
+        return result.stdout if ok else result.stderr
+
+    def ruby(self, script: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
+        """A script (or `-e` code) with Postal's fake models loaded and kept in this database."""
+        args = ["-e", script[3:]] if script.startswith("-e ") else [script]
+        return subprocess.run([program.tool("ruby"), "-r", str(program.ROOT / "tests/fake_postal.rb"), *args],
+                              input=stdin, capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "FAKE_POSTAL_DB": str(self.db), "FAKE_POSTAL_LOG": str(self.log),
+                                   "PG_DNS_CHECK_INTERVAL": "0", **env})
 
     def writes(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -639,3 +644,128 @@ def test_letsencrypt_failure_is_reported_with_caddys_acme_error(fresh, registere
     host.save()
     fresh.up(registered["base"], ["caddy"])
     assert any("caddy reload" in c for c in fresh.changes(start))  # not recorded as applied: reloaded now
+
+
+def test_provision_waits_for_dns_until_every_domain_checks_ok(tmp_path, provision_spec):
+    """Postal signs with a domain's own key only once check_dns passed (app/lib/dkim_header.rb)."""
+    postal = FakePostal(tmp_path)
+    out = postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": 3}')
+    assert postal.writes().count("check_dns rdo-studio.net") == 3
+    assert postal.writes().count("check_dns rdo-dev.com") == 1
+    assert "domain rdo-studio.net: spf OK, dkim OK, return path OK" in out and "dns-pending" not in out
+
+
+def test_provision_reports_a_domain_whose_dns_never_passes_without_failing(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    out = postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": -1}', PG_DNS_WAIT_SECONDS="0")
+    assert "WARNING dns-pending rdo-studio.net: No SPF record exists for this domain; No TXT records were " \
+        "returned for postal-" in out
+    assert "dns-pending rdo-dev.com" not in out and "[postal-gateway:provision] done" in out
+    assert postal.records("Domain")["rdo-studio.net"]["dkim_status"] == "Missing"
+
+
+def test_a_new_admin_email_renames_the_stacks_admin(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    changed = json.loads(json.dumps(provision_spec))
+    changed["admin"]["email"] = "platform@rdo-dev.com"
+    out = postal.run(changed)
+    assert "admin e-mail changed: ops@rdo-dev.com -> platform@rdo-dev.com (same account)" in out
+    users = postal.records("User")
+    assert list(users) == ["platform@rdo-dev.com"]  # the old address no longer logs in
+    assert postal.records("Organization")["postal-gateway"]["owner"] == "platform@rdo-dev.com"
+
+
+def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    made = postal.ruby('-e User.create!(email_address: "platform@rdo-dev.com", first_name: "P", last_name: "O", '
+                       'password: "someone-elses", admin: false)')
+    assert made.returncode == 0, made.stderr
+    changed = json.loads(json.dumps(provision_spec))
+    changed["admin"]["email"] = "platform@rdo-dev.com"
+    out = postal.run(changed)
+    assert "previous admin ops@rdo-dev.com: admin rights and password removed" in out
+    password = provision_spec["admin"]["password"]
+    check = postal.ruby(f'-e u = User.find_by(email_address: "ops@rdo-dev.com"); n = User.find_by(email_address: '
+                        f'"platform@rdo-dev.com"); p = $stdin.read; print [u.admin?, !!u.authenticate(p), n.admin?, '
+                        f'!!n.authenticate(p)].inspect', password)
+    assert check.stdout == "[false, false, true, true]"
+    assert postal.records("Organization")["postal-gateway"]["owner"] == "platform@rdo-dev.com"
+
+
+def test_a_soft_deleted_organization_and_server_are_restored(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    deleted = postal.ruby('-e o = Organization.find_by(permalink: "postal-gateway"); o.attributes[:deleted_at] = '
+                          'Time.now; o.servers.find_by(permalink: "gateway").attributes[:deleted_at] = Time.now')
+    assert deleted.returncode == 0, deleted.stderr
+    out = postal.run(provision_spec)
+    assert "restored the deleted organization postal-gateway" in out
+    assert "restored the deleted mail server gateway" in out
+    assert postal.records("Organization")["postal-gateway"]["deleted_at"] == ""
+    assert postal.records("Server")["gateway"]["deleted_at"] == ""
+    assert not any(w.startswith("create ") for w in postal.writes())
+
+
+@pytest.mark.parametrize("fault,shown", [
+    ({"FAKE_POSTAL_FAIL": "Domain#update!"}, "ERROR: ActiveRecord::StatementInvalid (its message is withheld"),
+    ({}, "ERROR: ActiveRecord::RecordInvalid: Mode is not included in the list"),
+])
+def test_provision_errors_show_the_class_never_sql_or_keys(tmp_path, provision_spec, fault, shown):
+    spec = json.loads(json.dumps(provision_spec))
+    if not fault:
+        spec["server"]["mode"] = "Sandbox"
+    err = FakePostal(tmp_path).run(spec, ok=False, **fault)
+    assert shown in err
+    assert "UPDATE" not in err and "Traceback" not in err and ".rb:" not in err
+    for value in secret_values({"provision": ("", f"provision_json {base64.b64encode(json.dumps(spec).encode()).decode()}")}):
+        for line in value.splitlines():
+            assert len(line) <= 8 or line not in err
+
+
+# --- the bootstrap log on the VM ---
+
+def test_every_steps_output_is_kept_in_a_root_only_bootstrap_log(fresh, registered):
+    log = fresh.file("/opt/postal/log/bootstrap.log")
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600 and stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    text = log.read_text()
+    for step in STEPS:
+        assert re.search(rf"^=== \S+ {step} exit 0$", text, re.M)
+    assert "[postal-gateway:os] done" in text and "[postal-gateway:provision] done" in text
+    for value in secret_values(registered["base"]):
+        assert not any(len(line) > 8 and line in text for line in value.splitlines())
+    failed = fresh.run(registered["base"]["postal"], fail="git", PG_WAIT_TRIES="1")
+    assert failed.returncode != 0
+    assert re.search(r"^=== \S+ postal exit 1\n(.*\n)*.*git: simulated failure", log.read_text(), re.M)
+
+
+def test_a_line_holding_a_secret_is_withheld_from_the_bootstrap_log(fresh, registered):
+    create, stdin = registered["base"]["database"]
+    password = decode(stdin)["db_password"]
+    leaky = create.replace("pg_need db_password", "pg_need db_password; cat \"$PG_PAYLOAD/db_password\"; echo", 1)
+    assert leaky != create
+    result = fresh.run((leaky, stdin))
+    assert result.returncode == 0 and password in result.stdout
+    text = fresh.file("/opt/postal/log/bootstrap.log").read_text()
+    assert password not in text and "(line withheld: it held a secret)" in text
+
+
+def test_the_restore_drill_unmounted_disk_comes_back_without_a_reboot(fresh, registered):
+    """docs/runbook.md: Docker stopped and /opt/postal unmounted by hand, then a disk made from a
+    snapshot of this one (same filesystem UUID) is attached: the os step mounts it and starts Docker."""
+    host = fakehost.Host(fresh.root)
+    del host.state["mounts"]["/opt/postal"]
+    host.state["units"]["docker"]["is-active"] = False
+    for container in host.state["containers"].values():
+        container["running"] = False
+    host.state["was_running"] = (list(host.state["containers"]), ["web", "smtp", "worker"])
+    host.save()
+    start = len(fresh.calls())
+    fresh.up(registered["base"], ["os"])
+    calls = fresh.changes(start)
+    assert index(calls, r"^mount /opt/postal$") < index(calls, r"^systemctl start docker$")
+    assert not any(c.startswith(("umount", "mkfs", "systemctl stop")) for c in calls)
+    state = fresh.state()
+    assert all(c["running"] for c in state["containers"].values())
+    assert state["postal"]["running"] == ["web", "smtp", "worker"]

@@ -24,9 +24,39 @@ pg_on_error() {  # reported once, by the step's own shell (not again by a failed
   if [[ $BASHPID != "$$" ]]; then return 0; fi
   printf '[postal-gateway:%s] ERROR: line %s exited %s\n' "${PG_STEP:-step}" "$1" "$rc" >&2
 }
+# Everything a step prints is also kept for the bootstrap log (Pulumi hides the output of steps
+# that receive secrets): appended at exit to $PG_DATA_DIR/log/bootstrap.log (root only) once the
+# data disk is mounted, with any line that holds a line of the step's payload withheld.
+PG_OUTPUT=$(umask 077 && mktemp)
+exec 3>&1 4>&2
+exec > >(tee -a "$PG_OUTPUT")
+PG_TEE_OUT=$!
+exec 2> >(tee -a "$PG_OUTPUT" >&4)
+PG_TEE_ERR=$!
+pg_write_log() {
+  local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log patterns
+  exec 1>&3 2>&4
+  wait "$PG_TEE_OUT" "$PG_TEE_ERR"
+  if ! findmnt --mountpoint "$PG_ROOT$PG_DATA_DIR" >/dev/null; then return 0; fi
+  (umask 077 && mkdir -p "$log")
+  patterns=$(umask 077 && mktemp)
+  if [[ -n $PG_PAYLOAD ]]; then find "$PG_PAYLOAD" -type f -exec sed -n '/^.\{8,\}$/p' {} + >"$patterns"; fi
+  (umask 077 && : >>"$log/bootstrap.log")
+  {
+    printf '=== %s %s exit %s\n' "$(date -u +%FT%TZ)" "${PG_STEP:-step}" "$rc"
+    awk 'FILENAME == ARGV[1] { secret[$0]; next }
+         { for (s in secret) if (index($0, s)) { $0 = "[postal-gateway] (line withheld: it held a secret)"; break }
+           print }' "$patterns" "$PG_OUTPUT"
+  } >>"$log/bootstrap.log"
+  rm -f "$patterns"
+}
 pg_on_exit() {
+  local rc=$?
+  pg_write_log "$rc"
+  rm -f "$PG_OUTPUT"
   if [[ -n $PG_PENDING ]]; then rm -f "$PG_PENDING"; fi
   if [[ -n $PG_PAYLOAD ]]; then rm -rf "$PG_PAYLOAD"; fi
+  exit "$rc"
 }
 trap 'pg_on_error "$LINENO"' ERR
 trap pg_on_exit EXIT

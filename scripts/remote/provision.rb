@@ -3,63 +3,127 @@
 # Run by provision.sh inside Postal's runner container:
 #   bundle exec rails runner /config/provision.rb < provision.json
 # Finds or creates everything postal-gateway needs; safe to rerun; never prints a secret.
+# Postal 3.3.6 behaviour relied on (app/models): Organization and Server are soft-deleted
+# (HasSoftDestroy: deleted_at, `present`/`deleted` scopes, hard-deleted later by
+# ActionDeletionsScheduledTask) and lookups by permalink still see them; a domain's DKIM key is
+# used only once check_dns has set dkim_status OK (app/lib/dkim_header.rb).
 require "json"
-
-spec = JSON.parse($stdin.read)
+require "securerandom"
 
 def say(message)
   puts "[postal-gateway:provision] #{message}"
 end
 
-admin = spec.fetch("admin")
-user = User.find_by(email_address: admin.fetch("email"))
-if user.nil?
-  user = User.create!(email_address: admin.fetch("email"), first_name: admin.fetch("first_name"),
-                      last_name: admin.fetch("last_name"), password: admin.fetch("password"),
-                      admin: true, email_verified_at: Time.now)
-  say "created admin user #{user.email_address}"
-else
+# The stack's admin is the owner of the stack's organization (a marker Postal keeps): when
+# adminEmail changes, that same account gets the new address, so the previous address cannot log
+# in with the old password. If the new address already has its own account, it becomes the
+# admin and the previous one loses admin rights and its password (Postal has no disabled state).
+def provision_admin(spec, organization)
+  previous = organization&.owner
+  user = User.find_by(email_address: spec.fetch("email"))
+  if user.nil? && previous
+    say "admin e-mail changed: #{previous.email_address} -> #{spec.fetch('email')} (same account)"
+    previous.update!(email_address: spec.fetch("email"))
+    user = previous
+  elsif previous && user != previous
+    previous.update!(admin: false, password: SecureRandom.alphanumeric(48))
+    say "previous admin #{previous.email_address}: admin rights and password removed"
+  end
+  if user.nil?
+    user = User.create!(email_address: spec.fetch("email"), first_name: spec.fetch("first_name"),
+                        last_name: spec.fetch("last_name"), password: spec.fetch("password"),
+                        admin: true, email_verified_at: Time.now)
+    say "created admin user #{user.email_address}"
+  end
   user.update!(admin: true) unless user.admin?
-  unless user.authenticate(admin.fetch("password"))
-    user.update!(password: admin.fetch("password"))
+  unless user.authenticate(spec.fetch("password"))
+    user.update!(password: spec.fetch("password"))
     say "reset the admin password of #{user.email_address} to the stack's adminPassword"
+  end
+  user
+end
+
+# A soft-deleted record with our permalink is brought back rather than used while deleted.
+def restore(record, what)
+  return record if record.nil? || record.deleted_at.nil?
+
+  record.update!(deleted_at: nil)
+  say "restored the deleted #{what} #{record.permalink}"
+  record
+end
+
+# check_dns until SPF, DKIM and the return path are OK, within PG_DNS_WAIT_SECONDS (resolvers
+# may not see new records yet). A domain still failing is reported by name; Postal re-checks it
+# hourly (CheckAllDNSScheduledTask) and signs with its own key from then on.
+def check_domains(domains)
+  deadline = Time.now + Integer(ENV.fetch("PG_DNS_WAIT_SECONDS", "600"))
+  interval = Float(ENV.fetch("PG_DNS_CHECK_INTERVAL", "15"))
+  pending = domains.dup
+  loop do
+    pending.each(&:check_dns)
+    pending.reject! { |d| [d.spf_status, d.dkim_status, d.return_path_status].all?("OK") }
+    break if pending.empty? || Time.now >= deadline
+
+    sleep(interval)
+  end
+  domains.each do |domain|
+    say "domain #{domain.name}: spf #{domain.spf_status}, dkim #{domain.dkim_status}, " \
+        "return path #{domain.return_path_status}"
+  end
+  pending.each do |domain|
+    errors = %i[spf dkim return_path].filter_map { |c| domain.public_send(:"#{c}_error") }
+    say "WARNING dns-pending #{domain.name}: #{errors.join('; ')} (Postal signs as rp.<hostname> until it passes)"
   end
 end
 
-org_spec = spec.fetch("organization")
-organization = Organization.find_by(permalink: org_spec.fetch("permalink")) ||
-               Organization.create!(name: org_spec.fetch("name"), permalink: org_spec.fetch("permalink"), owner: user)
-say "organization #{organization.permalink}"
+def provision(spec)
+  org_spec = spec.fetch("organization")
+  organization = restore(Organization.find_by(permalink: org_spec.fetch("permalink")), "organization")
+  user = provision_admin(spec.fetch("admin"), organization)
+  organization ||= Organization.create!(name: org_spec.fetch("name"), permalink: org_spec.fetch("permalink"),
+                                        owner: user)
+  organization.update!(owner: user) unless organization.owner == user
+  say "organization #{organization.permalink}"
 
-server_spec = spec.fetch("server")
-server = organization.servers.find_by(permalink: server_spec.fetch("permalink")) ||
-         organization.servers.create!(name: server_spec.fetch("name"), permalink: server_spec.fetch("permalink"),
-                                      mode: server_spec.fetch("mode"))
-server.update!(mode: server_spec.fetch("mode")) unless server.mode == server_spec.fetch("mode")
-say "mail server #{organization.permalink}/#{server.permalink} (#{server.mode})"
+  server_spec = spec.fetch("server")
+  server = restore(organization.servers.find_by(permalink: server_spec.fetch("permalink")), "mail server") ||
+           organization.servers.create!(name: server_spec.fetch("name"), permalink: server_spec.fetch("permalink"),
+                                        mode: server_spec.fetch("mode"))
+  server.update!(mode: server_spec.fetch("mode")) unless server.mode == server_spec.fetch("mode")
+  say "mail server #{organization.permalink}/#{server.permalink} (#{server.mode})"
 
-spec.fetch("domains").each do |domain_spec|
-  name = domain_spec.fetch("name")
-  domain = server.domains.find_by(name: name) ||
-           server.domains.create!(name: name, verification_method: "DNS", verified_at: Time.now)
-  # Postal generates its own key on create; the stack's key and selector are what DNS publishes.
-  wanted = { dkim_private_key: domain_spec.fetch("dkim_private_key"),
-             dkim_identifier_string: domain_spec.fetch("dkim_selector") }
-  domain.update!(wanted) unless wanted.all? { |column, value| domain.public_send(column) == value }
-  domain.update!(verified_at: Time.now) if domain.verified_at.nil?
-  domain.check_dns
-  say "domain #{name}: spf #{domain.spf_status}, dkim #{domain.dkim_status}, " \
-      "return path #{domain.return_path_status}"
+  domains = spec.fetch("domains").map do |domain_spec|
+    name = domain_spec.fetch("name")
+    domain = server.domains.find_by(name: name) ||
+             server.domains.create!(name: name, verification_method: "DNS", verified_at: Time.now)
+    # Postal generates its own key on create; the stack's key and selector are what DNS publishes.
+    wanted = { dkim_private_key: domain_spec.fetch("dkim_private_key"),
+               dkim_identifier_string: domain_spec.fetch("dkim_selector") }
+    domain.update!(wanted) unless wanted.all? { |column, value| domain.public_send(column) == value }
+    domain.update!(verified_at: Time.now) if domain.verified_at.nil?
+    domain
+  end
+  check_domains(domains)
+
+  spec.fetch("credentials").each do |credential_spec|
+    type, name, key = credential_spec.values_at("type", "name", "key")
+    credential = server.credentials.find_by(type: type, name: name) ||
+                 server.credentials.create!(type: type, name: name, key: key)
+    # Postal replaces the key of a new API/SMTP credential with a random one and forbids changing
+    # it through validations, so the stack's key is written to the column directly. (An SMTP-IP
+    # credential's key is its address and is kept as given.)
+    credential.update_column(:key, key) unless credential.key == key
+    say "#{credential.type} credential #{credential.name}"
+  end
+  say "done"
 end
 
-spec.fetch("credentials").each do |credential_spec|
-  type, name, key = credential_spec.values_at("type", "name", "key")
-  credential = server.credentials.find_by(type: type, name: name) ||
-               server.credentials.create!(type: type, name: name, key: key)
-  # Postal replaces the key of a new API/SMTP credential with a random one and forbids changing
-  # it through validations, so the stack's key is written to the column directly. (An SMTP-IP
-  # credential's key is its address and is kept as given.)
-  credential.update_column(:key, key) unless credential.key == key
-  say "#{credential.type} credential #{credential.name}"
+# pulumi-command puts a failed step's output into its error: an exception's message may carry
+# SQL with the keys being written, so only its class (and a validation's field messages) is shown.
+begin
+  provision(JSON.parse($stdin.read))
+rescue StandardError => e
+  detail = e.is_a?(ActiveRecord::RecordInvalid) ? ": #{e.record.errors.full_messages.join(', ')}" : ""
+  warn "[postal-gateway:provision] ERROR: #{e.class}#{detail} (its message is withheld: it may hold SQL or keys)"
+  exit 1
 end
-say "done"
