@@ -21,16 +21,25 @@ TIMEOUT = Float(ENV.fetch("POSTAL_SMTP_TIMEOUT", "1"))
 
 # ActiveSupport methods the vendored files call.
 class Object
-  def blank? = respond_to?(:empty?) ? empty? : !self
-  def present? = !blank?
+  def blank?
+    respond_to?(:empty?) ? empty? : !self
+  end
+
+  def present?
+    !blank?
+  end
 end
 
 class Array
-  def to_sentence = size <= 2 ? join(" and ") : "#{self[0..-2].join(', ')}, and #{last}"
+  def to_sentence
+    size <= 2 ? join(" and ") : "#{self[0..-2].join(', ')}, and #{last}"
+  end
 end
 
 class Stub
-  def initialize(**methods) = methods.each { |name, value| define_singleton_method(name) { |*| value } }
+  def initialize(**methods)
+    methods.each { |name, value| define_singleton_method(name) { |*| value } }
+  end
 end
 
 module Postal
@@ -39,12 +48,16 @@ module Postal
     dns: Stub.new(helo_hostname: "postal.example.com", return_path_domain: "rp.postal.example.com"),
     postal: Stub.new(smtp_hostname: "postal.example.com", smtp_relays: nil, use_resent_sender_header?: false)
   )
-  def self.logger = Stub.new(create_tagged_logger: Stub.new(info: nil, error: nil))
+  def self.logger
+    Stub.new(create_tagged_logger: Stub.new(info: nil, error: nil))
+  end
 end
 
 module DNSResolver
   # Postal resolves the relay itself (AAAA first); here it is the fake relay on 127.0.0.1.
-  def self.local = Stub.new(aaaa: [], a: ["127.0.0.1"])
+  def self.local
+    Stub.new(aaaa: [], a: ["127.0.0.1"])
+  end
 end
 
 postal = File.expand_path("vendor/postal-3.3.6", __dir__)
