@@ -257,6 +257,11 @@ def test_smtp_without_starttls_or_with_a_certificate_for_another_name(tmp_path, 
     assert "certificate not valid for localhost (Hostname mismatch" in fail and "web certificate" in fix
 
 
+def test_skip_smtp_for_a_machine_outside_smtp_source_ranges(tmp_path, capsys, postal, certs):
+    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, smtpPort=1, extra=("--skip-smtp",))
+    assert code == 0 and "SKIP  smtp      --skip-smtp" in out and "FAIL" not in out
+
+
 def test_a_recipient_with_a_display_name(tmp_path, capsys, postal, certs):
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, extra=("--recipient", "Ops Team <ops@example.com>"))
     assert code == 0 and "PASS  send      accepted as message 42" in out, out
