@@ -15,6 +15,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -769,3 +770,33 @@ def test_the_restore_drill_unmounted_disk_comes_back_without_a_reboot(fresh, reg
     state = fresh.state()
     assert all(c["running"] for c in state["containers"].values())
     assert state["postal"]["running"] == ["web", "smtp", "worker"]
+
+
+# --- lib.sh: no action is ever masked ---
+
+def test_no_script_masks_a_command_with_or_true():
+    for path in SCRIPTS.glob("*.sh"):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            assert not re.search(r"\|\|\s*true\b", line), f"{path.name}:{number}: {line.strip()}"
+            assert not re.search(r"\b(pg_install|pg_install_text|pg_mark_applied|pg_dir|pg_container)\b.*(\|\||&&)",
+                                 line) or line.lstrip().startswith("#"), f"{path.name}:{number}: {line.strip()}"
+
+
+@pytest.mark.parametrize("broken", ["cat", "chmod", "chown", "mv"])
+def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
+    """Helpers run where `set -e` applies: a failing command inside pg_install ends the step."""
+    script = render.script_text("lib.sh") + textwrap.dedent(f"""
+        {broken}() {{ echo "{broken}: No space left on device" >&2; return 1; }}
+        findmnt() {{ return 1; }}
+        pg_install_text 0644 root:root /etc/example.conf "content"
+        pg_mark_applied example "$PG_RESULT"
+        echo "not reached"
+        """)
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run(["bash", "-c", script, "lib"], capture_output=True, text=True, timeout=30,
+                            env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"),
+                                 "PG_STEP": "lib"})
+    assert result.returncode != 0 and "not reached" not in result.stdout
+    assert f"{broken}: No space left on device" in result.stderr and "[postal-gateway:lib] ERROR" in result.stderr
+    assert not (tmp_path / "var/lib/postal-gateway/example.applied").exists()
+    assert list((tmp_path / "etc").iterdir()) == []  # neither the file nor a temporary one

@@ -62,6 +62,9 @@ case $PG_RESULT in
     ;;
 esac
 
+# Caddy's files used to live in Postal's config directory (mounted into Postal's containers).
+rm -rf "$PG_ROOT$PG_DATA_DIR/config/Caddyfile" "$PG_ROOT$PG_DATA_DIR/config/certs"
+
 # https://$PG_HOSTNAME through Caddy on this VM, with the certificate the mode promises: a public
 # one (letsencrypt), one from Caddy's internal CA (its root is in Caddy's data) or the given one.
 ca=()
