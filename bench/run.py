@@ -42,7 +42,7 @@ KNOBS = {
     "postalVersion": "3.3.5",
     "relayHost": "relay.rdo-dev.com",
     "relayPort": "2525",
-    "relayTls": "tls",
+    "relayTls": "none",  # "tls" alone is refused on the STARTTLS port 587
     "selinux": "permissive",
     "dmarcPolicy": "quarantine",
     "manageSpf": "false",
