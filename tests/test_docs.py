@@ -7,6 +7,7 @@ without a default is "missing configuration value", an explicitly typed one "mus
 """
 
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -100,11 +101,31 @@ def test_documented_containers_are_the_ones_the_scripts_start():
             assert name in started or re.match(r"postal-(web|smtp|worker)", name), f"{doc.name}: {name}"
 
 
-def test_step_table_lists_every_bootstrap_step(run):
-    steps = {r.name.removeprefix("postal-") for r in run.of_type("command:remote:Command")}
-    documented = table_keys(section(text(ROOT / "docs" / "operations.md"), "Bootstrap steps"))
-    assert steps <= documented
-    assert {s for s in documented if f"postal-{s}" in {r.name for r in run.resources}} == steps
+def step_inputs(command) -> tuple[set, set]:
+    """The `PG_*` settings in a step's command line and the file names in its stdin payload."""
+    tokens = shlex.split(command.inputs["create"])
+    settings = {t.split("=", 1)[0] for t in tokens[tokens.index("env") + 1:tokens.index("bash")]} - {"PG_STEP"}
+    files = {line.split()[0] for line in (command.inputs.get("stdin") or "").splitlines() if line.strip()}
+    return settings, files
+
+
+def test_step_tables_list_every_step_and_all_its_inputs(run):
+    """docs/operations.md says what reruns each step: its settings and stdin files, exactly."""
+    body = section(text(ROOT / "docs" / "operations.md"), "Bootstrap steps")
+    documented = {}
+    for line in body.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
+        if len(cells) == 3:
+            settings, _, files = cells[2].partition("·")
+            documented[cells[0].strip("`")] = (set(re.findall(r"`(PG_\w+)`", settings)),
+                                               set(re.findall(r"`(\w+)`", files)))
+    commands = {r.name.removeprefix("postal-"): r for r in run.of_type("command:remote:Command")}
+    assert set(documented) == set(commands)
+    assert set(commands) <= table_keys(body)  # and each has a "does" row
+    for step, command in commands.items():
+        settings, files = step_inputs(command)
+        assert documented[step][0] == settings, f"{step}: document exactly these settings: {sorted(settings)}"
+        assert files <= documented[step][1], f"{step}: document its stdin files {sorted(files)}"
 
 
 def test_key_change_tables_name_real_keys_and_resources(run):
