@@ -6,6 +6,7 @@ from components import config, dns
 from components.apis import ApisArgs, ProjectApis
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
+from components.monitoring import MailMonitoring, MonitoringArgs
 from components.network import MailNetwork, NetworkArgs
 from components.render import ORGANIZATION, SERVER
 from components.secrets import MailSecrets, SecretsArgs
@@ -41,6 +42,10 @@ bootstrap = PostalBootstrap("postal", BootstrapArgs(
     instance_id=host.instance_id, secrets=secrets, data_disk_id=host.data_disk.id,
     web_dns=[mail_dns.records["host-a"]], mail_dns=list(mail_dns.records.values())))
 
+monitoring = MailMonitoring("postal", MonitoringArgs(
+    config=cfg, instance_id=host.instance_id, vpc_self_link=network.vpc.self_link, target_tag=network.target_tag,
+    apis=apis))
+
 web_url = f"https://{cfg.hostname}"
 pulumi.export("publicIp", network.public_ip)
 pulumi.export("hostname", cfg.hostname)
@@ -59,3 +64,4 @@ pulumi.export("sshUser", host.ssh_user)
 pulumi.export("sshPrivateKey", host.ssh_private_key)
 pulumi.export("relayStatus", bootstrap.relay_status)
 pulumi.export("relayStatusByDomain", bootstrap.relay_status_by_domain)
+pulumi.export("monitoringUrl", monitoring.url)

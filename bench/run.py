@@ -47,6 +47,15 @@ KNOBS = {
     "dmarcPolicy": "quarantine",
     "manageSpf": "false",
     "labels": '{"team": "platform"}',
+    "alertEmail": "oncall@rdo-dev.com",
+    "mariadbImage": "mariadb:11.8",
+    "caddyImage": "caddy:2.11",
+    "maintenanceWindow": "Sat 01:00",
+    "backupRetentionDays": "7",
+    "diskAlertPercent": "90",
+    "queueLatencyAlertSeconds": "60",
+    "relayFailureAlertCount": "20",
+    "workerErrorAlertCount": "20",
 }
 # The read-only relay check: it changes nothing on the VM and must re-ask when the relay or the
 # identity it presents changes, so it is reported apart from the bootstrap steps.
@@ -63,6 +72,10 @@ STEP_GOALS = {
     "adminEmail": {"caddy", "provision"},
     "hostname": {"postal", "caddy", "provision"},
     "sendingDomains": {"provision"},
+    "mariadbImage": {"database"},
+    "caddyImage": {"caddy"},
+    "maintenanceWindow": {"ops"},
+    "backupRetentionDays": {"ops"},
 }
 # Inputs whose change forces replacement (terraform-provider-google: "Changing this forces a new resource").
 FORCE_NEW = {
@@ -75,6 +88,10 @@ FORCE_NEW = {
                                                   "snapshotSchedulePolicy"},
     "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": {"name", "disk", "zone", "project"},
     "cloudflare:index/dnsRecord:DnsRecord": {"zoneId"},
+    "gcp:monitoring/notificationChannel:NotificationChannel": {"type", "project"},
+    "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig": {"project", "monitoredResource", "resourceGroup",
+                                                           "checkerType", "syntheticMonitor"},
+    "gcp:logging/metric:Metric": {"name", "project"},
 }
 PRECIOUS = {"gcp:compute/instance:Instance": "VM", "gcp:compute/address:Address": "IP"}
 

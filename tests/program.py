@@ -96,6 +96,18 @@ def _fake_key(name: str, bits: int = 2048) -> dict:
     }
 
 
+# The shape of Google's answer (pulumi_gcp 10.2.0 GetUptimeCheckIPsUptimeCheckIpResult; the API's
+# uptimeCheckIps.list returns ipAddress, region, location): IPv4 and IPv6 checkers, one listed twice.
+UPTIME_CHECK_IPS = [
+    {"ipAddress": "35.186.144.97", "region": "USA", "location": "Iowa"},
+    {"ipAddress": "34.94.157.51", "region": "USA", "location": "Oregon"},
+    {"ipAddress": "35.198.221.49", "region": "SOUTH_AMERICA", "location": "Sao Paulo"},
+    {"ipAddress": "35.187.242.246", "region": "EUROPE", "location": "Belgium"},
+    {"ipAddress": "35.187.242.246", "region": "EUROPE", "location": "Belgium"},
+    {"ipAddress": "2600:1900:4000:c9af:8000::", "region": "USA", "location": "Iowa"},
+]
+
+
 class Mocks(pulumi.runtime.Mocks):
     """Deterministic provider answers; records every invoke."""
 
@@ -127,6 +139,11 @@ class Mocks(pulumi.runtime.Mocks):
             out["selfLink"] = f"https://compute.googleapis.com/{name}"
         elif typ in ("gcp:compute/network:Network", "gcp:compute/subnetwork:Subnetwork"):
             out["selfLink"] = f"https://compute.googleapis.com/{name}"
+        elif typ == "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig":
+            out["uptimeCheckId"] = f"{name}-0123abcd"
+            out["name"] = f"projects/{args.inputs['project']}/uptimeCheckConfigs/{out['uptimeCheckId']}"
+        elif typ == "gcp:monitoring/notificationChannel:NotificationChannel":
+            out["name"] = f"projects/{args.inputs['project']}/notificationChannels/{int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)}"
         elif typ == "command:remote:Command":
             step = name.rsplit("-", 1)[-1]
             out["stdout"] = PREFLIGHT_STDOUT if step == "preflight" else f"[postal-gateway:{step}] done"
@@ -135,6 +152,8 @@ class Mocks(pulumi.runtime.Mocks):
 
     def call(self, args: pulumi.runtime.MockCallArgs):
         self.invokes.append((args.token, dict(args.args)))
+        if args.token == "gcp:monitoring/getUptimeCheckIPs:getUptimeCheckIPs":
+            return {"id": "uptime-check-ips", "uptimeCheckIps": UPTIME_CHECK_IPS}
         if args.token == "cloudflare:index/getZone:getZone":
             zone = args.args["filter"]["name"]
             if zone in self.missing_zones:  # what a failing provider answers: failures, not an exception

@@ -116,7 +116,7 @@ def changed(before, after):
 
 @pytest.mark.parametrize("overrides,expected", [
     ({}, set()),
-    ({NS + "tls": "internal"}, {"postal-caddy"}),
+    ({NS + "tls": "internal"}, {"postal-caddy", "postal-uptime-https"}),  # the check stops validating TLS
     ({NS + "postalVersion": "3.3.5"}, {"postal-postal"}),
     ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
     ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
@@ -124,7 +124,8 @@ def changed(before, after):
     ({NS + "dataDiskSizeGb": "80"}, {"postal-data", "postal-os"}),  # the disk grows, os runs xfs_growfs
     ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
     ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
-    ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight"}),
+    ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight",
+                                                  "postal-alert-email"}),  # alertEmail defaults to it
     ({NS + "mariadbImage": "mariadb:11.8"}, {"postal-database"}),
     ({NS + "caddyImage": "caddy:2.11"}, {"postal-caddy"}),
     ({NS + "maintenanceWindow": "Sat 01:00"}, {"postal-ops"}),

@@ -74,7 +74,7 @@ def test_restore_recreates_the_data_disk_and_never_deletes_the_live_one(run):
 
 def test_firewall_rules_exactly_as_configured(run):
     rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in run.of_type("gcp:compute/firewall:Firewall")}
-    assert set(rules) == {("22",), ("25",), ("80",), ("443",)}
+    assert set(rules) == {("22",), ("25",), ("80",), ("443",), ("443", "25")}  # the last: uptime checkers
     assert rules[("22",)]["sourceRanges"] == ["203.0.113.7/32"]
     assert rules[("25",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]
     assert rules[("80",)]["sourceRanges"] == ["0.0.0.0/0"]  # ACME HTTP-01 from anywhere; Caddy redirects the rest
