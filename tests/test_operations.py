@@ -288,3 +288,28 @@ def test_restore_without_a_backup_stops_before_touching_anything(fresh):
     result = sbin(fresh, "postal-gateway-restore-db")
     assert result.returncode != 0 and "no backup in /opt/postal/backup/mariadb" in result.stderr
     assert fresh.changes(start) == []
+
+
+# --- the staging stack ---
+
+def stack_values(name: str) -> dict[str, str]:
+    stack = yaml.safe_load(open(program.ROOT / f"Pulumi.{name}.yaml"))["config"]
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in stack.items()}
+
+
+def test_staging_stack_is_valid_and_apart_from_prod():
+    staging, prod = stack_values("staging"), stack_values("prod")
+    run = program.run(staging, replace=True)
+    assert run.error is None, run.error
+    for key in ("gcp:project", NS + "hostname", NS + "sendingDomains", NS + "alertEmail"):
+        assert staging[key] != prod.get(key), key
+    assert staging[NS + "tls"] == "internal"
+    assert int(staging[NS + "dataDiskSizeGb"]) < 50 and int(staging[NS + "bootDiskSizeGb"]) <= 20
+    # none of its DNS names is one prod publishes
+    prod_run = program.run(prod, replace=True)
+    names = {(r.inputs["name"], r.inputs["type"]) for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    prod_names = {(r.inputs["name"], r.inputs["type"]) for r in prod_run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    assert names and not names & prod_names
+    units = units_of(commands(run)["ops"])  # staging reboots for updates a day before prod
+    assert unit_value(units["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == \
+        "Sat *-*-* 02:00:00 UTC"
