@@ -788,7 +788,7 @@ def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
     script = render.script_text("lib.sh") + textwrap.dedent(f"""
         {broken}() {{ echo "{broken}: No space left on device" >&2; return 1; }}
         findmnt() {{ return 1; }}
-        pg_install_text 0644 root:root /etc/example.conf "content"
+        pg_install 0644 root:root /etc/example.conf <<<"content"
         pg_mark_applied example "$PG_RESULT"
         echo "not reached"
         """)

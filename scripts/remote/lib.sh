@@ -34,21 +34,20 @@ PG_TEE_OUT=$!
 exec 2> >(tee -a "$PG_OUTPUT" >&4)
 PG_TEE_ERR=$!
 pg_write_log() {
-  local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log patterns
+  local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log
   exec 1>&3 2>&4
   wait "$PG_TEE_OUT" "$PG_TEE_ERR"
   if ! findmnt --mountpoint "$PG_ROOT$PG_DATA_DIR" >/dev/null; then return 0; fi
-  (umask 077 && mkdir -p "$log")
-  patterns=$(umask 077 && mktemp)
-  if [[ -n $PG_PAYLOAD ]]; then find "$PG_PAYLOAD" -type f -exec sed -n '/^.\{8,\}$/p' {} + >"$patterns"; fi
-  (umask 077 && : >>"$log/bootstrap.log")
+  umask 077
+  shopt -s nullglob
+  if [[ ! -d $log ]]; then mkdir -p "$log"; fi
   {
-    printf '=== %s %s exit %s\n' "$(date -u +%FT%TZ)" "${PG_STEP:-step}" "$rc"
-    awk 'FILENAME == ARGV[1] { secret[$0]; next }
+    TZ=UTC printf '=== %(%Y-%m-%dT%H:%M:%SZ)T %s exit %s\n' -1 "${PG_STEP:-step}" "$rc"
+    # the payload files' lines of 8 characters or more, then the output
+    awk -v output="$PG_OUTPUT" 'FILENAME != output { if (length($0) >= 8) secret[$0]; next }
          { for (s in secret) if (index($0, s)) { $0 = "[postal-gateway] (line withheld: it held a secret)"; break }
-           print }' "$patterns" "$PG_OUTPUT"
+           print }' ${PG_PAYLOAD:+"$PG_PAYLOAD"/*} "$PG_OUTPUT"
   } >>"$log/bootstrap.log"
-  rm -f "$patterns"
 }
 pg_on_exit() {
   local rc=$?
@@ -78,12 +77,16 @@ pg_need() { [[ -s "$PG_PAYLOAD/$1" ]] || pg_fail "stdin payload lacks $1"; }
 # PG_RESULT=changed|unchanged. The new file is made in dest's directory, so it gets that
 # directory's SELinux label (a file moved from /tmp keeps tmp's). Not for pipelines: the result
 # and the temporary file's clean-up would stay in the pipeline's subshell.
+pg_install() { pg_write "$1" "$2" "$3" cat; }
+# pg_install_text <mode> <owner> <dest> <text>
+pg_install_text() { pg_write "$1" "$2" "$3" printf '%s' "$4"; }
 # shellcheck disable=SC2034  # PG_RESULT is for the caller
-pg_install() {
+pg_write() {  # pg_write <mode> <owner> <dest> <command writing the content…>
   local mode=$1 owner=$2 dest=$PG_ROOT$3
-  mkdir -p "$(dirname "$dest")"
+  shift 3
+  if [[ ! -d ${dest%/*} ]]; then mkdir -p "${dest%/*}"; fi
   PG_PENDING="$(mktemp "$dest.XXXXXX")"
-  cat >"$PG_PENDING"
+  "$@" >"$PG_PENDING"
   if [[ -f $dest ]] && cmp -s "$PG_PENDING" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
     rm -f "$PG_PENDING"
     PG_PENDING='' PG_RESULT=unchanged
@@ -93,10 +96,8 @@ pg_install() {
   chown "$owner" "$PG_PENDING"
   mv -f "$PG_PENDING" "$dest"
   PG_PENDING='' PG_RESULT=changed
-  pg_log "wrote $3"
+  pg_log "wrote ${dest#"$PG_ROOT"}"
 }
-# pg_install_text <mode> <owner> <dest> <text>
-pg_install_text() { pg_install "$1" "$2" "$3" < <(printf '%s' "$4"); }
 
 # What a step last applied successfully, as a hash of the files it applied (kept in
 # /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
