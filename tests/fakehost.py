@@ -682,6 +682,46 @@ def ss(host, args):
         print(f'LISTEN 0 128 127.0.0.1:{port} 0.0.0.0:* users:(("{other["process"]}",pid=777,fd=3))')
 
 
+# What a reboot does to the host, for the reboot path (tests/test_operations.py). systemd at boot:
+# mounts /etc/fstab (a `nofail` entry whose disk is missing is skipped), starts the enabled units,
+# and a unit with RequiresMountsFor= fails when that path is not mounted (systemd.unit(5)).
+# Docker then starts the containers whose restart policy brings them back (docker run --restart:
+# unless-stopped and always, not the ones stopped by hand under unless-stopped); Postal's compose
+# services are `restart: unless-stopped` (postalserver/install templates/docker-compose.v3.yml).
+def boot(root) -> None:
+    host = Host(root)
+    state = host.state
+    before = {n: c["running"] for n, c in state.get("containers", {}).items()}
+    postal_before = state.get("postal", {}).get("running", [])
+    state["mounts"] = {}
+    with open(host.path("etc/fstab")) as f:
+        entries = [line.split() for line in f if line.strip() and not line.startswith("#")]
+    for spec, point, *_ in entries:
+        devices = [d for d, disk in state.get("disks", {}).items() if f"UUID={disk.get('UUID')}" == spec]
+        if devices:
+            state["mounts"][point] = [devices[0], spec.removeprefix("UUID=")]
+    units = state.get("units", {})
+    for name, unit in units.items():
+        unit["is-active"] = bool(unit.get("is-enabled")) and _requirements_mounted(host, name)
+    docker_up = units.get("docker", {}).get("is-active", False)
+    for name, container in state.get("containers", {}).items():
+        policy = container.get("restart", "no")
+        container["running"] = docker_up and (policy == "always" or (policy == "unless-stopped" and before[name]))
+    if "postal" in state:
+        state["postal"]["running"] = list(postal_before) if docker_up else []
+    state["boots"] = state.get("boots", 0) + 1
+    host.save()
+
+
+def _requirements_mounted(host, unit: str) -> bool:
+    dropins = host.path(f"etc/systemd/system/{unit}.service.d")
+    paths = []
+    for name in sorted(os.listdir(dropins)) if os.path.isdir(dropins) else []:
+        with open(os.path.join(dropins, name)) as f:
+            paths += [line.split("=", 1)[1].strip() for line in f if line.startswith("RequiresMountsFor=")]
+    return all(p in host.state["mounts"] for p in paths)
+
+
 def needs_restarting(host, args):
     """dnf-utils' needs-restarting -r: exit 1 and say so when a core package changed since boot."""
     _query(host, ["needs-restarting", *args])

@@ -48,9 +48,9 @@ def units(run):
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory, steps):
-    """A host after os, database and ops (built once, copied for each test)."""
+    """A host after every step but the preflight (built once, copied for each test)."""
     machine = Machine(tmp_path_factory.mktemp("ops-host"), fakehost.serve())
-    machine.output = machine.up(steps, ("os", "database", "ops"))
+    machine.output = machine.up(steps, ("os", "database", "postal", "caddy", "ops"))
     return machine
 
 
@@ -211,17 +211,31 @@ def test_reboot_only_when_needs_restarting_says_so(fresh, needed):
     assert fresh.state().get("reboots", 0) == int(needed)
 
 
-def test_everything_comes_back_after_a_reboot(host):
-    """What a reboot relies on: enabled units, restart policies, the data disk mounted before Docker."""
-    state = host.state()
-    assert state["units"]["docker"]["is-enabled"]
-    assert "RequiresMountsFor=/opt/postal" in \
-        host.file("/etc/systemd/system/docker.service.d/postal-gateway.conf").read_text()
-    assert re.search(r"^UUID=\S+ /opt/postal xfs defaults,nofail 0 2$", host.file("/etc/fstab").read_text(), re.M)
-    # MariaDB here, Caddy in its step; Postal's compose services are `restart: unless-stopped`
-    # in postalserver/install templates/docker-compose.v3.yml (facts/postal.md §2)
-    assert state["containers"]["postal-mariadb"]["restart"] == "unless-stopped"
-    assert '--restart unless-stopped' in render.step_script("caddy")
+def test_everything_comes_back_after_a_reboot(fresh):
+    """The reboot path: what systemd and Docker do at boot (fakehost.boot) on the deployed host."""
+    before = fresh.state()
+    assert before["containers"]["postal-mariadb"]["restart"] == "unless-stopped"
+    assert before["containers"]["postal-caddy"]["restart"] == "unless-stopped"
+    fakehost.boot(fresh.root)
+    state = fresh.state()
+    assert state["mounts"]["/opt/postal"][0] == "/dev/disk/by-id/google-postal-data"
+    for unit in ("docker", "google-cloud-ops-agent", "dnf-automatic.timer", "postal-gateway-reboot.timer",
+                 "postal-gateway-backup.timer"):
+        assert state["units"][unit]["is-active"], unit
+    assert state["containers"]["postal-mariadb"]["running"] and state["containers"]["postal-caddy"]["running"]
+    assert state["postal"]["running"] == before["postal"]["running"] == ["web", "smtp", "worker"]
+
+
+def test_without_its_data_disk_docker_stays_down_after_a_reboot(fresh):
+    """RequiresMountsFor: containers never start on the boot disk's empty /opt/postal."""
+    state = fakehost.Host(fresh.root)
+    state.state["disks"].pop("/dev/disk/by-id/google-postal-data")  # detached (restore, or a fault)
+    state.save()
+    fakehost.boot(fresh.root)
+    after = fresh.state()
+    assert "/opt/postal" not in after["mounts"] and not after["units"]["docker"]["is-active"]
+    assert not any(c["running"] for c in after["containers"].values()) and after["postal"]["running"] == []
+    assert after["units"]["google-cloud-ops-agent"]["is-active"]  # the agent still reports (and alerts)
 
 
 def backups(machine: Machine) -> list[str]:
@@ -261,9 +275,6 @@ def test_failed_backup_leaves_no_file(fresh, units):
 
 def test_restore_drill_puts_the_backup_back(fresh, units):
     """docs/operations.md "Restore MariaDB from its backup", step by step on the fake host."""
-    (fresh.root / "opt/postal/install").mkdir(parents=True)
-    fresh.file("/opt/postal/install/docker-compose.yml").write_text(
-        "  web:\n    image: ghcr.io/postalserver/postal:3.3.6\n")
     fresh.file("/opt/postal/mariadb/ibdata1").write_text("good pages")
     assert sbin(fresh, "postal-gateway-backup", **backup_env(units)).returncode == 0
     fresh.file("/opt/postal/mariadb/ibdata1").write_text("torn pages")  # what a crash left
