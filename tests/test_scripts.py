@@ -530,7 +530,7 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(tmp_p
                                                                            before_step, step, change):
     """The changes are the `M` lines of a successful run, so a new action is covered by itself; a
     change to a deployed host tries those a first deploy does not make."""
-    command = registered["upgrade" if change == "upgrade" else "internal" if change == "internal" else "base"][step]
+    command = registered[{"upgrade": "upgrade", "internal": "internal"}.get(change, "base")][step]
     base = before_step[step, change]
     done_before, calls_before = len(base.changes()), len(base.calls())
     ok = Machine(tmp_path / "ok", stubs, like=base)

@@ -40,7 +40,7 @@ pg_caddy_files "$caddy/live" "$next/Caddyfile" "$next/certs/cert.pem" "$next/cer
 applied=$(pg_fingerprint "$caddy/live/Caddyfile" "$caddy/live/certs/cert.pem" "$caddy/live/certs/key.pem")
 run_options=(--restart unless-stopped --network host --volume "$caddy/live:/etc/caddy:ro"
   --volume "$caddy/live/certs:/certs:ro" --volume "$data:/data")
-spec=$(printf '%s\n' "${run_options[@]}" | sha256sum | cut -c 1-16)
+spec=$(pg_spec "${run_options[@]}")
 since=$(date +%s)
 pg_container "$name" "$PG_CADDY_IMAGE" "$spec"
 case $PG_RESULT in

@@ -18,7 +18,7 @@ run_options=(--restart unless-stopped --network host --volume "$PG_DATA_DIR/mari
   --env MARIADB_ROOT_PASSWORD_FILE=/run/secrets/mariadb-root-password)
 server_options=(--bind-address=127.0.0.1 --port=3306 --innodb-log-file-size=512M --max-allowed-packet=128M
   --character-set-server=utf8mb4 --collation-server=utf8mb4_unicode_ci)
-spec=$(printf '%s\n' "${run_options[@]}" "${server_options[@]}" | sha256sum | cut -c 1-16)
+spec=$(pg_spec "${run_options[@]}" "${server_options[@]}")
 
 pg_container "$name" "$PG_MARIADB_IMAGE" "$spec"
 case $PG_RESULT in

@@ -146,6 +146,9 @@ pg_enable_unit() {
   fi
 }
 
+# pg_spec <docker run option…>: a short hash of a container's settings, for pg_container.
+pg_spec() { printf '%s\n' "$@" | sha256sum | cut -c 1-16; }
+
 # pg_container <name> <image> <spec>: PG_RESULT=running|stopped|create. A container made from
 # another image or another spec (a hash of its `docker run` options, kept in a label) is removed
 # first (its data lives in bind mounts, so nothing is lost). Only "no such object" means absent:
