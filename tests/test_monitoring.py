@@ -11,6 +11,16 @@ NS = "postal-gateway:"
 POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
 
 
+@pytest.fixture(scope="module")
+def tuned():
+    """One run with every monitoring setting changed."""
+    result = program.run({NS + "alertEmail": "oncall@rdo-dev.com", NS + "tls": "internal",
+                          NS + "diskAlertPercent": "90", NS + "queueLatencyAlertSeconds": "60",
+                          NS + "workerErrorAlertCount": "20", NS + "relayFailureAlertCount": "30"})
+    assert result.error is None, result.error
+    return result
+
+
 def policies(run) -> dict:
     return {r.name.removeprefix("postal-alert-"): r.inputs for r in run.of_type(POLICY)}
 
@@ -20,15 +30,14 @@ def checks(run) -> dict:
             for r in run.of_type("gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig")}
 
 
-def test_alerts_go_to_alert_email_defaulting_to_admin_email(run):
+def test_alerts_go_to_alert_email_defaulting_to_admin_email(run, tuned):
     (channel,) = run.of_type("gcp:monitoring/notificationChannel:NotificationChannel")
     assert channel.inputs["type"] == "email" and channel.inputs["labels"] == {"email_address": "ops@rdo-dev.com"}
-    other = program.run({NS + "alertEmail": "oncall@rdo-dev.com"})
-    (channel,) = other.of_type("gcp:monitoring/notificationChannel:NotificationChannel")
+    (channel,) = tuned.of_type("gcp:monitoring/notificationChannel:NotificationChannel")
     assert channel.inputs["labels"] == {"email_address": "oncall@rdo-dev.com"}
 
 
-def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run):
+def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run, tuned):
     found = checks(run)
     assert set(found) == {"https", "smtp"}
     for check in found.values():
@@ -40,7 +49,7 @@ def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run):
     # Postal's login page says it (app/views/sessions/new.html.haml at 3.3.6); Caddy's 502 does not
     assert https["contentMatchers"] == [{"content": "Welcome to Postal", "matcher": "CONTAINS_STRING"}]
     assert found["smtp"]["tcpCheck"] == {"port": 25} and "httpCheck" not in found["smtp"]
-    internal = checks(program.run({NS + "tls": "internal"}))["https"]
+    internal = checks(tuned)["https"]
     assert internal["httpCheck"]["validateSsl"] is False  # Caddy's own CA is not trusted by the checkers
 
 
@@ -80,16 +89,16 @@ def test_uptime_policies_watch_their_own_check(run):
         assert condition["comparison"] == "COMPARISON_GT" and condition["thresholdValue"] == 1  # 2+ regions fail
 
 
-def test_disk_policy_uses_the_agents_metric_and_the_threshold(run):
+def test_disk_policy_uses_the_agents_metric_and_the_threshold(run, tuned):
     condition = policies(run)["disk"]["conditions"][0]["conditionThreshold"]
     assert 'metric.type="agent.googleapis.com/disk/percent_used"' in condition["filter"]
     assert 'resource.labels.instance_id="4242424242"' in condition["filter"]
     assert condition["thresholdValue"] == 80
-    other = policies(program.run({NS + "diskAlertPercent": "90"}))["disk"]["conditions"][0]
+    other = policies(tuned)["disk"]["conditions"][0]
     assert other["conditionThreshold"]["thresholdValue"] == 90
 
 
-def test_postal_metric_policies_are_promql_on_postals_own_metric_names(run):
+def test_postal_metric_policies_are_promql_on_postals_own_metric_names(run, tuned):
     """Names and types from app/lib/worker/process.rb setup_prometheus (Postal 3.3.6): the queue
     latency is a histogram (its _bucket series), worker errors a counter."""
     found = policies(run)
@@ -99,9 +108,10 @@ def test_postal_metric_policies_are_promql_on_postals_own_metric_names(run):
     errors = found["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]
     assert errors["query"] == 'sum(increase(postal_worker_errors{namespace=~"4242424242/.*"}[15m])) > 5'
     assert latency["disableMetricValidation"] is True and errors["disableMetricValidation"] is True
-    tuned = policies(program.run({NS + "queueLatencyAlertSeconds": "60", NS + "workerErrorAlertCount": "20"}))
-    assert tuned["queue-latency"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 60")
-    assert tuned["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 20")
+    found = policies(tuned)
+    assert found["queue-latency"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 60")
+    assert found["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 20")
+    assert found["relay-errors"]["conditions"][0]["conditionThreshold"]["thresholdValue"] == 30
 
 
 def test_relay_errors_are_a_log_based_metric_on_the_workers_journal(run):

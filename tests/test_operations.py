@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from types import SimpleNamespace
 
 import jsonschema
 import pytest
@@ -27,8 +28,12 @@ SCHEMA = program.ROOT / "tests" / "ops_agent.schema.json"
 
 
 def units_of(command) -> dict[str, str]:
+    return units_from(command.inputs["create"])
+
+
+def units_from(create: str) -> dict[str, str]:
     return {path: base64.b64decode(data).decode()
-            for path, data in (line.split() for line in env_of(command)["PG_UNITS"].splitlines())}
+            for path, data in (line.split() for line in env_from(create)["PG_UNITS"].splitlines())}
 
 
 def unit_value(text: str, key: str) -> str:
@@ -39,6 +44,19 @@ def unit_value(text: str, key: str) -> str:
 @pytest.fixture(scope="module")
 def steps(run):
     return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(run).items()}
+
+
+@pytest.fixture(scope="module")
+def changed():
+    """One run with the ops and image settings changed: step -> (command line, stdin)."""
+    result = program.run({NS + "maintenanceWindow": "wed 23:30", NS + "mariadbImage": "registry.example.com/db/mariadb:11.8",
+                          NS + "caddyImage": "caddy:2.11@sha256:" + "a" * 64})
+    assert result.error is None, result.error
+    return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(result).items()}
+
+
+def env_from(create: str) -> dict[str, str]:
+    return env_of(SimpleNamespace(inputs={"create": create}))
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +118,7 @@ def test_docker_logs_containers_to_the_journal_under_their_names():
     assert '"log-driver": "journald"' in os_script and '"tag": "{{.Name}}"' in os_script
 
 
-def test_security_updates_daily_reboots_only_in_the_window(run):
+def test_security_updates_daily_reboots_only_in_the_window(run, changed):
     ops = commands(run)["ops"]
     automatic = env_of(ops)["PG_AUTOMATIC_CONF"]
     assert re.search(r"^upgrade_type = security$", automatic, re.M)
@@ -110,9 +128,9 @@ def test_security_updates_daily_reboots_only_in_the_window(run):
     assert unit_value(reboot, "OnCalendar") == "Sun *-*-* 02:00:00 UTC"  # default: early Sunday UTC
     assert unit_value(units["/etc/systemd/system/postal-gateway-reboot.service"], "ExecStart") == \
         "/usr/local/sbin/postal-gateway-reboot"
-    custom = program.run({NS + "maintenanceWindow": "wed 23:30"})
-    assert unit_value(units_of(commands(custom)["ops"])["/etc/systemd/system/postal-gateway-reboot.timer"],
-                      "OnCalendar") == "Wed *-*-* 23:30:00 UTC"
+    custom = units_from(changed["ops"][0])
+    assert unit_value(custom["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == \
+        "Wed *-*-* 23:30:00 UTC"
 
 
 def test_backup_runs_daily_before_the_snapshot(run):
@@ -148,22 +166,18 @@ def test_ops_step_without_its_settings_stops_before_doing_anything(tmp_path, hos
     assert machine.changes() == []
 
 
-def test_images_are_settings_of_their_own_step():
-    run = program.run({NS + "mariadbImage": "registry.example.com/db/mariadb:11.8",
-                       NS + "caddyImage": "caddy:2.11@sha256:" + "a" * 64})
-    steps = commands(run)
-    assert env_of(steps["database"])["PG_MARIADB_IMAGE"] == "registry.example.com/db/mariadb:11.8"
-    assert env_of(steps["caddy"])["PG_CADDY_IMAGE"] == "caddy:2.11@sha256:" + "a" * 64
+def test_images_are_settings_of_their_own_step(changed):
+    assert env_from(changed["database"][0])["PG_MARIADB_IMAGE"] == "registry.example.com/db/mariadb:11.8"
+    assert env_from(changed["caddy"][0])["PG_CADDY_IMAGE"] == "caddy:2.11@sha256:" + "a" * 64
 
 
-def test_new_mariadb_image_recreates_only_that_container(fresh):
-    changed = {s: (c.inputs["create"], c.inputs.get("stdin") or "") for s, c in
-               commands(program.run({NS + "mariadbImage": "mariadb:11.8"})).items()}
+def test_new_mariadb_image_recreates_only_that_container(fresh, changed):
     start = len(fresh.calls())
     fresh.up(changed, ("database",))
     calls = fresh.changes(start)
-    assert index(calls, r"^docker rm -f postal-mariadb$") < index(calls, r"^docker run .*--name postal-mariadb .*mariadb:11.8")
-    assert fresh.state()["containers"]["postal-mariadb"]["image"] == "mariadb:11.8"
+    assert index(calls, r"^docker rm -f postal-mariadb$") < \
+        index(calls, r"^docker run .*--name postal-mariadb .*registry.example.com/db/mariadb:11.8")
+    assert fresh.state()["containers"]["postal-mariadb"]["image"] == "registry.example.com/db/mariadb:11.8"
     assert not any("postal-caddy" in c or "compose" in c for c in calls)
 
 def test_ops_step_installs_and_enables_everything(host, units):
@@ -187,16 +201,14 @@ def test_ops_step_rerun_changes_nothing(fresh, steps):
     assert fresh.changes(start) == [] and fresh.tree() == before
 
 
-def test_new_window_rewrites_the_timer_and_restarts_it_only(fresh):
-    changed = {s: (c.inputs["create"], "") for s, c in
-               commands(program.run({NS + "maintenanceWindow": "Sat 01:00"})).items()}
+def test_new_window_rewrites_the_timer_and_restarts_it_only(fresh, changed):
     start = len(fresh.calls())
     fresh.up(changed, ("ops",))
     calls = fresh.changes(start)
     assert "systemctl daemon-reload" in calls
     assert "systemctl restart postal-gateway-reboot.timer postal-gateway-backup.timer" in calls
     assert not any("ops-agent" in c for c in calls)  # the agent's config did not change
-    assert "OnCalendar=Sat *-*-* 01:00:00 UTC" in \
+    assert "OnCalendar=Wed *-*-* 23:30:00 UTC" in \
         fresh.file("/etc/systemd/system/postal-gateway-reboot.timer").read_text()
 
 
