@@ -51,7 +51,8 @@ def ops_agent_config() -> str:
 
 
 def dnf_automatic_conf() -> str:
-    """/etc/dnf/automatic.conf: download and apply security updates only; reboots are ours (the window)."""
+    """/etc/dnf/automatic.conf: download and apply security updates only. No `reboot` option (older
+    dnf-automatic lacks it; it defaults to never): the maintenance window's timer reboots."""
     return (
         "# managed by postal-gateway (ops step)\n"
         "[commands]\n"
@@ -59,7 +60,6 @@ def dnf_automatic_conf() -> str:
         "random_sleep = 0\n"
         "download_updates = yes\n"
         "apply_updates = yes\n"
-        "reboot = never\n"
         "\n[emitters]\n"
         "emit_via = stdio\n"
         "\n[base]\n"
