@@ -100,6 +100,12 @@ DIAGNOSES = {
         "the relay closed the connection during the greeting (Google does so after a 421 at EHLO)",
         f"{RETRIES}; if it persists, check that Postal greets as {{hostname}} and that {{publicIp}} is allowlisted",
         stop=False),
+    "recipient-unknown": Diagnosis(
+        "the relay says the recipient address does not exist (the relay accepted our IP and sender)",
+        "check the address passed as --recipient (default: adminEmail) for typos"),
+    "too-large": Diagnosis(
+        "the message exceeds Google's message size limit",
+        "send a smaller message (fewer or smaller attachments, or links instead)"),
     "transient": Diagnosis("the relay deferred the message (a temporary 4xx answer)", RETRIES, stop=False),
     "rejected": Diagnosis(
         "the relay refused the message",
@@ -166,6 +172,18 @@ def diagnose_delivery(delivery: dict) -> str:
     return diagnose(f"{details}\n{delivery.get('output') or ''}")[0]
 
 
+SHOWN_IP = re.compile(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]")
+
+
+def names_for(delivery: dict, outputs: dict) -> dict:
+    """{publicIp} and {hostname} for a diagnosis; publicIp is the address Google shows in its answer, if any."""
+    public_ip = outputs.get("publicIp", "<publicIp>")
+    shown = SHOWN_IP.search(f"{delivery.get('details') or ''} {delivery.get('output') or ''}")
+    if shown and shown.group(1) != public_ip:
+        public_ip = f"{shown.group(1)} (the address Google saw; publicIp is {public_ip}: the VM's egress differs)"
+    return {"publicIp": public_ip, "hostname": outputs.get("hostname", "<hostname>")}
+
+
 def recorded(delivery: dict) -> str:
     """What Postal recorded, on one line: its details, then the relay's answer (or the error) it kept."""
     output = unwrap(delivery.get("output"))
@@ -178,7 +196,7 @@ def delivery_check(delivery: dict, outputs: dict, elapsed: float, timed_out: boo
     if status == "Sent":
         return Check("delivery", True, f"Sent after {elapsed:.0f}s: {recorded(delivery)}")
     diagnosis = DIAGNOSES[diagnose_delivery(delivery)]
-    names = {"publicIp": outputs.get("publicIp", "<publicIp>"), "hostname": outputs.get("hostname", "<hostname>")}
+    names = names_for(delivery, outputs)
     headline, fix = diagnosis.headline.format(**names), diagnosis.fix.format(**names)
     if status == "SoftFail" and not diagnosis.stop:
         if not timed_out:

@@ -5,13 +5,15 @@ loop in a daemon thread serves every scenario of a test module; a scenario is a 
   banner   greeting (str or list of lines), or "hang" (accept, never speak) / "reset" (RST) /
            "refused" (nothing listens) / "blackhole" (connections never answered)
   starttls offer STARTTLS in EHLO (default true)
+  banner_delay  seconds before the greeting (a slow relay, just under the client's timeout)
+  close_after_banner  close the connection right after the greeting
   tls      the TLS handshake (after "220 Ready to start TLS", or first with implicit):
-           ok | untrusted | reset | hang | plaintext
+           ok | untrusted | expired | wrong-name | tls1.0 | reset | hang | plaintext
   implicit TLS from the first byte (port 465 style)
   starttls_reply  the answer to STARTTLS when it is not "220 … Ready to start TLS"
   ehlo, ehlo_tls, mail, rcpt, data, eom
            the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
-           a 421 reply closes the connection, as Google does
+           a 421 reply closes the connection, as Google does; "drop" closes it instead of answering
   require_tls  answer MAIL with Google's 530 while the session is not encrypted
   senders  {text in MAIL FROM: reply}: a reply for some envelope senders only
 Certificates come from trustme: `trusted_ca` signs the good one, another CA the untrusted one.
@@ -20,11 +22,13 @@ Certificates come from trustme: `trusted_ca` signs the good one, another CA the 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import socket
 import ssl
 import struct
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import trustme
@@ -55,10 +59,21 @@ class FakeRelay:
     def __init__(self, hostname: str = "localhost"):
         self.trusted_ca, untrusted_ca = trustme.CA(), trustme.CA()
         self.contexts = {}
-        for name, ca in (("ok", self.trusted_ca), ("untrusted", untrusted_ca)):
+        now = datetime.datetime.now(datetime.timezone.utc)
+        past = {"not_before": now - datetime.timedelta(days=90), "not_after": now - datetime.timedelta(days=1)}
+        for name, ca, names, dates in (("ok", self.trusted_ca, (hostname, "127.0.0.1"), {}),
+                                       ("untrusted", untrusted_ca, (hostname, "127.0.0.1"), {}),
+                                       ("expired", self.trusted_ca, (hostname, "127.0.0.1"), past),
+                                       ("wrong-name", self.trusted_ca, ("smtp.example.net",), {}),
+                                       ("tls1.0", self.trusted_ca, (hostname, "127.0.0.1"), {})):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-            ca.issue_cert(hostname, "127.0.0.1").configure_cert(context)
+            ca.issue_cert(*names, **dates).configure_cert(context)
             self.contexts[name] = context
+        tls10 = self.contexts["tls1.0"]  # an old relay that speaks only TLS 1.0
+        tls10.set_ciphers("ALL:@SECLEVEL=0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            tls10.minimum_version = tls10.maximum_version = ssl.TLSVersion.TLSv1
         self.dir = tempfile.TemporaryDirectory(prefix="fake-relay-")
         self.ca_file = Path(self.dir.name) / "ca.pem"  # for clients that read SSL_CERT_FILE (Ruby, the VM's python)
         self.trusted_ca.cert_pem.write_to_path(str(self.ca_file))
@@ -110,7 +125,10 @@ class FakeRelay:
         log = self.commands[writer.get_extra_info("sockname")[1]]
 
         def say(reply) -> bool:
-            """Writes a reply; False when it closes the connection (421, or refused at connect)."""
+            """Writes a reply; False when it closes the connection (421, or refused at connect, or drop)."""
+            if reply == "drop":
+                writer.transport.abort()  # no QUIT, no TLS close_notify
+                return False
             writer.write("".join(f"{line}\r\n" for line in lines(reply)).encode())
             return not lines(reply)[-1].startswith("421")
 
@@ -140,7 +158,8 @@ class FakeRelay:
             if banner == "reset":
                 reset(writer)
                 return
-            if not say(banner) or not lines(banner)[-1].startswith("220"):
+            await asyncio.sleep(s.get("banner_delay", 0))
+            if not say(banner) or not lines(banner)[-1].startswith("220") or s.get("close_after_banner"):
                 return
             secure = bool(s.get("implicit"))
             while line := await reader.readline():

@@ -5,8 +5,9 @@
 # net-smtp it pins in Gemfile.lock (0.4.0.1, tests/vendor/net-smtp-0.4.0.1) against the fake relay, with
 # only Postal's surroundings stubbed: config, DNS, logger, the message. Then stores what
 # MessageDequeuer::Base#log_sender_result (output&.strip) and MessageDB::Delivery.create (details and
-# output cut to 250 characters) would. Reads [{id, port, ssl_mode}] as JSON on stdin, writes
-# {id => {status, details, output}}; the scenarios run in parallel threads.
+# output cut to 250 characters) would. Reads [{id, port, ssl_mode, timeout}] as JSON on stdin, writes
+# {id => {status, details, output}}; the scenarios run in parallel threads, each with its own
+# open/read timeout (default POSTAL_SMTP_TIMEOUT).
 #
 #   ruby -I tests/vendor/net-smtp-0.4.0.1/lib tests/postal_delivery.rb < scenarios.json
 require "net/smtp"
@@ -36,6 +37,12 @@ class Array
   end
 end
 
+# Postal's smtp_client timeouts, per scenario thread.
+class ThreadTimeouts
+  def open_timeout = Thread.current[:timeout] || TIMEOUT
+  def read_timeout = Thread.current[:timeout] || TIMEOUT
+end
+
 class Stub
   def initialize(**methods)
     methods.each { |name, value| define_singleton_method(name) { |*| value } }
@@ -44,7 +51,7 @@ end
 
 module Postal
   Config = Stub.new(
-    smtp_client: Stub.new(open_timeout: TIMEOUT, read_timeout: TIMEOUT),
+    smtp_client: ThreadTimeouts.new,
     dns: Stub.new(helo_hostname: "postal.example.com", return_path_domain: "rp.postal.example.com"),
     postal: Stub.new(smtp_hostname: "postal.example.com", smtp_relays: nil, use_resent_sender_header?: false)
   )
@@ -78,5 +85,10 @@ def deliver(port, ssl_mode)
 end
 
 scenarios = JSON.parse($stdin.read)
-threads = scenarios.map { |s| Thread.new { [s["id"], deliver(s["port"], s["ssl_mode"])] } }
+threads = scenarios.map do |s|
+  Thread.new do
+    Thread.current[:timeout] = s["timeout"]
+    [s["id"], deliver(s["port"], s["ssl_mode"])]
+  end
+end
 puts JSON.generate(threads.map(&:value).to_h)

@@ -9,12 +9,11 @@ import pytest
 from components import render
 from components.bootstrap import parse_relay_status, parse_relay_statuses, preflight_senders
 from fake_relay import FakeRelay
-from relay_scenarios import SCENARIOS
+from relay_scenarios import SCENARIOS, client_timeout
 from scripts.remote import relay_preflight
 
 HELO, RCPT = "postal.example.com", "ops@example.com"
 SENDERS = [("example.com", "relay-preflight@psrp.example.com")]
-TIMEOUT = 0.3  # the hang scenarios wait this long
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def relay():
 def run(relay, scenario, senders=SENDERS, context=None):
     port = relay.serve(scenario["relay"])
     verdicts = relay_preflight.preflight("127.0.0.1", port, scenario.get("mode", "starttls"), HELO, RCPT, senders,
-                                         timeout=TIMEOUT, context=context or relay.client_context())
+                                         timeout=client_timeout(scenario), context=context or relay.client_context())
     return verdicts, relay.commands.get(port, [])
 
 

@@ -43,10 +43,14 @@ MARKERS = (
                                     "no route to host", "no hosts to try", "net::readtimeout", "timed out",
                                     "name or service not known", "getaddrinfo", "cannot connect")),
     ("connection-dropped", "transient", ("connection reset by peer", "end of file reached", "broken pipe",
-                                         "closed the connection")),
+                                         "closed the connection", "unexpected eof")),
+    ("recipient-unknown", "rejected", ("does not exist", "user unknown", "no such user")),
+    ("too-large", "rejected", ("message size", "size limit", "message too large")),
 )
-REPLY_CODE = re.compile(r"(?<![\d.])([245]\d\d)[ -]\d\.\d")
-CONTINUATION = re.compile(r"^\s*[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
+# A reply code opening a line (with or without an enhanced code), or one followed by an enhanced code anywhere
+REPLY_CODE = re.compile(r"(?m)^\s*([245]\d\d)(?=[ -]|$)|(?<![\d.])([245]\d\d)[ -]\d\.\d")
+# What opens a continuation line: `550-5.7.1 ` as Postal keeps it, `5.7.1 ` as smtplib leaves it
+CONTINUATION = re.compile(r"^\s*(?:[245]\d\d[ -])?(?:[245]\.\d{1,3}\.\d{1,3}\s+)?")
 
 
 def unwrap(text):
@@ -57,7 +61,7 @@ def unwrap(text):
 
 def reply_code(text):
     match = REPLY_CODE.search(text)
-    return int(match.group(1)) if match else None
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 def diagnose(text, code=None):
@@ -78,7 +82,7 @@ def fold(text):
 
 def _reply(code, message):
     text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return fold("%s %s" % (code, text))
+    return unwrap("%s %s" % (code, text))
 
 
 class HandshakeFailed(Exception):
