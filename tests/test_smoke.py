@@ -180,7 +180,8 @@ def outputs(port, **changes):
 def smoke(tmp_path, capsys, port, certs, resolver=None, extra=(), **changes):
     path = tmp_path / "outputs.json"
     path.write_text(json.dumps(outputs(port, **changes)))
-    args = ["--outputs", str(path), "--poll", "0.01", "--timeout", "0.3", *extra]
+    # the delivery poll stops at Sent: a long --timeout costs nothing and holds on a loaded machine
+    args = ["--outputs", str(path), "--poll", "0.01", "--timeout", "60", *extra]
     if not {"--insecure", "--no-ca", "--ca-bundle"} & set(extra):
         args += ["--ca-bundle", str(certs["good"][0])]
     args = [a for a in args if a != "--no-ca"]
@@ -445,7 +446,7 @@ def test_an_api_error_while_polling_is_reported_not_waited_out(tmp_path, capsys,
 
 def test_a_message_that_never_leaves_times_out(tmp_path, capsys, postal, certs):
     postal.deliveries = [delivery("SoftFail", "451 4.3.0 Temporary server error")]
-    code, out, err = smoke(tmp_path, capsys, postal.server_port, certs)
+    code, out, err = smoke(tmp_path, capsys, postal.server_port, certs, extra=("--timeout", "0.3"))
     (fail, fix), = failures(out)
     assert code == 1 and "still SoftFail after 0s: the relay deferred the message" in fail
     assert "Postal will retry; Postal recorded: " in fail and "the relay said: 451 4.3.0 Temporary server error" in fail
