@@ -71,6 +71,12 @@ def test_relative_links_resolve(doc):
             assert anchor in {slug(h) for h in headings}, f"{doc.name}: no heading #{anchor} in {dest.name}"
 
 
+def test_readme_links_every_document():
+    readme = text(ROOT / "README.md")
+    for doc in DOCS[1:]:
+        assert f"]({doc.relative_to(ROOT)})" in readme, f"README does not link {doc.relative_to(ROOT)}"
+
+
 def test_documented_urns_and_resource_names_are_registered(run):
     urns = {r.urn for r in run.resources}
     names = {r.name for r in run.resources}
