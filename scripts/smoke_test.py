@@ -93,11 +93,11 @@ DIAGNOSES = {
         "the dns and spf checks above must pass: the sending domain's SPF includes spf.{hostname}, its "
         "postal-<selector>._domainkey record is published and Postal's DKIM check is OK (provision step)"),
     "unreachable": Diagnosis(
-        "Postal cannot reach the relay (connection refused, timed out, or never greeted)",
+        "Postal cannot reach the relay (connection refused or timed out, or the relay stopped answering)",
         "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress firewall; "
         "on the VM: sudo postal logs worker"),
     "connection-dropped": Diagnosis(
-        "the relay closed the connection during the greeting (Google does so after a 421 at EHLO)",
+        "the relay closed the connection without an answer (Google does so after a 421 at EHLO)",
         f"{RETRIES}; if it persists, check that Postal greets as {{hostname}} and that {{publicIp}} is allowlisted",
         stop=False),
     "recipient-unknown": Diagnosis(

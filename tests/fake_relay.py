@@ -13,7 +13,8 @@ loop in a daemon thread serves every scenario of a test module; a scenario is a 
   starttls_reply  the answer to STARTTLS when it is not "220 … Ready to start TLS"
   ehlo, ehlo_tls, mail, rcpt, data, eom
            the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
-           a 421 reply closes the connection, as Google does; "drop" closes it instead of answering
+           a 421 reply closes the connection, as Google does; "drop" closes it instead of answering,
+           "hang" never answers
   require_tls  answer MAIL with Google's 530 while the session is not encrypted
   senders  {text in MAIL FROM: reply}: a reply for some envelope senders only
 Certificates come from trustme: `trusted_ca` signs the good one, another CA the untrusted one.
@@ -123,9 +124,13 @@ class FakeRelay:
 
     async def session(self, s: dict, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         log = self.commands[writer.get_extra_info("sockname")[1]]
+        stalled = []
 
         def say(reply) -> bool:
-            """Writes a reply; False when it closes the connection (421, or refused at connect, or drop)."""
+            """Writes a reply; False when it ends the dialogue (421, refused at connect, drop, hang)."""
+            if reply == "hang":
+                stalled.append(True)
+                return False
             if reply == "drop":
                 writer.transport.abort()  # no QUIT, no TLS close_notify
                 return False
@@ -215,6 +220,8 @@ class FakeRelay:
                 else:
                     say("502 5.5.1 Unrecognized command. a1-20020a0560 - gsmtp")
                 await writer.drain()
+            if stalled:
+                await reader.read()  # until the client gives up
         except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
             return  # the client gave up (bad certificate, timeout): nothing to answer
         finally:

@@ -109,6 +109,14 @@ class Refused(Exception):
         self.status, self.detail, self.closes = status, detail, code in (None, 421)
 
 
+def _broke_off(err, when):
+    """Refused for a dialogue that broke off: a timeout as unreachable (Postal records Net::ReadTimeout),
+    a closed or reset connection as transient."""
+    if isinstance(err, socket.timeout) or "timed out" in str(err):
+        return Refused("unreachable", "the relay stopped answering %s: timed out" % when)
+    return Refused("transient", "the relay closed the connection %s: %s" % (when, err or type(err).__name__))
+
+
 def _answer(stage, code, message):
     """Raises Refused for a reply >= 400 at a stage; returns otherwise."""
     if code >= 400 or code < 0:
@@ -152,19 +160,20 @@ def open_session(host, port, tls_mode, helo, timeout, context):
         raise
     except (OSError, smtplib.SMTPException) as err:
         smtp.close()
-        raise Refused("transient", "the relay closed the connection during the greeting: %s" % err)
+        raise _broke_off(err, "during the greeting")
 
 
 def check_sender(smtp, mail_from, rcpt_to):
     """(status, detail) for one envelope sender on an open session; Refused when the session ended."""
+    stage = "MAIL FROM:<%s>" % mail_from
     try:
-        _answer("MAIL FROM:<%s>" % mail_from, *smtp.mail(mail_from))
-        _answer("RCPT TO:<%s>" % rcpt_to, *smtp.rcpt(rcpt_to))
+        _answer(stage, *smtp.mail(mail_from))
+        stage = "RCPT TO:<%s>" % rcpt_to
+        _answer(stage, *smtp.rcpt(rcpt_to))
+        stage = "RSET"
         smtp.rset()
-    except smtplib.SMTPServerDisconnected as err:
-        raise Refused("transient", "the relay closed the connection: %s" % err)
     except (OSError, smtplib.SMTPException) as err:
-        raise Refused("unreachable", "the dialogue broke off: %s" % err)
+        raise _broke_off(err, "at " + stage)
     return "allowlisted", "accepted MAIL FROM:<%s> and RCPT TO:<%s>" % (mail_from, rcpt_to)
 
 
