@@ -43,10 +43,12 @@ def lines(reply) -> list[str]:
     return reply if isinstance(reply, list) else [reply]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def closed_port() -> socket.socket:
+    """A port bound and never listening: every connection is refused, and no other process (another
+    xdist worker) can take it while the socket is held, as it could a port freed again."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 def reset(writer: asyncio.StreamWriter) -> None:
@@ -91,14 +93,15 @@ class FakeRelay:
     def serve(self, scenario: dict) -> int:
         """Starts a server for the scenario; returns its port (a closed port for banner=refused)."""
         if scenario.get("banner") == "refused":
-            return free_port()
+            self.held = getattr(self, "held", []) + [closed_port()]
+            return self.held[-1].getsockname()[1]
         if scenario.get("banner") == "blackhole":
             return self.blackhole()
         async def start():
             server = await asyncio.start_server(lambda r, w: self.session(scenario, r, w), "127.0.0.1", 0)
             return server.sockets[0].getsockname()[1]
 
-        port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(5)
+        port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(60)
         self.commands[port] = []
         return port
 

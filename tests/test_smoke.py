@@ -18,7 +18,7 @@ import dns.resolver
 import pytest
 
 from fake_postal_smtp import FakePostalSMTP
-from fake_relay import FakeRelay
+from fake_relay import FakeRelay, closed_port
 from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, record_postal, render_doc
 from scripts import smoke_test
 
@@ -322,11 +322,8 @@ def test_expiring_certificate(tmp_path, capsys, certs):
 
 
 def test_unreachable_web(tmp_path, capsys, certs):
-    server = serve(*certs["good"])
-    port = server.server_port
-    server.shutdown()
-    server.server_close()
-    code, out, _ = smoke(tmp_path, capsys, port, certs)
+    with closed_port() as closed:
+        code, out, _ = smoke(tmp_path, capsys, closed.getsockname()[1], certs)
     fails = failures(out)
     assert code == 1 and "unreachable" in fails[0][0] and "webSourceRanges" in fails[0][1]
     assert "NOT delivered" in out
