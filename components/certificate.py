@@ -13,7 +13,7 @@ from typing import Optional
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 CERT, KEY = "tlsCertificate", "tlsPrivateKey"
 
@@ -23,6 +23,7 @@ class CheckedPair:
     chain_pem: str  # leaf first
     expires: datetime  # the leaf's notAfter (UTC)
     incomplete: bool = False  # a leaf not self-signed, without its issuer
+    self_signed: bool = False  # the leaf is its own issuer
 
 
 def _spki(public_key) -> bytes:
@@ -57,6 +58,7 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
         certs = x509.load_pem_x509_certificates(chain_pem.encode())
     except ValueError:
         return None, [(CERT, "a PEM block does not parse as an X.509 certificate")]
+    certs = list({c.fingerprint(hashes.SHA256()): c for c in certs}.values())  # `cat cert.pem fullchain.pem`
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except TypeError:
@@ -97,4 +99,5 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
     if problems:
         return None, problems
     pem = "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in chain)
-    return CheckedPair(pem, leaf.not_valid_after_utc, len(chain) == 1 and leaf.issuer != leaf.subject), []
+    self_signed = leaf.issuer == leaf.subject and _issuer_of(leaf, [leaf]) is leaf
+    return CheckedPair(pem, leaf.not_valid_after_utc, len(chain) == 1 and not self_signed, self_signed), []

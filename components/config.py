@@ -12,6 +12,7 @@ import difflib
 import ipaddress
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Optional
@@ -46,6 +47,7 @@ SMALL_MACHINE_TYPES = {
 ARM_SERIES = ("t2a", "c4a", "n4a", "a4x")
 # RFC 5737 documentation ranges: never anybody's real egress.
 DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
+PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))  # RFC 1918
 OUR_LABELS = ("app", "stack")
 CERT_WARNING_DAYS = 14
 # Keys whose values are secret whether or not they were set with --secret.
@@ -90,7 +92,7 @@ _TLD = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 # Local part of an e-mail address: the common subset, free of Caddyfile syntax (braces, quotes,
 # backticks, `#`, `$`) since adminEmail is rendered into the Caddyfile.
 _EMAIL_LOCAL = re.compile(r"(?![.])(?!.*[.]{2})[A-Za-z0-9._%+-]{1,64}(?<![.])")
-_VERSION = re.compile(r"([0-9]+)\.([0-9]+)\.([0-9]+)")
+_VERSION = re.compile(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)")
 _MACHINE_TYPE = re.compile(r"[a-z][a-z0-9]*-[a-z0-9-]+")
 _CUSTOM_MACHINE = re.compile(r"(?:[a-z0-9]+-)?custom-(?:[0-9]+|micro|small|medium)-([0-9]+)(?:-ext)?")
 _GCP_LABEL_KEY = re.compile(r"[a-z][a-z0-9_-]{0,62}")
@@ -145,6 +147,7 @@ class MailConfig:
     backup_retention_days: int = 3
     tls_certificate_expires: Optional[datetime] = None  # tls=custom: the leaf's notAfter
     tls_chain_incomplete: bool = False  # tls=custom: a CA-issued leaf without its issuer
+    tls_self_signed: bool = False  # tls=custom: a leaf that is its own issuer
     secret_keys: frozenset = frozenset()  # keys whose values no message may show
 
     @property
@@ -168,6 +171,19 @@ class MailConfig:
     def zones(self) -> tuple[str, ...]:
         names = [self.cloudflare_zone] + [self.zone_for(d) for d in self.sending_domains]
         return tuple(dict.fromkeys(names))
+
+    def redact(self, text: str) -> str:
+        """`text` with the DNS names set as secrets (and the zone derived from them) replaced by their key."""
+        names = {}
+        if "sendingDomains" in self.secret_keys:
+            names.update({d: f"<sendingDomains[{i}]>" for i, d in enumerate(self.sending_domains)})
+        if {"hostname", "cloudflareZone"} & self.secret_keys:
+            names[self.cloudflare_zone] = "<cloudflareZone>"
+        if "hostname" in self.secret_keys:
+            names[self.hostname] = "<hostname>"
+        for name in sorted(names, key=len, reverse=True):
+            text = re.sub(re.escape(name), names[name], text, flags=re.IGNORECASE)
+        return text
 
     @property
     def gcp_labels(self) -> dict[str, str]:
@@ -242,20 +258,26 @@ def _token(raw: Any) -> str:
     text = str(raw)
     if not text:
         raise Invalid("an empty value")
+    if any(c.isspace() or unicodedata.category(c) in ("Cf", "Zs") for c in text if not c.isascii()):
+        raise Invalid("contains an invisible character (a non-breaking or zero-width space, pasted with the value?)")
     if not text.isascii():
-        raise Invalid("contains a non-ASCII character (write an international domain name in its xn-- form)")
+        raise Invalid("contains a non-ASCII character (a look-alike letter? write an international domain name "
+                      "in its xn-- form)")
     if not _TOKEN.fullmatch(text):
         raise Invalid("contains whitespace or a control character (a trailing newline?)")
     return text
+
+
+_KINDS = {int: "a whole number", list: "a list", dict: "a map"}
 
 
 def _json(raw: str, kind: type) -> Any:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
-        value = raw if kind is str else None
-    if not isinstance(value, kind):
-        raise Invalid(f"not a {kind.__name__}")
+        value = None
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise Invalid(f"not {_KINDS[kind]}")
     return value
 
 
@@ -266,6 +288,8 @@ def _items(raw: str, parse: Callable[[str], Any]) -> list:
         raise Invalid("the list is empty")
     parsed = []
     for item in items:
+        if not isinstance(item, str):
+            raise Invalid("not a quoted string (one value per item, no nested lists)", json.dumps(item))
         try:
             parsed.append(parse(item))
         except Invalid as err:
@@ -275,6 +299,10 @@ def _items(raw: str, parse: Callable[[str], Any]) -> list:
 
 def parse_domain(raw: str) -> str:
     name = _token(raw).lower().removesuffix(".")
+    if "://" in name:
+        raise Invalid("a URL; give the host name alone")
+    if re.fullmatch(r"[^:]+:[0-9]*", name):
+        raise Invalid("includes a :port; give the name alone (ports have their own keys)")
     labels = name.split(".")
     if len(name) > 253 or len(labels) < 2 or not all(_LABEL.fullmatch(label) for label in labels):
         raise Invalid("not a fully qualified domain name")
@@ -306,6 +334,8 @@ def _cidr(item: Any) -> str:
         raise Invalid("has host bits set" if "host bits" in str(err) else "not an IPv4 CIDR range") from None
     if network.version != 4:
         raise Invalid("IPv6; the VM has no IPv6 address")
+    if network.is_unspecified or network.is_loopback or network.is_multicast:
+        raise Invalid("never the source of a connection (0.0.0.0/0 is every address)")
     return str(network)
 
 
@@ -316,7 +346,7 @@ def parse_cidrs(raw: str) -> tuple[str, ...]:
 def parse_int(low: int, high: int) -> Callable[[str], int]:
     def parse(raw: str) -> int:
         value = _json(_token(raw), int)
-        if isinstance(value, bool) or not low <= value <= high:
+        if not low <= value <= high:
             raise Invalid(f"outside {low}..{high}")
         return value
     return parse
@@ -345,7 +375,7 @@ def parse_version(raw: str) -> str:
 
 
 def parse_machine_type(raw: str) -> str:
-    value = _token(raw)
+    value = _token(raw).lower()
     if not _MACHINE_TYPE.fullmatch(value):
         raise Invalid("not a Compute Engine machine type")
     if value.split("-")[0] in ARM_SERIES:
@@ -366,7 +396,7 @@ def parse_relay_host(raw: str) -> str:
 
 
 def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
-    labels = _json(raw, dict)
+    labels = {k: json.dumps(v) if isinstance(v, (bool, int)) else v for k, v in _json(raw, dict).items()}
     for key, value in labels.items():
         try:
             ok = _GCP_LABEL_KEY.fullmatch(_token(key)) and _GCP_LABEL_VALUE.fullmatch(str(value))
@@ -383,7 +413,9 @@ def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
-_SNAPSHOT = re.compile(r"(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/global/snapshots/)?[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+# A name, or the partial and full URLs pulumi_gcp's Disk.snapshot takes (gcloud's selfLink is the full one).
+_SNAPSHOT = re.compile(r"(?:(?:https://www\.googleapis\.com/compute/v1/)?(?:projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?"
+                       r"global/snapshots/)?[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 
 
 def parse_snapshot(raw: str) -> str:
@@ -422,7 +454,8 @@ def parse_pem(kind: str) -> Callable[[str], str]:
         labels = _PEM_LABEL.findall(raw)
         if not any(label.endswith(kind) for label in labels):
             raise Invalid(f"no PEM {kind} block")
-        other = next((label for label in labels if not label.endswith(kind)), None)
+        # `openssl ecparam -genkey` writes the curve before the key; Go's tls.X509KeyPair (Caddy) skips it
+        other = next((label for label in labels if not label.endswith(kind) and label != "EC PARAMETERS"), None)
         if other:
             raise Invalid(f"holds a PEM {other} block besides the {kind}; keep only {kind} blocks here")
         return raw.strip() + "\n"
@@ -551,6 +584,7 @@ def load(stack: Optional[str] = None) -> MailConfig:
         tls_private_key=pulumi.Output.secret(pair[1]) if pair else None,
         tls_certificate_expires=pair[0].expires if pair else None,
         tls_chain_incomplete=bool(pair and pair[0].incomplete),
+        tls_self_signed=bool(pair and pair[0].self_signed),
         secret_keys=frozenset(k for k in KEYS if r.secret(k)) | (  # a default web range is an SSH or SMTP one
             {"webSourceRanges"} if r.raw("webSourceRanges") is None
             and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges")) else set()),
@@ -599,11 +633,12 @@ def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
 
 def _check_relay(r: _Reader, relay_tls: str, relay_port: int) -> None:
     """Implicit TLS listens on 465, STARTTLS on 587 (RFC 8314): the other pairings never connect."""
+    port, mode = r.show("relayPort", relay_port), r.show("relayTls", relay_tls)
     if relay_tls == "tls" and relay_port == 587:
-        r.fail("relayPort", "587 is the STARTTLS port, but relayTls is tls (implicit TLS, port 465)",
+        r.fail("relayPort", f"{port} is the STARTTLS port, but relayTls is {mode} (implicit TLS, port 465)",
                "pulumi config set relayTls starttls, or pulumi config set relayPort 465")
     if relay_tls in ("starttls", "none") and relay_port == 465:
-        r.fail("relayPort", f"465 is the implicit TLS port, but relayTls is {relay_tls} (a plain connection)",
+        r.fail("relayPort", f"{port} is the implicit TLS port, but relayTls is {mode} (a plain connection)",
                "pulumi config set relayPort 587, or pulumi config set relayTls tls")
 
 
@@ -649,6 +684,10 @@ def warnings(cfg: MailConfig, now: Optional[datetime] = None) -> list[str]:
             notes.append(f"{NAMESPACE}:{name} lists RFC 5737 documentation addresses"
                          f"{'' if hidden else ' (' + ', '.join(documentation) + ')'}, which are nobody's real "
                          "address: replace them with your real egress range")
+    if all(any(ipaddress.ip_network(r).subnet_of(p) for p in PRIVATE_RANGES) for r in cfg.ssh_source_ranges):
+        notes.append(f"{NAMESPACE}:sshSourceRanges holds private (RFC 1918) ranges only, but pulumi up's remote steps "
+                     "reach the VM's public address from the public address of the machine running pulumi up: "
+                     "add that address as a /32")
     if not any(_within(cfg.hostname, d) for d in cfg.sending_domains):
         host = "" if "hostname" in cfg.secret_keys else f" {cfg.hostname}"
         notes.append(f"{NAMESPACE}:hostname{host} is not under a sending domain; Google identifies "
@@ -665,6 +704,9 @@ def warnings(cfg: MailConfig, now: Optional[datetime] = None) -> list[str]:
     if cfg.tls_chain_incomplete:
         notes.append(f"{NAMESPACE}:tlsCertificate holds the server certificate without its issuer: clients that "
                      "lack the intermediate certificate fail; set the full chain (fullchain.pem)")
+    if cfg.tls_self_signed:
+        notes.append(f"{NAMESPACE}:tlsCertificate is self-signed: every client must be told to trust it; "
+                     "use a CA-issued certificate, or tls internal (Caddy's own CA)")
     if cfg.relay_tls == "none":
         notes.append(f"{NAMESPACE}:relayTls none sends mail to the relay in plain text")
     return notes

@@ -157,10 +157,10 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
         try:
             zone_ids[zone] = cloudflare.get_zone(filter={"name": zone, "match": "all"}).zone_id
         except Exception as err:  # the provider's own message follows
-            raise DnsConflictError(
+            raise DnsConflictError(cfg.redact(
                 f"postal-gateway: Cloudflare zone {zone!r} could not be read ({err}). Check that the zone exists "
                 "and that the API token (cloudflare:apiToken or CLOUDFLARE_API_TOKEN) has Zone:Read and DNS:Edit "
-                "on it, or set postal-gateway:cloudflareZone.") from None
+                "on it, or set postal-gateway:cloudflareZone.")) from None
     specs = record_specs(cfg)
     owned = owned_names(cfg)
     zone_of = {spec.name: spec.zone for spec in specs}
@@ -172,9 +172,9 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
         existing[name] = [{"type": r.type, "content": r.content, "comment": r.comment} for r in (found.results or [])]
     conflicts = find_conflicts(specs, existing, comment_for(cfg), owned, cfg.spf_include)
     if conflicts:
-        raise DnsConflictError(
+        raise DnsConflictError(cfg.redact(
             "postal-gateway: records this stack would publish collide with records it did not create (ours "
-            f"carry the comment '{comment_for(cfg)}'):\n  - " + "\n  - ".join(conflicts))
+            f"carry the comment '{comment_for(cfg)}'):\n  - " + "\n  - ".join(conflicts)))
     return zone_ids
 
 

@@ -52,3 +52,35 @@ def encrypted(key_pem: str, passphrase: bytes = b"hunter22") -> str:
     key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.BestAvailableEncryption(passphrase)).decode()
+
+
+def rsa_issue(pkcs8: bool = False) -> tuple[str, str]:
+    """(chain PEM, RSA key PEM: PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`) from an RSA CA, for HOST."""
+    leaf = trustme.CA(key_type=trustme.KeyType.RSA).issue_cert(HOST)
+    key = serialization.load_pem_private_key(leaf.private_key_pem.bytes(), password=None)
+    form = serialization.PrivateFormat.PKCS8 if pkcs8 else serialization.PrivateFormat.TraditionalOpenSSL
+    return ("".join(p.bytes().decode() for p in leaf.cert_chain_pems),
+            key.private_bytes(serialization.Encoding.PEM, form, serialization.NoEncryption()).decode())
+
+
+def self_signed(name: str = HOST) -> tuple[str, str]:
+    """A self-signed certificate for `name` (subjectAltName, CA flag set, as `openssl req -x509` makes it)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(NOW - datetime.timedelta(days=1))
+            .not_valid_after(NOW + datetime.timedelta(days=90))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode(), key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+
+
+def with_ec_parameters(key_pem: str) -> str:
+    """An EC key as `openssl ecparam -name prime256v1 -genkey` writes it: the curve's block, then the SEC 1 key."""
+    key = serialization.load_pem_private_key(key_pem.encode(), password=None)
+    assert isinstance(key.curve, ec.SECP256R1)  # BggqhkjOPQMBBw== is P-256's OID in DER (06 08 2a 86 48 ce 3d 03 01 07)
+    return ("-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n"
+            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                serialization.NoEncryption()).decode())

@@ -86,7 +86,7 @@ BAD = [
     ("tlsCertificate", custom(*certs.common_name_only()), "the common name is ignored"),
     ("tlsCertificate", custom(*certs.issue("postal.rdo-dev.com", days=-1, start_days=-30)), "the certificate expired"),
     ("tlsCertificate", custom(*certs.issue("postal.rdo-dev.com", start_days=2)), "not valid before"),
-    ("tlsCertificate", custom(CERT + certs.blocks(OTHER_CERT)[1], KEY), "do not belong to the chain"),
+    ("tlsCertificate", custom(CERT + certs.common_name_only()[0], KEY), "do not belong to the chain"),
     ("machineType", {"machineType": "e2-small"}, "2 GB of memory"),
     ("machineType", {"machineType": "e2-micro"}, "1 GB of memory"),
     ("machineType", {"machineType": "f1-micro"}, "0.6 GB of memory"),
@@ -104,7 +104,7 @@ BAD = [
     ("machineType", {"machineType": "e2-medium\n"}, "whitespace or a control character"),
     ("bootDiskSizeGb", {"bootDiskSizeGb": "10"}, "outside 20..2000"),
     ("dataDiskSizeGb", {"dataDiskSizeGb": "0"}, "outside 10..65536"),
-    ("dataDiskSizeGb", {"dataDiskSizeGb": "fifty"}, "not a int"),
+    ("dataDiskSizeGb", {"dataDiskSizeGb": "fifty"}, "not a whole number"),
     ("snapshotRetentionDays", {"snapshotRetentionDays": "-1"}, "outside 1..3650"),
     ("postalVersion", {"postalVersion": "latest"}, "not X.Y.Z"),
     ("postalVersion", {"postalVersion": "3.3.0"}, "3.3.1"),
@@ -112,10 +112,10 @@ BAD = [
     ("relayHost", {"relayHost": "142.250.1.1"}, "IP address"),
     ("relayHost", {"relayHost": "smtp-relay.gmail.com\n"}, "whitespace or a control character"),
     ("relayPort", {"relayPort": "70000"}, "outside 1..65535"),
-    ("relayPort", {"relayPort": "587.5"}, "not a int"),
+    ("relayPort", {"relayPort": "587.5"}, "not a whole number"),
     ("relayPort", {"relayTls": "tls"}, "587 is the STARTTLS port"),
-    ("relayPort", {"relayPort": "465"}, "465 is the implicit TLS port"),
-    ("relayPort", {"relayPort": "465", "relayTls": "none"}, "465 is the implicit TLS port"),
+    ("relayPort", {"relayPort": "465"}, "is the implicit TLS port"),
+    ("relayPort", {"relayPort": "465", "relayTls": "none"}, "is the implicit TLS port"),
     ("relayHost", {"relayHost": "postal.rdo-dev.com"}, "relay to itself"),
     ("relayTls", {"relayTls": "ssl"}, "not one of starttls, tls, none"),
     ("relayTls", {"relayTls": "STARTTLS "}, "whitespace or a control character"),
@@ -124,7 +124,7 @@ BAD = [
     ("manageSpf", {"manageSpf": "yes"}, "not one of true, false"),
     ("labels", {"labels": '{"Team": "x"}'}, "GCP's rules"),
     ("labels", {"labels": '{"team": "plat form"}'}, "GCP's rules"),
-    ("labels", {"labels": '["team"]'}, "not a dict"),
+    ("labels", {"labels": '["team"]'}, "not a map"),
     ("labels", {"labels": '{"app": "billing"}'}, "app is the stack's own label"),
     ("labels", {"labels": '{"stack": "staging"}'}, "stack is the stack's own label"),
     ("dataDiskSnapshot", {"dataDiskSnapshot": "Daily_Snapshot"}, "not a snapshot name"),
@@ -141,13 +141,69 @@ BAD = [
     ("diskAlertPercent", {"diskAlertPercent": "100"}, "outside 50..99"),
     ("queueLatencyAlertSeconds", {"queueLatencyAlertSeconds": "0"}, "outside 10..86400"),
     ("relayFailureAlertCount", {"relayFailureAlertCount": "0"}, "outside 1..100000"),
-    ("workerErrorAlertCount", {"workerErrorAlertCount": "many"}, "not a int"),
+    ("workerErrorAlertCount", {"workerErrorAlertCount": "many"}, "not a whole number"),
     ("backupRetentionDays", {"backupRetentionDays": "0"}, "outside 1..30"),
     ("gcp:project", {"gcp:project": None}, "is required"),
     ("gcp:project", {"gcp:project": "Acme Mail"}, "whitespace or a control character"),
     ("gcp:region", {"gcp:region": "europe-west1\n"}, "whitespace or a control character"),
     ("gcp:zone", {"gcp:zone": "us-east1-b"}, "is not a zone of region"),
     ("gcp:zone", {"gcp:zone": "europe-west1"}, "not a zone name"),
+    # Values pasted from documents, chats and other tools (a review with configs the first table had not seen)
+    ("hostname", {"hostname": "postal\u200b.rdo-dev.com"}, "invisible character"),  # zero-width space
+    ("hostname", {"hostname": "postal.rdo-dev.com\u00a0"}, "invisible character"),  # non-breaking space
+    ("hostname", {"hostname": "\ufeffpostal.rdo-dev.com"}, "invisible character"),  # byte-order mark
+    ("hostname", {"hostname": "p\u00f6stal.rdo-dev.com"}, "write an international domain name in its xn-- form"),
+    ("hostname", {"hostname": "postal_gw.rdo-dev.com"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "https://postal.rdo-dev.com"}, "a URL; give the host name alone"),
+    ("hostname", {"hostname": "postal.rdo-dev.com:443"}, "includes a :port"),
+    ("hostname", {"hostname": "*.rdo-dev.com"}, "not a fully qualified domain name"),
+    ("hostname", {"hostname": "p" * 64 + ".rdo-dev.com"}, "not a fully qualified domain name"),
+    ("sendingDomains", {"sendingDomains": "rdo-dev.com,rdo-studio.net"}, "not a list"),
+    ("sendingDomains", {"sendingDomains": '[["rdo-dev.com"]]'}, "not a quoted string"),
+    ("sendingDomains", {"sendingDomains": '["rdo-dev.com", null]'}, "not a quoted string"),
+    ("sendingDomains", {"sendingDomains": '["ops@rdo-dev.com"]'}, "not a fully qualified domain name"),
+    ("sendingDomains", {"sendingDomains": '["rdo\u2011dev.com"]'}, "non-ASCII"),  # non-breaking hyphen
+    ("sendingDomains", {"sendingDomains": '["spf.postal.rdo-dev.com."]'}, "spf. name Postal derives"),
+    ("adminEmail", {"adminEmail": "ops(comment)@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "Ops <ops@rdo-dev.com>"}, "whitespace or a control character"),
+    ("adminEmail", {"adminEmail": "mailto:ops@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "ops{x}@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "ops@@rdo-dev.com"}, "not an e-mail address"),
+    ("adminEmail", {"adminEmail": "ops\u200b@rdo-dev.com"}, "invisible character"),
+    ("sshSourceRanges", {"sshSourceRanges": '["0.0.0.0"]'}, "never the source of a connection"),
+    ("sshSourceRanges", {"sshSourceRanges": '["127.0.0.1/32"]'}, "never the source of a connection"),
+    ("sshSourceRanges", {"sshSourceRanges": "[10]"}, "not a quoted string"),
+    ("sshSourceRanges", {"sshSourceRanges": '["010.0.0.0/8"]'}, "not an IPv4 CIDR range"),
+    ("sshSourceRanges", {"sshSourceRanges": '"203.0.113.7/32"'}, "not a list"),
+    ("smtpSourceRanges", {"smtpSourceRanges": '["224.0.0.0/4"]'}, "never the source of a connection"),
+    ("relayPort", {"relayPort": "587.0"}, "not a whole number"),
+    ("relayPort", {"relayPort": "true"}, "not a whole number"),
+    ("relayPort", {"relayPort": '"587"'}, "not a whole number"),
+    ("dataDiskSizeGb", {"dataDiskSizeGb": "50GB"}, "not a whole number"),
+    ("labels", {"labels": '{"team": "' + "p" * 64 + '"}'}, "GCP's rules"),
+    ("labels", {"labels": '{"\u00e9quipe": "mail"}'}, "non-ASCII"),
+    ("labels", {"labels": '{"team": {"name": "mail"}}'}, "GCP's rules"),
+    ("labels", {"labels": "team=platform"}, "not a map"),
+    ("dataDiskSnapshot", {"dataDiskSnapshot": "s" * 64}, "not a snapshot name"),
+    ("dataDiskSnapshot", {"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/x/global/snapshots/s1"},
+     "not a snapshot name"),
+    ("postalVersion", {"postalVersion": "v3.3.6"}, "not X.Y.Z"),
+    ("postalVersion", {"postalVersion": "3.3"}, "not X.Y.Z"),
+    ("postalVersion", {"postalVersion": "3.2.9"}, "3.3.1"),
+    ("postalVersion", {"postalVersion": "03.3.6"}, "not X.Y.Z"),  # no such image tag
+    ("machineType", {"machineType": "c4a-highcpu-1"}, "Arm (arm64)"),
+    ("machineType", {"machineType": "n4a-standard-2"}, "Arm (arm64)"),
+    ("machineType", {"machineType": "n2d-custom-2-3840"}, "3.75 GB of memory"),
+    ("relayHost", {"relayHost": "localhost"}, "not a fully qualified domain name"),
+    ("relayHost", {"relayHost": "smtp-relay.gmail.com:587"}, "includes a :port"),
+    ("relayHost", {"relayHost": "smtp://smtp-relay.gmail.com"}, "a URL"),
+    ("relayTls", {"relayTls": "STARTLS"}, "not one of starttls, tls, none"),  # Postal's spelling
+    ("dmarcPolicy", {"dmarcPolicy": "p=reject"}, "not one of none, quarantine, reject"),
+    ("cloudflareZone", {"cloudflareZone": "com"}, "not a fully qualified domain name"),
+    ("tlsPrivateKey", custom(CERT, KEY.replace("EC PRIVATE KEY", "OPENSSH PRIVATE KEY")),
+     "does not parse as a private key"),
+    ("tlsCertificate", custom(CERT.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), KEY),
+     "does not parse as an X.509 certificate"),
 ]
 
 
@@ -457,3 +513,98 @@ def test_accepted_values_render_unchanged_in_caddy(key, value, tmp_path):
     normalised = cfg.admin_email if key == "adminEmail" else cfg.hostname
     intended = (normalised, [certs.HOST]) if key == "adminEmail" else ("ops@rdo-dev.com", [normalised])
     assert rendered(adapted(tmp_path, key, normalised)) == intended
+
+
+# Legitimate values in the forms operators and tools write them: accepted, normalised where GCP, Cloudflare or
+# Caddy want one spelling (a false refusal is as bad as a miss).
+ACCEPTED = [
+    ({"hostname": "xn--pstal-mua.rdo-dev.com"}, "hostname", "xn--pstal-mua.rdo-dev.com"),
+    ({"sendingDomains": '["RDO-DEV.COM.", "mail.rdo-dev.com"]'}, "sending_domains", ("rdo-dev.com", "mail.rdo-dev.com")),
+    ({"adminEmail": "Ops.Team@RDO-dev.com."}, "admin_email", "Ops.Team@rdo-dev.com"),
+    ({"sshSourceRanges": '["34.90.0.0/255.255.255.0"]'}, "ssh_source_ranges", ("34.90.0.0/24",)),
+    ({"smtpSourceRanges": '["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]'}, "smtp_source_ranges",
+     ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+    ({"manageSpf": "False"}, "manage_spf", False),
+    ({"labels": '{"cost": 42, "critical": true, "tier": ""}'}, "labels",  # YAML numbers and booleans
+     (("cost", "42"), ("critical", "true"), ("tier", ""))),
+    ({"dataDiskSnapshot": "global/snapshots/postal-data-1"}, "data_disk_snapshot", "global/snapshots/postal-data-1"),
+    ({"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1"},
+     "data_disk_snapshot", "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1"),
+    ({"machineType": "E2-Medium"}, "machine_type", "e2-medium"),
+    ({"machineType": "e2-standard-2"}, "machine_type", "e2-standard-2"),
+    ({"machineType": "custom-1-4096-ext"}, "machine_type", "custom-1-4096-ext"),
+    ({"relayHost": "SMTP-Relay.Gmail.com."}, "relay_host", "smtp-relay.gmail.com"),
+    ({"relayTls": "TLS", "relayPort": "465"}, "relay_url", "smtp://smtp-relay.gmail.com:465?ssl_mode=TLS"),
+    ({"dmarcPolicy": "Reject"}, "dmarc_policy", "reject"),
+    ({"cloudflareZone": "RDO-dev.com.", "sendingDomains": '["rdo-studio.net"]'}, "zones", ("rdo-dev.com", "rdo-studio.net")),
+]
+
+
+@pytest.mark.parametrize("overrides,attribute,expected", ACCEPTED, ids=[case_id(("", c[0])) for c in ACCEPTED])
+def test_legitimate_values_are_accepted_and_normalised(overrides, attribute, expected):
+    assert getattr(load({NS + k: v for k, v in overrides.items()}), attribute) == expected
+
+
+# The pair as editors and tools write it: Caddy loads the key with Go's tls.X509KeyPair, which skips PEM blocks
+# before the key (crypto/tls/tls.go) and decodes CRLF and text around blocks (encoding/pem).
+LEAF, INTERMEDIATE = certs.blocks(CERT)
+BAG = "Bag Attributes\n    localKeyID: 01 00 00 00\nsubject=CN = postal.rdo-dev.com\n"  # openssl pkcs12 -nodes
+PAIRS_ACCEPTED = {
+    "rsa-pkcs1": certs.rsa_issue(),
+    "rsa-pkcs8": certs.rsa_issue(pkcs8=True),
+    "crlf": (CERT.replace("\n", "\r\n"), KEY.replace("\n", "\r\n")),
+    "byte-order-mark": ("\ufeff" + CERT, "\ufeff" + KEY),
+    "blank-lines": ("\n\n" + CERT + "\n\n", KEY + "\n\n"),
+    "ec-parameters": (CERT, certs.with_ec_parameters(KEY)),
+    "pkcs12-export": (BAG + LEAF + BAG + INTERMEDIATE, "Key Attributes: <No Attributes>\n" + KEY),
+    "leaf-twice": (LEAF + CERT, KEY),  # cat cert.pem fullchain.pem
+}
+
+
+@pytest.mark.parametrize("name", PAIRS_ACCEPTED)
+def test_certificates_as_tools_write_them_are_accepted(name):
+    chain, key = PAIRS_ACCEPTED[name]
+    assert custom_load(chain, key).tls == "custom"
+    pair, problems = certificate.check_pair(chain, key, certs.HOST, certs.NOW)
+    assert problems == [] and pair.chain_pem == (chain if name.startswith("rsa") else CERT)  # leaf, intermediate
+
+
+def test_a_self_signed_certificate_is_a_warning():
+    notes = config.warnings(custom_load(*certs.self_signed()))
+    assert any("tlsCertificate is self-signed" in n for n in notes)
+    assert not any("without its issuer" in n for n in notes)
+    assert not any("self-signed" in n for n in config.warnings(custom_load(CERT, KEY)))
+
+
+def test_ssh_from_private_ranges_only_is_a_warning():
+    def warned(ranges):
+        notes = config.warnings(load({NS + "sshSourceRanges": ranges}))
+        return any("sshSourceRanges holds private (RFC 1918) ranges only" in n for n in notes)
+    assert warned('["10.0.0.0/8", "192.168.1.0/24"]')
+    assert not warned('["10.0.0.0/8", "34.90.1.7/32"]') and not warned('["203.0.113.7/32"]')
+
+
+def test_short_secret_values_are_not_echoed():
+    run = program.run({NS + "relayPort": "465", NS + "relayTls": "none"},
+                      secret_keys=(NS + "relayPort", NS + "relayTls"))
+    assert "relayPort: the secret relayPort is the implicit TLS port" in str(run.error)
+    assert "465 " not in str(run.error) and "none " not in str(run.error)
+
+
+SECRET_NAMES = {NS + "hostname": "postal.secret-co.com", NS + "sendingDomains": '["secret-co.com"]'}
+
+
+@pytest.mark.parametrize("problem", ["missing-zone", "conflict"])
+def test_the_zone_lookup_never_shows_secret_names(problem):
+    records = [{"name": "spf.postal.secret-co.com", "type": "TXT", "content": "v=spf1 -all"},
+               {"name": "Postal.secret-co.com", "type": "CNAME", "content": "old.secret-co.com"}]
+    run = program.run(SECRET_NAMES, secret_keys=tuple(SECRET_NAMES), dns_records=records,
+                      missing_zones=("secret-co.com",) if problem == "missing-zone" else ())
+    assert run.resources == [] and "secret-co" not in str(run.error).lower()
+    if problem == "missing-zone":
+        assert "Cloudflare zone '<cloudflareZone>' could not be read" in str(run.error)
+    else:
+        assert "  - <hostname> already has 'old.<cloudflareZone>' (CNAME)" in str(run.error)
+        assert "  - spf.<hostname> already has 'v=spf1 -all' (TXT)" in str(run.error)
+    plain = program.run(SECRET_NAMES, dns_records=records)
+    assert "spf.postal.secret-co.com already has" in str(plain.error)
