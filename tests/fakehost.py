@@ -110,16 +110,20 @@ class Host:
         os.makedirs(self.dir, exist_ok=True)
         try:
             with open(os.path.join(self.dir, "state"), "rb") as f:
-                self.state = marshal.load(f)
+                self.saved = f.read()
         except FileNotFoundError:
-            self.state = {}
+            self.saved = b""
+        self.state = marshal.loads(self.saved) if self.saved else {}
 
     def path(self, path: str) -> str:
         return self.root + "/" + path.lstrip("/")
 
     def save(self) -> None:
-        with open(os.path.join(self.dir, "state"), "wb") as f:
-            marshal.dump(self.state, f)
+        data = marshal.dumps(self.state)
+        if data != self.saved:  # a call that changed nothing leaves the file alone
+            with open(os.path.join(self.dir, "state"), "wb") as f:
+                f.write(data)
+            self.saved = data
 
     def log(self, kind: str, argv: list[str]) -> None:
         """One line per call, with paths as the real host sees them (without the test's root)."""
@@ -170,7 +174,8 @@ def _change(host: Host, argv: list[str]) -> None:
     target = CALL.env.get("STUB_FAIL_CHANGE")
     if target:
         with open(os.path.join(host.dir, "calls.log")) as f:
-            done = sum(entry.startswith("M ") for entry in f)
+            log = f.read()
+        done = log.startswith("M ") + log.count("\nM ")
         if done + 1 == int(target):
             host.log("F", argv)
             fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
