@@ -458,7 +458,7 @@ def parse_pem(kind: str) -> Callable[[str], str]:
         other = next((label for label in labels if not label.endswith(kind) and label != "EC PARAMETERS"), None)
         if other:
             raise Invalid(f"holds a PEM {other} block besides the {kind}; keep only {kind} blocks here")
-        return raw.strip() + "\n"
+        return raw.lstrip("\ufeff").strip() + "\n"  # Go's PEM decoder (Caddy) fails on a byte-order mark
     return parse
 
 

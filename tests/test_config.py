@@ -569,6 +569,26 @@ def test_certificates_as_tools_write_them_are_accepted(name):
     assert problems == [] and pair.chain_pem == (chain if name.startswith("rsa") else CERT)  # leaf, intermediate
 
 
+def test_caddy_loads_the_accepted_pairs_as_delivered(tmp_path):
+    """The chain as check_pair orders it and the key as parse_pem passes it on, loaded by the real Caddy
+    (`caddy validate` provisions the TLS app, which reads and matches the pair); a mismatched pair is the control."""
+    import subprocess
+
+    def loads(name, chain, key):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "cert.pem").write_text(chain)
+        (folder / "key.pem").write_text(key)
+        (folder / "Caddyfile").write_text(f"{certs.HOST} {{\n\ttls {folder}/cert.pem {folder}/key.pem\n\trespond ok\n}}\n")
+        return subprocess.run([program.tool("caddy"), "validate", "--config", str(folder / "Caddyfile"), "--adapter",
+                               "caddyfile"], capture_output=True, text=True, timeout=60).returncode == 0
+
+    for name, (chain, key) in PAIRS_ACCEPTED.items():
+        pair, problems = certificate.check_pair(chain, key, certs.HOST, certs.NOW)
+        assert loads(name, pair.chain_pem, config.parse_pem("PRIVATE KEY")(key)), name
+    assert not loads("mismatched", CERT, OTHER_KEY)
+
+
 def test_a_self_signed_certificate_is_a_warning():
     notes = config.warnings(custom_load(*certs.self_signed()))
     assert any("tlsCertificate is self-signed" in n for n in notes)
