@@ -19,7 +19,7 @@ from components.config import MailConfig
 from components.host import DATA_DEVICE, SNAPSHOT_START_UTC
 from components.secrets import MailSecrets
 
-DATA_DIR = "/opt/postal"
+DATA_DIR = render.HOST_DATA_DIR
 PREFLIGHT_SENDER = "relay-preflight"
 RETURN_PATH_PREFIX = "psrp"  # Postal's dns.custom_return_path_prefix: MAIL FROM is <token>@psrp.<domain>
 
@@ -87,12 +87,17 @@ class PostalBootstrap(pulumi.ComponentResource):
                                        "PG_HOSTNAME": cfg.hostname},
                             {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
                             after=[database], timeout="30m")
-        self._step("caddy", {"PG_CADDY_IMAGE": cfg.caddy_image, "PG_TLS": cfg.tls,
-                             "PG_HOSTNAME": cfg.hostname, "PG_CADDY_ADMIN": render.CADDY_ADMIN,
-                             "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
-                                                              admin_email=cfg.admin_email)},
-                   {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
-                   after=[os_step, *args.web_dns])
+        caddy = self._step("caddy", {"PG_CADDY_IMAGE": cfg.caddy_image, "PG_TLS": cfg.tls,
+                                     "PG_HOSTNAME": cfg.hostname, "PG_CADDY_ADMIN": render.CADDY_ADMIN,
+                                     "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
+                                                                      admin_email=cfg.admin_email)},
+                           {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
+                           after=[os_step, *args.web_dns])
+        certs, keys = zip(*render.web_certificates(hostname=cfg.hostname, tls=cfg.tls))
+        self._step("smtp-tls", {"PG_HOSTNAME": cfg.hostname, "PG_TLS": cfg.tls, "PG_WEB_CERTS": " ".join(certs),
+                                "PG_WEB_KEYS": " ".join(keys),
+                                "PG_SMTP_TLS_HOOK": render.step_script("smtp-tls-hook")},
+                   after=[postal, caddy])
         dkim = {domain: pulumi.Output.all(key.private_key_pem, key.selector)
                 for domain, key in secrets.dkim.items()}
         provision_json = pulumi.Output.all(secrets.admin_password, secrets.api_key, secrets.smtp_key,

@@ -23,6 +23,16 @@ CERT_DIR = "/certs"  # /opt/postal/caddy/live/certs inside postal-caddy
 # Caddy's admin API listens on a unix socket inside postal-caddy, never on TCP 2019 of the host
 # network; `caddy reload --address` reaches it through `docker exec`.
 CADDY_ADMIN = "unix//run/caddy-admin.sock"
+HOST_DATA_DIR = "/opt/postal"  # the data disk; Postal's compose file mounts its config/ as /config
+SMTP_TLS_DIR = "smtp-tls"  # under config/: the certificate Postal's SMTP server offers with STARTTLS
+# Where Caddy (data dir /data = <data disk>/caddy-data, storage caddy/) keeps the certificate of
+# each TLS mode, per issuer: Let's Encrypt, or ZeroSSL when Let's Encrypt fails (Caddy's default
+# issuers once an e-mail is set), or its internal CA ("local"); tls=custom: the caddy step's pair.
+CADDY_STORAGE = f"{HOST_DATA_DIR}/caddy-data/caddy"
+CADDY_ISSUERS = {"letsencrypt": ("acme-v02.api.letsencrypt.org-directory", "acme.zerossl.com-v2-dv90"),
+                 "internal": ("local",)}
+CADDY_ROOT_CA = f"{CADDY_STORAGE}/pki/authorities/local/root.crt"  # tls=internal: what clients trust
+CADDY_CUSTOM_CERTS = f"{HOST_DATA_DIR}/caddy/live/certs"  # CERT_DIR on the host (caddy.sh)
 ORGANIZATION = {"name": "Postal Gateway", "permalink": "postal-gateway"}
 SERVER = {"name": "Gateway", "permalink": "gateway", "mode": "Live"}
 API_CREDENTIAL = "postal-gateway-api"
@@ -55,7 +65,10 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
         "web_server": {"default_bind_address": "127.0.0.1", "default_port": 5000},
         "main_db": {**database, "database": "postal"},
         "message_db": {**database, "database_name_prefix": "postal"},
-        "smtp_server": {"default_port": 25, "default_bind_address": "0.0.0.0"},
+        # STARTTLS with the web's certificate, copied in by the smtp-tls step and its renewal hook.
+        "smtp_server": {"default_port": 25, "default_bind_address": "0.0.0.0", "tls_enabled": True,
+                        "tls_certificate_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/cert.pem",
+                        "tls_private_key_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/key.pem"},
         "dns": {
             "mx_records": [hostname],
             "spf_include": f"spf.{hostname}",
@@ -80,6 +93,14 @@ def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT
     }[tls]
     email = f"\temail {admin_email}\n" if tls == "letsencrypt" else ""
     return f"{{\n\tadmin {CADDY_ADMIN}\n{email}}}\n\n{hostname} {{\n{site_tls}\treverse_proxy 127.0.0.1:5000\n}}\n"
+
+
+def web_certificates(*, hostname: str, tls: str) -> list[tuple[str, str]]:
+    """(certificate chain, key) paths on the host where the web's certificate may be, in order."""
+    if tls == "custom":
+        return [(f"{CADDY_CUSTOM_CERTS}/cert.pem", f"{CADDY_CUSTOM_CERTS}/key.pem")]
+    return [(f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.crt",
+             f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.key") for issuer in CADDY_ISSUERS[tls]]
 
 
 def provision_json(*, admin_email: str, admin_password: str, sending_domains: Mapping[str, tuple[str, str]],

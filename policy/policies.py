@@ -24,7 +24,6 @@ FIREWALL = "gcp:compute/firewall:Firewall"
 ADDRESS = "gcp:compute/address:Address"
 DISK = "gcp:compute/disk:Disk"
 DNS_RECORD = "cloudflare:index/dnsRecord:DnsRecord"
-COMMAND = "command:remote:Command"
 
 # Guarded ports: what they are and the config key that sets who may reach them.
 GUARDED_PORTS = {
@@ -122,51 +121,135 @@ def _check_dns_record(args: ResourceValidationArgs, report_violation: ReportViol
 
 
 # --- no-plain-secrets-in-commands -------------------------------------------------------------
+# Secret material is recognised by what it is, wherever it sits in a command line or an
+# environment value, and also by the name it is assigned to.
 
 # A PEM private key of any kind (RSA, EC, OPENSSH, ENCRYPTED, PGP ...). Certificates and public
 # keys are not secrets, so they pass.
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
+PEM_PUBLIC = re.compile(r"-----BEGIN (?P<label>CERTIFICATE|PUBLIC KEY|X509 CRL)-----.*?-----END (?P=label)-----", re.S)
+BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # `NAME=value`, `--name=value`: the name must not be glued to a word, `$` or `-` before it.
 ASSIGNMENT = re.compile(
     r"""(?<![\w$-])(?P<name>-{0,2}[A-Za-z_][\w-]*)="""
     r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]*))""")
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY", re.IGNORECASE)
+# `scheme://user:password@host`
+URL_CREDENTIALS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?P<value>[^\s/@'\"]+)@", re.IGNORECASE)
+# `--password value`, `--api-token 'value'` (the `=` form is an ASSIGNMENT)
+SECRET_OPTION = re.compile(
+    r"""(?<![\w-])(?P<name>--?[\w-]*(?:password|passwd|secret|token|api-?key)[\w-]*)\s+"""
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))""", re.IGNORECASE)
+# `-p<password>` glued, as mysql/mariadb take it (`-p 3306`, `-p22`, `mkdir -p` do not match)
+GLUED_P = re.compile(r"""(?<![\w-])-p(?P<value>[^\s'"$-][^\s'";&|]{3,})""")
+# `"password": "value"`, `password: value`, `'api_key': 'value'` (JSON, YAML, Python, Ruby)
+SECRET_FIELD = re.compile(
+    r"""["']?(?P<name>[\w-]*(?:password|passwd|secret|token|api_?key|private_?key)[\w-]*)["']?\s*:\s*"""
+    r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s,;}{()\[\]"'$.\\]+)(?=[\s,}\\]|$))""",
+    re.IGNORECASE)
+# A token that looks random: long, from the base64/url-safe alphabet, with upper and lower case
+# letters and digits, and many distinct characters. Hex digests and commit ids (one case) pass.
+TOKEN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{20,}={0,2}")
+MYSQL = re.compile(r"(?<![\w.-])(?:mysql|mariadb|mysqldump|mysqladmin|mariadb-dump|mariadb-admin)(?![\w.-])")
 # Values that are not literal secrets: `$VAR`/`$(cat file)` read at run time (how the remote
 # scripts load the stdin payload), `%s` format placeholders, `/paths`, and `==` comparisons.
 NOT_LITERAL = ("$", "%", "/", "=")
+NOT_LITERAL_WORDS = {"null", "none", "nil", "true", "false", "~", "", "redacted", "[secret]"}
+COMMAND_TYPES = ("command:remote:Command", "command:local:Command")
 COMMAND_FIELDS = ("create", "update", "delete")
 
 
-def secrets_in(text: str) -> list[str]:
-    """What in a command line looks like a plain secret (the name, never the value)."""
+def _literal(value: str) -> bool:
+    return bool(value) and not value.startswith(NOT_LITERAL) and value.lower() not in NOT_LITERAL_WORDS
+
+
+def _random_looking(token: str) -> bool:
+    core = token.strip("=-_")
+    if len(core) < 20 or not (re.search(r"[A-Z]", core) and re.search(r"[a-z]", core) and re.search(r"\d", core)):
+        return False
+    if re.fullmatch(r"[A-Za-z]+(?:[_-][A-Za-z0-9]+)*", core):
+        return False  # identifiers: PG_POSTAL_VERSION, postal-gateway-smtp-tls
+    distinct = len(set(core)) / len(core)
+    return distinct >= 0.5 or len(set(core)) >= 20
+
+
+def _decoded_text(run: str) -> str | None:
+    """The text a base64 run encodes (files shipped inside a command), or None for binary/random data."""
+    import base64
+    import binascii
+
+    for start in range(4):  # the text may start inside a base64 quantum of a longer blob
+        chunk = run[start:]
+        chunk = chunk[: len(chunk) - len(chunk) % 4]
+        try:
+            data = base64.b64decode(chunk)
+        except (binascii.Error, ValueError):
+            continue
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            continue
+        if sum(c.isprintable() or c in "\n\t\r" for c in text) >= 0.95 * len(text):
+            return text
+    return None
+
+
+def secrets_in(text: str, depth: int = 0) -> list[str]:
+    """What in a command line or value looks like a plain secret (a description, never the value).
+    Base64 that encodes text (a file shipped inside the command) is decoded and searched too."""
     found = []
     if PEM_PRIVATE.search(text):
         found.append("a PEM private key")
+    text = PEM_PUBLIC.sub("", text)  # certificates and public keys are random-looking but public
+    encoded = set()
+    for match in BASE64_RUN.finditer(text):
+        decoded = _decoded_text(match.group(0)) if depth < 2 else None
+        if decoded is not None:
+            encoded.add(match.group(0))
+            found += [f"base64 of {what}" for what in secrets_in(decoded, depth + 1)]
+    if any(_literal(m.group("value")) for m in URL_CREDENTIALS.finditer(text)):
+        found.append("a URL with user:password@")
+    for pattern, what in ((SECRET_OPTION, "option"), (SECRET_FIELD, "field")):
+        for match in pattern.finditer(text):
+            value = next((v for v in match.group("dq", "sq", "bare") if v is not None), "")
+            if _literal(value):
+                found.append(f"{what} {match.group('name')}")
+    for match in GLUED_P.finditer(text):
+        value, line_start = match.group("value"), text.rfind("\n", 0, match.start()) + 1
+        # -print, -pubkey (find, openssl) are words; a mysql client's -p takes anything
+        if not value.isdigit() and (not value.isalpha() or not value.islower()
+                                    or MYSQL.search(text, line_start, match.start())):
+            found.append("a -p<password> option")
     for match in ASSIGNMENT.finditer(text):
         value = next((v for v in match.group("dq", "sq", "bare") if v is not None), "")
-        if SECRET_NAME.search(match.group("name")) and value and not value.startswith(NOT_LITERAL):
+        if SECRET_NAME.search(match.group("name")) and _literal(value):
             found.append(match.group("name"))
+    if any(_random_looking(m.group(0)) for m in TOKEN.finditer(text) if m.group(0) not in encoded):
+        found.append("a high-entropy token")
     return list(dict.fromkeys(found))
 
 
 def _check_command(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type != COMMAND:
+    if args.resource_type not in COMMAND_TYPES:
         return
-    for field in COMMAND_FIELDS:
-        text = args.props.get(field)
+    places = [(f"`{field}` command line", args.props.get(field)) for field in COMMAND_FIELDS]
+    environment = args.props.get("environment") or {}
+    places += [(f"`environment` value {name}", value if not SECRET_NAME.search(name) else f"{name}={value}")
+               for name, value in environment.items()]
+    for where, text in places:
         if not isinstance(text, str):
             continue
         found = secrets_in(text)
         if found:
             report_violation(
-                f"Command '{args.name}' has {', '.join(found)} in its `{field}` command line, which is stored "
+                f"Command '{args.name}' has {', '.join(found)} in its {where}, which is stored "
                 "in plain text in the state and shown in preview diffs. Fix: send secrets in the step's stdin "
                 "payload (the `files` argument of PostalBootstrap._step in components/bootstrap.py; the VM "
                 "reads it with pg_read_payload), or keep the secret in a `pulumi config set --secret` key "
                 "and pass it as a pulumi secret through stdin.", args.urn)
-    # Not checked: whether `stdin` (or an `environment` value) is a pulumi secret. The validate
-    # API unwraps secrets into plain values (pulumi_policy 1.21 deserializes props without secret
-    # markers; only remediations see them), so a policy cannot tell a secret stdin from a plain one.
+    # Not checked: whether `stdin` is a pulumi secret. The validate API unwraps secrets into plain
+    # values (pulumi_policy 1.21 deserializes props without secret markers; only remediations see
+    # them), so a policy cannot tell a secret stdin from a plain one.
 
 
 def _policy(name: str, description: str, validate,
@@ -194,8 +277,9 @@ POLICIES: list[ResourceValidationPolicy] = [
             "Cloudflare DNS records managed by this stack must be DNS-only (proxied: false).",
             _check_dns_record),
     _policy("no-plain-secrets-in-commands",
-            "Remote command lines must not contain PEM private keys or literal PASSWORD/SECRET/TOKEN/KEY "
-            "assignments; secrets go through the secret stdin payload.",
+            "Command lines and environments of commands must not carry secret material (PEM private keys, "
+            "base64 of one, user:password@ URLs, --password/-p options, password fields, random-looking "
+            "tokens, PASSWORD/SECRET/TOKEN/KEY assignments); secrets go through the secret stdin payload.",
             _check_command),
 ]
 

@@ -500,21 +500,36 @@ def _caddy_adapt(text: str) -> tuple[int, str]:
     return result.returncode, result.stderr.replace(path, "/etc/caddy/Caddyfile")
 
 
+# Caddy's storage (/data/caddy in the caddy image) keeps each certificate under its issuer.
+CADDY_ISSUER_DIRS = {"letsencrypt": "acme-v02.api.letsencrypt.org-directory", "internal": "local"}
+
+
 def caddy_load(host, container: dict) -> None:
-    """Caddy (re)reads /etc/caddy/Caddyfile; tls internal makes its local CA root in /data."""
+    """Caddy (re)reads /etc/caddy/Caddyfile and obtains its site's certificate into
+    /data/caddy/certificates/<issuer>/<site>/<site>.crt|.key, unless it has one: tls internal from
+    its local CA (root in /data/caddy/pki/authorities/local/root.crt), letsencrypt a stand-in
+    (self-signed) unless `acme_error` is set; tls=custom names its files."""
     with open(host_path(container["volumes"], "/etc/caddy/Caddyfile")) as f:
         text = f.read()
     site = [line for line in text.splitlines() if line.endswith(" {") and not line.startswith("{")]
     container["site"] = site[0].split()[0] if site else ""
     container["tls"] = "internal" if "tls internal" in text else "custom" if "tls /" in text else "letsencrypt"
-    if container["tls"] == "internal":
-        root = host_path(container["volumes"], "/data/caddy/pki/authorities/local/root.crt")
-        os.makedirs(os.path.dirname(root), exist_ok=True)
-        write(root, "-----BEGIN CERTIFICATE-----\nCADDY LOCAL ROOT\n-----END CERTIFICATE-----\n")
     if container["tls"] == "letsencrypt" and host.state.get("acme_error"):
         container["logs"] = container.get("logs", "") + (
             '{"level":"error","logger":"tls.obtain","msg":"could not get certificate from issuer",'
             f'"identifier":"{container["site"]}","error":"{host.state["acme_error"]}"}}\n')
+        return
+    if container["tls"] == "custom" or not container["site"]:
+        return
+    storage = host_path(container["volumes"], "/data/caddy")
+    ca = None
+    if container["tls"] == "internal":
+        ca = f"{storage}/pki/authorities/local/root"
+        if not os.path.exists(ca + ".crt"):
+            issue_certificate(ca, "Caddy Local Authority - 2026 ECC Root")
+    leaf = f"{storage}/certificates/{CADDY_ISSUER_DIRS[container['tls']]}/{container['site']}/{container['site']}"
+    if not os.path.exists(leaf + ".crt"):
+        issue_certificate(leaf, container["site"], ca)
 
 
 def docker(host, args):
@@ -575,6 +590,8 @@ def docker(host, args):
         else:
             containers[name]["running"] = True
             containers[name]["restarts"] = containers[name].get("restarts", 0) + (args[0] == "restart")
+            if containers[name]["image"].startswith("caddy:"):
+                caddy_load(host, containers[name])
     elif args[0] == "exec":
         name = args[2] if args[1] == "--interactive" else args[1]
         container = containers.get(name, {})
@@ -599,6 +616,18 @@ def docker(host, args):
         fail(f"docker stub: unsupported {args}")
 
 
+def issue_certificate(prefix: str, name: str, ca: str | None = None, days: int = 90) -> None:
+    """<prefix>.crt and <prefix>.key: an EC certificate for `name` (a CA when no `ca` signs it)."""
+    import subprocess
+
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    ext = ["-addext", f"subjectAltName=DNS:{name}"] if ca else ["-addext", "basicConstraints=critical,CA:TRUE"]
+    sign = ["-CA", ca + ".crt", "-CAkey", ca + ".key"] if ca else []
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", prefix + ".key", "-out", prefix + ".crt", "-days", str(days), "-subj", f"/CN={name}",
+                    *ext, *sign], check=True, capture_output=True)
+
+
 def compose(host, args):
     postal = host.get("postal", {})
     rest = args[3:]  # compose -p postal ...
@@ -618,9 +647,17 @@ def compose(host, args):
         postal["running"] = []
     elif rest[0] == "start":
         postal["running"] = ["web", "smtp", "worker"]
-    elif rest[0] == "up":
-        crashing = postal.get("crashing", [])
-        postal.update(running=[s for s in ("web", "smtp", "worker") if s not in crashing], version=version)
+    elif rest[0] == "up":  # `up [options] [service...]`: the named services, or all of them
+        named = [a for a in rest[1:] if not a.startswith("-")] or ["web", "smtp", "worker"]
+        crashing, running = postal.get("crashing", []), postal.get("running", [])
+        postal.update(running=[s for s in ("web", "smtp", "worker")
+                               if (s in running or s in named) and s not in crashing], version=version)
+    elif rest[0] == "restart":  # `restart service...`: only those; a stopped one starts
+        for service in rest[1:]:
+            if service not in postal.setdefault("running", []):
+                postal["running"].append(service)
+            restarts = postal.setdefault("restarts", {})
+            restarts[service] = restarts.get(service, 0) + 1
     elif rest[:5] == ["run", "--rm", "-T", "runner", "postal"]:
         if postal.get("pulled") != version:
             fail(f"Unable to find image 'ghcr.io/postalserver/postal:{version}' locally")

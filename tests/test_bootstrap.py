@@ -11,7 +11,7 @@ from program import commands, env_of, payload_of
 from components import render
 
 NS = "postal-gateway:"
-STEPS = ("os", "database", "postal", "caddy", "provision", "preflight", "ops")
+STEPS = ("os", "database", "postal", "caddy", "provision", "preflight", "ops", "smtp-tls")
 CERT, KEY = certs.pair()
 
 
@@ -31,6 +31,7 @@ def test_steps_run_in_order(run):
     assert urn["os"] in deps["database"] and urn["database"] in deps["postal"]
     assert urn["postal"] in deps["provision"] and urn["os"] in deps["caddy"] and urn["os"] in deps["preflight"]
     assert urn["os"] in deps["ops"]
+    assert {urn["postal"], urn["caddy"]} <= deps["smtp-tls"]  # Postal's SMTP server waits for the web's certificate
     record_urns = {r.urn: r.inputs for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
     caddy_records = [record_urns[u] for u in deps["caddy"] if u in record_urns]
     assert [(r["name"], r["type"]) for r in caddy_records] == [("postal.rdo-dev.com", "A")]  # ACME needs it
@@ -101,6 +102,19 @@ def test_a_new_data_disk_reruns_the_os_step_only(run):
     assert env_of(steps["os"])["PG_DATA_DISK_GB"] == "50"
 
 
+@pytest.mark.parametrize("tls, issuers", [("letsencrypt", ["acme-v02.api.letsencrypt.org-directory",
+                                                             "acme.zerossl.com-v2-dv90"]),
+                                          ("internal", ["local"])])
+def test_smtp_tls_watches_caddys_certificate_of_the_mode(tls, issuers):
+    run = program.run({NS + "tls": tls})
+    env = env_of(commands(run)["smtp-tls"])
+    store = "/opt/postal/caddy-data/caddy/certificates"  # Caddy's /data volume (caddy.sh), storage caddy/
+    host = "postal.rdo-dev.com"
+    assert env["PG_WEB_CERTS"].split() == [f"{store}/{i}/{host}/{host}.crt" for i in issuers]
+    assert env["PG_WEB_KEYS"].split() == [f"{store}/{i}/{host}/{host}.key" for i in issuers]
+    assert env["PG_SMTP_TLS_HOOK"] == render.step_script("smtp-tls-hook")
+
+
 def test_relay_status_output_comes_from_the_preflight(run):
     assert run.outputs["relayStatus"] == ("not-allowlisted", False)
     assert run.outputs["relayStatusByDomain"] == ({"rdo-dev.com": "allowlisted", "rdo-studio.net": "not-allowlisted"},
@@ -116,7 +130,7 @@ def changed(before, after):
 
 @pytest.mark.parametrize("overrides,expected", [
     ({}, set()),
-    ({NS + "tls": "internal"}, {"postal-caddy", "postal-uptime-https"}),  # the check stops validating TLS
+    ({NS + "tls": "internal"}, {"postal-caddy", "postal-smtp-tls", "postal-uptime-https"}),  # the check stops validating TLS
     ({NS + "postalVersion": "3.3.5"}, {"postal-postal"}),
     ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
     ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),

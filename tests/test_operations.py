@@ -68,7 +68,7 @@ def units(run):
 def host(tmp_path_factory, steps):
     """A host after every step but the preflight (built once, copied for each test)."""
     machine = Machine(tmp_path_factory.mktemp("ops-host"), fakehost.serve())
-    machine.output = machine.up(steps, ("os", "database", "postal", "caddy", "ops"))
+    machine.output = machine.up(steps, ("os", "database", "postal", "caddy", "smtp-tls", "ops"))
     return machine
 
 

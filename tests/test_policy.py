@@ -6,9 +6,12 @@ pulumi_policy's unknown-checking proxy, options in PolicyResourceOptions), and e
 """
 
 import ast
+import base64
 import copy
 import dataclasses
+import random
 import shlex
+import string
 
 import pytest
 import yaml
@@ -16,6 +19,7 @@ from pulumi_policy import (EnforcementLevel, PolicyCustomTimeouts, PolicyResourc
                            ResourceValidationPolicy)
 from pulumi_policy.proxy import unknown_checking_proxy
 
+import certs
 import program
 from policy.policies import POLICIES, policy_named
 
@@ -142,6 +146,72 @@ def test_plain_secret_in_a_command_is_flagged(run, field, text):
     message = found[0][2]
     assert f"`{field}`" in message and "stdin" in message
     assert "hunter2" not in message and "tok-123" not in message  # never echo the secret
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# A random-looking token, as a generator would make it (fixed seed: the test is deterministic).
+_RNG = random.Random(7)
+TOKEN = "".join(_RNG.choice(string.ascii_letters + string.digits) for _ in range(32))
+CERT_PEM = certs.pair()[0]  # a certificate: public, never a secret
+
+
+@pytest.mark.parametrize("field, text", [
+    ("create", "echo " + _b64(PEM_KEY) + " | base64 -d > /root/.ssh/id"),  # base64 of a PEM private key
+    ("create", "printf %s x" + _b64("x" + PEM_KEY)[4:] + " | base64 -d"),  # ... not at a quantum boundary
+    ("create", f"curl -H 'Authorization: Bearer {TOKEN}' https://api.example.com/v1"),  # a token by its looks
+    ("create", "git clone https://deploy:s3cr3t-pass@git.example.com/mail.git /opt/x"),  # user:pass@
+    ("update", "mysql --password hunter2 -e 'SELECT 1'"),  # --password <value>
+    ("create", "docker exec postal-mariadb mariadb -uroot -phunter2 -e 'SELECT 1'"),  # -p<password>
+    ("create", "tool -pHunter2x --sync"),  # -p with a value that is no word
+    ("create", """echo '{"password": "hunter2"}' > /etc/app.json"""),  # JSON field
+    ("create", "printf 'smtp:\\n  password: hunter2\\n' > /etc/app.yml"),  # YAML field
+    ("create", "cat > /etc/app.yml <<EOF\nsmtp:\n  api_key: 'hunter2-key'\nEOF"),  # YAML field, quoted
+    ("delete", "echo " + _b64("smtp:\n  password: hunter2\n") + " | base64 -d > app.yml"),  # base64 of a field
+])
+def test_secret_material_is_found_by_what_it_is(run, field, text):
+    command = run.named("postal-database")
+    found = violations([with_inputs(command, **{field: text})], [policy_named("no-plain-secrets-in-commands")])
+    assert [urn for _, urn, _ in found] == [command.urn], text
+    message = found[0][2]
+    assert f"`{field}` command line" in message
+    for secret in ("hunter2", "s3cr3t-pass", TOKEN, "b3BlbnNzaC1rZXktdjEAAAAA"):
+        assert secret not in message  # never echo the secret
+
+
+@pytest.mark.parametrize("environment", [
+    {"API_TOKEN": "tok-123"},  # by name
+    {"UPSTREAM": f"{TOKEN}"},  # by its looks
+    {"DATABASE_URL": "mysql://postal:hunter2@127.0.0.1/postal"},  # user:pass@
+    {"TLS_KEY": PEM_KEY},  # PEM, under any name
+])
+def test_secret_material_in_a_commands_environment_is_flagged(run, environment):
+    command = run.named("postal-database")
+    found = violations([with_inputs(command, environment=environment)], [policy_named("no-plain-secrets-in-commands")])
+    assert [urn for _, urn, _ in found] == [command.urn]
+    assert f"`environment` value {next(iter(environment))}" in found[0][2]
+    assert all(v not in found[0][2] for v in environment.values())
+
+
+@pytest.mark.parametrize("text", [
+    "mkdir -p /opt/postal/config && ssh -p 2222 host && nc -p22 host 25",
+    "find /var/backups -maxdepth 1 -print -delete; openssl x509 -noout -pubkey -in c.pem",
+    f"git -C /opt/postal/install checkout {'c82658da7fa16615a2fba9bae2d02c860816fdb3'}",
+    "echo " + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" + " | sha256sum -c",
+    "docker pull mariadb@sha256:4b0e7f5c1e2d3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
+    "password=$(cat /run/payload/db_password); echo \"password: $PASSWORD\" > app.yml",
+    """echo '{"password": "$DB_PASSWORD", "token": null}'""",
+    "curl https://ops@postal.example.com/health",  # a user without a password
+    "printf %s " + shlex.quote(CERT_PEM) + " > /certs/cert.pem",  # a certificate
+    "echo " + _b64(CERT_PEM) + " | base64 -d > /certs/cert.pem",  # base64 of a certificate
+    "echo " + _b64("[Unit]\nDescription=postal-gateway: hourly check\n") + " | base64 -d > unit",
+    "sudo env PG_STEP=caddy PG_TLS=letsencrypt PG_HOSTNAME=postal.rdo-dev.com bash -c true postal-gateway-caddy",
+])
+def test_ordinary_command_lines_are_not_flagged(run, text):
+    command = run.named("postal-database")
+    assert violations([with_inputs(command, create=text)], [policy_named("no-plain-secrets-in-commands")]) == []
 
 
 def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):

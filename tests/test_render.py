@@ -152,3 +152,10 @@ def test_command_line_quotes_settings_and_keeps_secrets_out():
 def test_digest_separates_parts():
     assert render.digest("ab", "c") != render.digest("a", "bc")
     assert render.digest("x") == render.digest("x")
+
+
+def test_postal_yml_turns_on_smtp_tls_with_the_files_the_smtp_tls_step_installs():
+    smtp = rendered_yml()["smtp_server"]
+    assert smtp["tls_enabled"] is True  # Postal then advertises STARTTLS (app/lib/smtp_server/client.rb)
+    assert (smtp["tls_certificate_path"], smtp["tls_private_key_path"]) == (
+        "/config/smtp-tls/cert.pem", "/config/smtp-tls/key.pem")  # config/smtp-tls on the data disk

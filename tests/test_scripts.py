@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 import certs
 import fakehost
@@ -27,7 +28,7 @@ import program
 from components import render
 from program import commands
 
-STEPS = ("os", "database", "postal", "caddy", "provision")  # preflight: tests/test_preflight.py
+STEPS = ("os", "database", "postal", "caddy", "smtp-tls", "provision")  # preflight: tests/test_preflight.py
 SCRIPTS = render.SCRIPTS
 CERT, KEY = certs.pair()
 
@@ -144,7 +145,7 @@ def test_composed_step_script_passes_shellcheck(step):
 
 
 def test_every_shell_file_passes_shellcheck():
-    files = [*SCRIPTS.glob("*.sh"), program.ROOT / ".ci/run"]
+    files = [*SCRIPTS.glob("*.sh"), program.ROOT / ".ci/run", program.ROOT / ".ci/check-stack"]
     result = subprocess.run([program.tool("shellcheck"), "--shell=bash", "--exclude=SC2154", *map(str, files)],
                             capture_output=True, text=True)  # SC2154: steps use lib.sh's variables
     assert result.returncode == 0, result.stdout
@@ -182,8 +183,13 @@ def test_fresh_host_runs_every_step_in_order(fresh):
         index(calls, r"rails runner /config/provision.rb$")
     assert not any("postal upgrade" in c for c in calls)
     queries = fresh.calls()
-    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*9091/$") < \
+    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*5000/login") < \
         index(queries, r"^M docker run .*--name postal-caddy")
+    # Postal's SMTP server starts only after Caddy's certificate reached it (smtp-tls step)
+    assert "smtp" not in calls[index(calls, r"^docker compose -p postal up ")]
+    assert index(calls, r"^docker run .*--name postal-caddy") < index(calls, r"^chown 999:999 .*/smtp-tls/key.pem") < \
+        index(calls, r"^docker compose -p postal up --detach smtp$") < index(calls, r"rails runner")
+    assert index(queries, r"^M docker compose -p postal up --detach smtp$") < index(queries, r"^Q curl .*9091/")
 
 
 def test_fresh_host_ends_in_the_configured_state(fresh, registered):
@@ -300,7 +306,7 @@ def test_new_postal_version_upgrades_in_place(fresh, registered):
     fresh.up(registered["upgrade"], ["postal"])
     calls = fresh.changes(start)
     assert index(calls, r"^postal set-version 3.3.7$") < index(calls, r"pull") < \
-        index(calls, r"runner postal upgrade$") < index(calls, r"up --detach --remove-orphans --force-recreate")
+        index(calls, r"runner postal upgrade$") < index(calls, r"up --detach --remove-orphans --force-recreate smtp web worker$")
     assert not any("initialize" in c or "git clone" in c for c in calls)
     state = fresh.state()["postal"]
     assert state["tasks"] == ["initialize 3.3.6", "upgrade 3.3.7"] and state["version"] == "3.3.7"
@@ -336,8 +342,98 @@ def test_tls_change_is_validated_then_reloaded_gracefully(fresh, registered, var
         assert any("--cacert /opt/postal/caddy-data/caddy/pki/authorities/local/root.crt" in q for q in queries)
 
 
+# --- SMTP TLS: the web's certificate reaches Postal's SMTP server, and again after each renewal ---
+
+# Every Postal service mounts /opt/postal/config at /config (postalserver/install
+# templates/docker-compose.v3.yml at render.INSTALL_COMMIT).
+POSTAL_MOUNT = ("/config/", "/opt/postal/config/")
+SMTP_TLS = "postal-gateway-smtp-tls"
+
+
+def on_host(container_path: str) -> str:
+    assert container_path.startswith(POSTAL_MOUNT[0]), container_path
+    return POSTAL_MOUNT[1] + container_path.removeprefix(POSTAL_MOUNT[0])
+
+
+def systemd_starts(machine: Machine, service: str) -> subprocess.CompletedProcess:
+    """What systemd does for the oneshot service: its ExecStart with its EnvironmentFile's variables."""
+    unit = dict(line.split("=", 1) for line in machine.file(f"/etc/systemd/system/{service}").read_text()
+                .splitlines() if "=" in line)
+    env = dict(shlex.split(line)[0].split("=", 1) for line in machine.file(unit["EnvironmentFile"]).read_text()
+               .splitlines())
+    return subprocess.run([str(machine.file(unit["ExecStart"]))], capture_output=True, text=True, timeout=60,
+                          env={"PATH": os.environ["PATH"], **machine.fake_env, "PG_ROOT": str(machine.root),
+                               "TMPDIR": str(machine.root / "tmp"), **env})
+
+
+@pytest.mark.parametrize("variant,tls", [("base", "letsencrypt"), ("internal", "internal"), ("custom", "custom")])
+def test_postal_smtp_server_offers_the_web_certificate_in_every_tls_mode(fresh, registered, variant, tls):
+    if variant != "base":  # a mode change: Caddy's step, then the certificate for Postal
+        fresh.up(registered[variant], ["caddy", "smtp-tls"])
+    smtp = yaml.safe_load(decode(registered[variant]["postal"][1])["postal_yml"])["smtp_server"]
+    assert smtp["tls_enabled"] is True
+    cert, key = fresh.file(on_host(smtp["tls_certificate_path"])), fresh.file(on_host(smtp["tls_private_key_path"]))
+    (web_cert, web_key), *_ = render.web_certificates(hostname="postal.rdo-dev.com", tls=tls)
+    assert cert.read_text() == fresh.file(web_cert).read_text() and key.read_text() == fresh.file(web_key).read_text()
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert any(re.match(r"chown 999:999 .*/opt/postal/config/smtp-tls/key.pem", c) for c in fresh.changes())
+    if tls == "custom":
+        assert cert.read_text() == CERT and key.read_text() == KEY
+    if tls == "internal":  # clients trust Caddy's local root (docs/security.md)
+        verify = subprocess.run(["openssl", "verify", "-CAfile", str(fresh.file(render.CADDY_ROOT_CA)), str(cert)],
+                                capture_output=True, text=True)
+        assert verify.returncode == 0, verify.stderr
+    postal = fresh.state()["postal"]
+    assert postal["running"] == ["web", "smtp", "worker"]
+    assert postal.get("restarts", {}) == ({} if variant == "base" else {"smtp": 1})
+
+
+def test_a_renewed_certificate_restarts_only_postals_smtp_container(fresh):
+    (cert, key), *_ = render.web_certificates(hostname="postal.rdo-dev.com", tls="letsencrypt")
+    path_unit = fresh.file(f"/etc/systemd/system/{SMTP_TLS}.path").read_text()
+    assert f"PathChanged={cert}\n" in path_unit and f"PathChanged={key}\n" in path_unit
+    assert f"Unit={SMTP_TLS}.service" in path_unit
+    assert "OnCalendar=hourly" in fresh.file(f"/etc/systemd/system/{SMTP_TLS}.timer").read_text()
+    units = fresh.state()["units"]
+    assert all(units[f"{SMTP_TLS}.{kind}"] == {"is-enabled": True, "is-active": True} for kind in ("path", "timer"))
+    caddy_restarts = fresh.state()["containers"]["postal-caddy"].get("restarts", 0)
+    old_key = fresh.file(key).read_text()
+    fakehost.issue_certificate(str(fresh.file(cert)).removesuffix(".crt"), "postal.rdo-dev.com")  # Caddy renews
+    new_key = fresh.file(key).read_text()
+    fresh.file(key).write_text(old_key)  # Caddy writes the certificate first: the path unit fires before the key
+
+    start = len(fresh.calls())
+    early = systemd_starts(fresh, f"{SMTP_TLS}.service")
+    assert early.returncode == 0, early.stderr
+    assert "its key does not match (yet)" in early.stdout and fresh.changes(start) == []
+    fresh.file(key).write_text(new_key)
+    renewed = systemd_starts(fresh, f"{SMTP_TLS}.service")
+    assert renewed.returncode == 0, renewed.stderr
+    assert [c for c in fresh.changes(start) if c.startswith(("docker", "systemctl"))] == [
+        "docker compose -p postal restart smtp"]
+    assert fresh.file("/opt/postal/config/smtp-tls/cert.pem").read_text() == fresh.file(cert).read_text()
+    assert fresh.file("/opt/postal/config/smtp-tls/key.pem").read_text() == new_key
+    state = fresh.state()
+    assert state["postal"]["restarts"] == {"smtp": 1} and state["postal"]["running"] == ["web", "smtp", "worker"]
+    assert state["containers"]["postal-caddy"].get("restarts", 0) == caddy_restarts
+    again = len(fresh.calls())
+    assert systemd_starts(fresh, f"{SMTP_TLS}.service").returncode == 0
+    assert fresh.changes(again) == []  # the hourly timer finds nothing to do
+
+
+def test_smtp_tls_step_fails_when_caddy_has_no_certificate(fresh, registered):
+    fresh.up(registered["internal"], ["caddy"])
+    (cert, key), = render.web_certificates(hostname="postal.rdo-dev.com", tls="internal")
+    fresh.file(cert).unlink()  # e.g. Caddy still obtaining it, or storage elsewhere
+    start = len(fresh.calls())
+    result = fresh.run(registered["internal"]["smtp-tls"], PG_WAIT_TRIES="2")
+    assert result.returncode != 0
+    assert "ERROR: no certificate for postal.rdo-dev.com (tls internal) in 5 minutes" in result.stderr
+    assert not any("docker compose" in c for c in fresh.changes(start))  # smtp keeps its last certificate
+
+
 @pytest.mark.parametrize("variant,step,applied", [("internal", "caddy", r"^docker exec postal-caddy caddy reload "),
-                                                  ("upgrade", "postal", r" up --detach .*--force-recreate$")])
+                                                  ("upgrade", "postal", r" up --detach .*--force-recreate smtp web worker$")])
 def test_a_change_written_by_a_failed_run_is_applied_by_the_next(fresh, registered, variant, step, applied):
     failed = fresh.run(registered[variant][step], fail="docker")
     assert failed.returncode != 0
@@ -376,7 +472,7 @@ def test_stopped_containers_are_started_again(fresh, registered):
     fresh.up(registered["base"], ["database", "postal"])
     calls = fresh.changes(start)
     assert "docker start postal-mariadb" in calls
-    assert any(c.endswith("up --detach --remove-orphans") for c in calls)
+    assert any(c.endswith("up --detach --remove-orphans smtp web worker") for c in calls)
 
 
 def test_postal_step_fails_when_postal_never_becomes_healthy(fresh, registered):

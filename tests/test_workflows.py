@@ -1,7 +1,9 @@
 """GitHub Actions workflows: schema-valid (check-jsonschema's vendored schema, offline) and wired as documented."""
 
+import os
 import re
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -33,6 +35,30 @@ def pulumi_step(doc):
     return doc["jobs"][job], step
 
 
+# Each action at its current major, which runs on node24 (its action.yml `runs.using` at that tag),
+# pinned to the tag's commit. Read from the repositories themselves (tags and action.yml) on 2026-11-27.
+PINS = {
+    "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
+    "actions/setup-python": ("5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
+    "google-github-actions/auth": ("7c6bc770dae815cd3e89ee6cdf493a5fab2cc093", "v3.0.0"),
+    "pulumi/actions": ("8e5e406f4007fca908480587cb9893c07090f58d", "v7.0.0"),
+}
+USES = re.compile(r"^\s*-?\s*uses:\s*(?P<action>[\w.-]+/[\w.-]+)@(?P<ref>\S+)(?:\s+#\s*(?P<version>\S+))?\s*$", re.M)
+# Only deploy.yml may name these: the deploy identity and the DNS-edit token.
+DEPLOY_ONLY = {"vars.GCP_WORKLOAD_IDENTITY_PROVIDER", "vars.GCP_SERVICE_ACCOUNT", "secrets.CLOUDFLARE_API_TOKEN"}
+
+
+def actionlint(*paths):
+    env = {**os.environ, "PATH": f"{Path(program.tool('shellcheck')).parent}:{os.environ['PATH']}"}
+    return subprocess.run([program.tool("actionlint"), "-no-color", *map(str, paths)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+def references(doc) -> set[str]:
+    """Every `vars.X` / `secrets.X` a workflow (or one job of it) reads."""
+    return set(re.findall(r"\$\{\{[^}]*?\b((?:vars|secrets)\.[A-Z_]+)", yaml.safe_dump(doc, width=1000)))
+
+
 def test_workflows_match_the_github_schema():
     result = check_jsonschema(PREVIEW, DEPLOY)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -49,14 +75,57 @@ def test_a_broken_workflow_is_rejected(tmp_path, old, new, error):
     assert result.returncode == 1 and error in result.stdout, result.stdout + result.stderr
 
 
-def test_preview_comments_a_preview_of_prod_on_pull_requests():
+def test_workflows_pass_actionlint():
+    result = actionlint(PREVIEW, DEPLOY)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_flags_an_action_on_node20(tmp_path):
+    old = tmp_path / "old.yml"
+    old.write_text(PREVIEW.read_text().replace(f"actions/checkout@{PINS['actions/checkout'][0]}", "actions/checkout@v4", 1))
+    result = actionlint(old)
+    assert result.returncode == 1 and 'runtime "node20" is deprecated' in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
+def test_every_action_is_pinned_to_the_commit_of_its_node24_release(path):
+    uses = list(USES.finditer(path.read_text()))
+    assert len(uses) == len([s for _, s in steps(load(path)) if "uses" in s])  # every `uses:` line parsed
+    for use in uses:
+        sha, version = PINS[use["action"]]
+        assert (use["ref"], use["version"]) == (sha, version), use.group(0)
+
+
+def test_preview_previews_every_stack_with_its_own_read_only_identity():
     doc = load(PREVIEW)
     assert list(doc["on"]) == ["pull_request"] and doc["on"]["pull_request"]["branches"] == ["main"]
     job, step = pulumi_step(doc)
-    assert step["uses"] == "pulumi/actions@v6"
-    assert step["with"]["command"] == "preview" and step["with"]["comment-on-pr"] is True
-    assert job["permissions"]["pull-requests"] == "write"
-    assert "test" in job["needs"]
+    assert job["strategy"]["matrix"]["stack"] == ["prod", "staging"] and job["strategy"]["fail-fast"] is False
+    assert step["with"]["command"] == "preview" and step["with"]["stack-name"] == "${{ matrix.stack }}"
+    assert step["with"]["comment-on-pr"] is True and job["permissions"]["pull-requests"] == "write"
+    assert job["environment"] == "preview" and "test" in job["needs"]
+    auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
+    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_PREVIEW_WORKLOAD_IDENTITY_PROVIDER }}",
+                            "service_account": "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}"}
+    assert step["env"]["CLOUDFLARE_API_TOKEN"] == "${{ secrets.CLOUDFLARE_API_TOKEN_READONLY }}"
+
+
+def test_the_preview_job_cannot_reach_the_deploy_identity_or_deploy_secrets():
+    preview, deploy = load(PREVIEW), load(DEPLOY)
+    assert DEPLOY_ONLY <= references(deploy["jobs"]["deploy"])
+    assert references(preview) & DEPLOY_ONLY == set()
+    # Secrets live in environments: a job outside `production` (or off main) cannot read the deploy ones,
+    # whatever a pull request writes into preview.yml; and the deploy identity's Workload Identity
+    # provider admits only main in `production` (docs/ci-cd.md).
+    for name, job in preview["jobs"].items():
+        secrets = {r for r in references(job) if r.startswith("secrets.")}
+        assert not secrets or job["environment"] == "preview", name
+        assert job.get("environment") != "production"
+    deploy_job = deploy["jobs"]["deploy"]
+    assert deploy_job["environment"] == "production" and deploy_job["if"] == "github.ref == 'refs/heads/main'"
+    assert {r for r in references(deploy["jobs"]["test"])} == set()  # the test job gets nothing
+    header = DEPLOY.read_text().split("\nname:", 1)[0]
+    assert "assertion.ref == 'refs/heads/main'" in header and "assertion.environment == 'production'" in header
 
 
 @pytest.mark.parametrize("workflow", [PREVIEW, DEPLOY])
@@ -73,8 +142,12 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
     assert doc["on"]["push"]["branches"] == ["main"] and "workflow_dispatch" in doc["on"]
     assert doc["concurrency"]["group"] and doc["concurrency"]["cancel-in-progress"] is False
     job, step = pulumi_step(doc)
-    assert step["uses"] == "pulumi/actions@v6" and step["with"]["command"] == "up"
+    assert step["with"]["command"] == "up" and step["with"]["stack-name"] == "prod"
     assert job["environment"] == "production" and "test" in job["needs"]
+    assert job["if"] == "github.ref == 'refs/heads/main'"  # a dispatch from another branch deploys nothing
+    auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
+    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
+                            "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}"}
     runs = [s for s in job["steps"] if "run" in s]
     after = runs[runs.index(next(s for s in runs if "pulumi stack output" in s["run"])):]
     assert "--json" in after[0]["run"] and "--show-secrets" not in after[0]["run"]
@@ -85,39 +158,85 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
 
 
 @pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
-def test_prod_via_workload_identity_and_repository_secrets_only(path):
+def test_workload_identity_and_environment_secrets_only(path):
     text, doc = path.read_text(), load(path)
     job, step = pulumi_step(doc)
-    assert step["with"]["stack-name"] == "prod"
     assert step["with"]["cloud-url"] == "${{ vars.PULUMI_BACKEND_URL }}"
     assert job["permissions"]["id-token"] == "write"
-    auth = next(s for s in job["steps"] if s.get("uses") == "google-github-actions/auth@v2")
-    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
-                            "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}"}
+    auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
     assert job["steps"].index(auth) < job["steps"].index(step)
-    assert step["env"] == {name: f"${{{{ secrets.{name} }}}}" for name in
-                           ("PULUMI_CONFIG_PASSPHRASE", "CLOUDFLARE_API_TOKEN", "PULUMI_ACCESS_TOKEN")}
+    assert set(step["env"]) == {"PULUMI_CONFIG_PASSPHRASE", "CLOUDFLARE_API_TOKEN", "PULUMI_ACCESS_TOKEN"}
     # every credential-looking value anywhere is a ${{ secrets.X }} reference, never a literal
     sensitive = re.compile(r"(TOKEN|PASSPHRASE|PASSWORD|SECRET|API_KEY|CREDENTIALS)", re.I)
     for _, s in steps(doc):
         for key, value in {**s.get("env", {}), **s.get("with", {})}.items():
-            if sensitive.search(key) and key != "github-token":
+            if sensitive.search(key) and key not in ("github-token", "persist-credentials"):
                 assert re.fullmatch(r"\$\{\{ secrets\.[A-Z_]+ \}\}", str(value)), (path.name, key, value)
     assert "credentials_json" not in text
     assert not any("--show-secrets" in s.get("run", "") for _, s in steps(doc))  # logs never get secrets
     assert not re.search(r"-----BEGIN|AIza[0-9A-Za-z_-]{20}|ya29\.|pul-[0-9a-f]{20}|ghp_[0-9A-Za-z]{20}", text)
     # the header documents every variable and secret the file uses
     header = text.split("\nname:", 1)[0]
-    for name in set(re.findall(r"\$\{\{ (?:secrets|vars)\.([A-Z_]+) \}\}", text)):
+    for name in {r.split(".")[1] for r in references(doc)}:
         assert name in header, f"{path.name}: {name} is not documented in the header comment"
 
 
 @pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
-def test_every_install_uses_the_repository_requirements(path):
-    installs = [s["run"] for _, s in steps(load(path)) if "pip install" in s.get("run", "")]
+def test_ci_runs_the_test_entry_point_and_installs_only_the_repository_requirements(path):
+    doc = load(path)
+    assert [s["run"] for s in doc["jobs"]["test"]["steps"] if "run" in s] == ["bash .ci/run"]
+    installs = [s["run"] for _, s in steps(doc) if "pip install" in s.get("run", "")]
     assert installs
     for run in installs:
         files = re.findall(r"pip install -r (\S+)", run)
         assert files and len(files) == run.count("pip install") and set(files) <= REQUIREMENTS, run
-    _, tests = next((j, s) for j, s in steps(load(path)) if "pytest" in s.get("run", ""))
-    assert tests["run"] == "python -m pytest -q"
+
+
+@pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
+def test_the_stack_file_is_checked_before_pulumi_runs(path):
+    job, step = pulumi_step(load(path))
+    check = next(s for s in job["steps"] if ".ci/check-stack" in s.get("run", ""))
+    assert job["steps"].index(check) < job["steps"].index(step)
+    assert check["env"] == {"PULUMI_BACKEND_URL": "${{ vars.PULUMI_BACKEND_URL }}"}
+    if path == DEPLOY:
+        assert check["run"] == ".ci/check-stack prod"  # prod is never optional
+    else:
+        assert "--optional" in check["run"] and "matrix.stack != 'prod'" in check["run"]
+        gated = [s for s in job["steps"][job["steps"].index(check) + 1:]]
+        assert all(s.get("if") == "steps.stack.outputs.present == 'true'" for s in gated)
+
+
+@pytest.fixture
+def stack_dir(tmp_path):
+    (tmp_path / ".ci").mkdir()
+    (tmp_path / ".ci/check-stack").write_text((program.ROOT / ".ci/check-stack").read_text())
+    return tmp_path
+
+
+def check_stack(root, *args, backend="gs://state"):
+    out = root / "github_output"
+    result = subprocess.run(["bash", str(root / ".ci/check-stack"), *args], capture_output=True, text=True,
+                            env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), "PULUMI_BACKEND_URL": backend})
+    return result, out.read_text() if out.exists() else ""
+
+
+@pytest.mark.parametrize("content, args, backend, code, says", [
+    (None, ["staging", "--optional"], "gs://state", 0, "present=false"),
+    (None, ["prod"], "gs://state", 1, "Pulumi.prod.yaml is missing. Fix: pulumi stack init prod"),
+    ("config: {}\n", ["prod"], "gs://state", 1, "has no encryptionsalt or secretsprovider"),
+    ("config: {}\n", ["prod"], "", 0, "present=true"),  # Pulumi Cloud keeps the secrets provider
+    ("encryptionsalt: v1:abc=:v1:def:ghi==\nconfig: {}\n", ["prod"], "gs://state", 0, "present=true"),
+    ("secretsprovider: gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k\n", ["prod"], "gs://s", 0,
+     "present=true"),
+])
+def test_check_stack_fails_with_the_fix(stack_dir, content, args, backend, code, says):
+    if content is not None:
+        (stack_dir / f"Pulumi.{args[0]}.yaml").write_text(content)
+    result, output = check_stack(stack_dir, *args, backend=backend)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert says in result.stdout + output
+
+
+def test_readme_test_command_is_what_ci_runs():
+    text = (program.ROOT / ".ci/run").read_text()
+    assert "python -m pytest -q" in text and "requirements-dev.txt" in text

@@ -54,13 +54,17 @@ fi
 # Postal reads its configuration at start: recreate it unless it runs what is on disk now.
 applied=$(pg_fingerprint "$PG_DATA_DIR/config/postal.yml" "$PG_DATA_DIR/config/signing.key" \
   "$PG_DATA_DIR/install/docker-compose.yml")
+# The SMTP server starts once the smtp-tls step has given it its certificate: with tls_enabled and
+# no certificate it would offer STARTTLS and drop every client that takes it (smtp_server/server.rb).
+services=(web worker)
+if [[ -s $PG_ROOT$PG_DATA_DIR/config/smtp-tls/key.pem ]]; then services=(smtp web worker); fi
 running=$(pg_compose ps --services --status running | sort | tr '\n' ' ')
 if ! pg_applied postal "$applied"; then
-  pg_log "starting Postal with the new configuration"
-  pg_compose up --detach --remove-orphans --force-recreate
-elif [[ $running != "smtp web worker " ]]; then
+  pg_log "starting Postal with the new configuration (${services[*]})"
+  pg_compose up --detach --remove-orphans --force-recreate "${services[@]}"
+elif [[ $running != "${services[*]} " ]]; then
   pg_log "starting Postal (running: ${running:-none})"
-  pg_compose up --detach --remove-orphans
+  pg_compose up --detach --remove-orphans "${services[@]}"
 fi
 
 # pg_wait_health <service> <port> <name>: Postal's health servers answer `GET /` with
@@ -81,6 +85,6 @@ pg_wait_health() {
 # Puma only answers for web_hostname (Rails host authorization).
 pg_wait_http "Postal's web server" http://127.0.0.1:5000/login "$PG_HOSTNAME"
 pg_wait_health worker 9090 worker
-pg_wait_health smtp 9091 smtp-server
+if [[ ${services[0]} == smtp ]]; then pg_wait_health smtp 9091 smtp-server; fi
 pg_mark_applied postal "$applied"
-pg_log "done: Postal $PG_POSTAL_VERSION (web, worker and SMTP server healthy)"
+pg_log "done: Postal $PG_POSTAL_VERSION (${services[*]} healthy)"
