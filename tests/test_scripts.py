@@ -432,6 +432,16 @@ def test_smtp_tls_step_fails_when_caddy_has_no_certificate(fresh, registered):
     assert not any("docker compose" in c for c in fresh.changes(start))  # smtp keeps its last certificate
 
 
+def test_smtp_tls_step_fails_when_another_process_holds_the_smtp_health_port(fresh, registered):
+    fresh.up(registered["internal"], ["caddy"])
+    host = fakehost.Host(fresh.root)
+    host.state["listeners"] = {"9091": {"process": "node", "body": "ok"}}
+    host.save()
+    result = fresh.run(registered["internal"]["smtp-tls"])
+    assert result.returncode != 0
+    assert "127.0.0.1:9091 is held by a process that is not Postal's smtp service" in result.stderr
+
+
 @pytest.mark.parametrize("variant,step,applied", [("internal", "caddy", r"^docker exec postal-caddy caddy reload "),
                                                   ("upgrade", "postal", r" up --detach .*--force-recreate smtp web worker$")])
 def test_a_change_written_by_a_failed_run_is_applied_by_the_next(fresh, registered, variant, step, applied):

@@ -184,6 +184,22 @@ pg_wait_http() {
   pg_fail "$what did not answer $url in 5 minutes"
 }
 
+# pg_wait_health <service> <port> <name>: Postal's health servers answer `GET /` with
+# "<name> (pid: …, host: …)" (app/util/health_server.rb). When another process holds the port,
+# Postal only logs "already in use": whatever answers there instead fails the step by name.
+pg_wait_health() {
+  local body
+  for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+    if body=$(curl --silent --max-time 5 "http://127.0.0.1:$2/"); then
+      if [[ $body == "$3 (pid: "* ]]; then return 0; fi
+      pg_fail "127.0.0.1:$2 is held by a process that is not Postal's $1 service ($(ss -Hltnp "sport = :$2" | head -n 1));" \
+        "stop it (e.g. cockpit.socket listens on 9090) so Postal's health server can listen there"
+    fi
+    sleep 5
+  done
+  pg_fail "Postal's $1 service did not answer http://127.0.0.1:$2/ in 5 minutes; see: postal logs $1"
+}
+
 pg_compose() { (cd "$PG_ROOT$PG_DATA_DIR/install" && docker compose -p postal "$@"); }
 
 # pg_dir <mode> <dir>: creates dir (and its parents) and sets its mode when it differs.

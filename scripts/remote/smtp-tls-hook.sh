@@ -39,6 +39,6 @@ running=$'\n'$(pg_compose ps --services --status running)$'\n'
 if ! pg_applied smtp-tls "$applied" && [[ $running == *$'\n'smtp$'\n'* ]]; then
   pg_log "restarting Postal's smtp container for the certificate from ${certs[$pick]}"
   pg_compose restart smtp
-  pg_wait_http "Postal's SMTP server" http://127.0.0.1:9091/health
+  pg_wait_health smtp 9091 smtp-server
 fi
 pg_mark_applied smtp-tls "$applied"

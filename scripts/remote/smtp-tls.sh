@@ -82,5 +82,5 @@ if [[ $running != *$'\n'smtp$'\n'* ]]; then
   pg_log "starting Postal's smtp container"
   pg_compose up --detach smtp
 fi
-pg_wait_http "Postal's SMTP server" http://127.0.0.1:9091/health
+pg_wait_health smtp 9091 smtp-server
 pg_log "done: STARTTLS on port 25 with the certificate of $PG_HOSTNAME ($PG_TLS)"
