@@ -21,7 +21,6 @@ from components.secrets import MailSecrets
 
 DATA_DIR = render.HOST_DATA_DIR
 PREFLIGHT_SENDER = "relay-preflight"
-RETURN_PATH_PREFIX = "psrp"  # Postal's dns.custom_return_path_prefix: MAIL FROM is <token>@psrp.<domain>
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ def parse_relay_statuses(stdout: Optional[str], domains: Sequence[str]) -> dict[
 
 def preflight_senders(domains: Sequence[str]) -> str:
     """`<domain>=relay-preflight@psrp.<domain>` per sending domain: the envelope sender Postal uses."""
-    return " ".join(f"{d}={PREFLIGHT_SENDER}@{RETURN_PATH_PREFIX}.{d}" for d in domains)
+    return " ".join(f"{d}={PREFLIGHT_SENDER}@{render.custom_return_path(d)}" for d in domains)
 
 
 class PostalBootstrap(pulumi.ComponentResource):

@@ -157,11 +157,11 @@ class MailConfig:
 
     @property
     def spf_include(self) -> str:
-        return f"spf.{self.hostname}"
+        return render.derived_names(self.hostname)["spf"]
 
     @property
     def return_path_domain(self) -> str:
-        return f"rp.{self.hostname}"
+        return render.derived_names(self.hostname)["rp"]
 
     def zone_for(self, domain: str) -> str:
         """Cloudflare zone holding `domain`: cloudflareZone, or the zone named like the domain."""
@@ -607,23 +607,18 @@ def _pattern(pattern: re.Pattern, problem: str) -> Callable[[str], str]:
     return parse
 
 
-def derived_names(hostname: str) -> dict[str, str]:
-    """Names Postal derives from hostname (postal.yml `dns`), which no sending domain may take."""
-    return {prefix: f"{prefix}.{hostname}" for prefix in ("rp", "spf", "routes", "track")}
-
-
 def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
     """Names that would collide in DNS or in Postal."""
     host = r.show("hostname", hostname)
     if hostname in domains:
         r.fail("hostname", f"{host} is also a sending domain: its A record and Postal's web host would share "
                "the domain's name", "use a host under the domain, e.g. pulumi config set hostname postal.<domain>")
-    if any(hostname == f"psrp.{d}" for d in domains):
+    if any(hostname == render.custom_return_path(d) for d in domains):
         r.fail("hostname", f"{host} is the return-path name (psrp.<domain>) of a sending domain",
                "pulumi config set hostname postal.<domain>")
     taken = {name: f"the {prefix}. name Postal derives from hostname"
-             for prefix, name in derived_names(hostname).items()}
-    taken.update({f"psrp.{d}": "the return-path name (psrp.<domain>) of another sending domain" for d in domains})
+             for prefix, name in render.derived_names(hostname).items()}  # no sending domain may take them
+    taken.update({render.custom_return_path(d): "the return-path name (psrp.<domain>) of another sending domain" for d in domains})
     for domain in domains:
         if domain in taken:
             r.fail("sendingDomains", f"{r.show('sendingDomains', domain)} is {taken[domain]}",

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import pulumi
 
 from components.config import MailConfig
-from components.render import dkim_txt
+from components.render import custom_return_path, dkim_txt
 
 GOOGLE_SPF = "include:_spf.google.com"
 GUARDED_PREFIXES = ("v=spf1", "v=DMARC1")
@@ -93,7 +93,7 @@ def record_specs(cfg: MailConfig, public_ip: Any = None, dkim: Optional[dict] = 
             specs.append(RecordSpec(
                 f"{domain}-dkim", pulumi.Output.concat("postal-", key.selector, "._domainkey.", domain), "TXT",
                 key.public_key_pem.apply(dkim_txt), dzone))
-        specs.append(RecordSpec(f"{domain}-return-path", f"psrp.{domain}", "CNAME", rp, dzone))
+        specs.append(RecordSpec(f"{domain}-return-path", custom_return_path(domain), "CNAME", rp, dzone))
         if cfg.dmarc_policy:
             specs.append(RecordSpec(f"{domain}-dmarc", f"_dmarc.{domain}", "TXT",
                                     f"v=DMARC1; p={cfg.dmarc_policy}", dzone))
@@ -106,7 +106,7 @@ def owned_names(cfg: MailConfig) -> dict[str, str]:
     names = {name: f"delete it in Cloudflare (left by an earlier Postal?), {other_host}"
              for name in (cfg.spf_include, cfg.return_path_domain, f"postal._domainkey.{cfg.return_path_domain}")}
     for domain in cfg.sending_domains:
-        names[f"psrp.{domain}"] = "delete it in Cloudflare: the stack's return-path CNAME needs the name to itself"
+        names[custom_return_path(domain)] = "delete it in Cloudflare: the stack's return-path CNAME needs the name to itself"
     return names
 
 

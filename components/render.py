@@ -42,6 +42,19 @@ SMTP_CREDENTIAL = "postal-gateway-smtp"
 LOCAL_CREDENTIAL = {"type": "SMTP-IP", "name": "postal-gateway-localhost", "key": "127.0.0.1"}
 
 
+RETURN_PATH_PREFIX = "psrp"  # Postal's dns.custom_return_path_prefix (its default)
+
+
+def derived_names(hostname: str) -> dict[str, str]:
+    """Names Postal derives from hostname (postal.yml `dns`), keyed by prefix: rp, spf, routes, track."""
+    return {prefix: f"{prefix}.{hostname}" for prefix in ("rp", "spf", "routes", "track")}
+
+
+def custom_return_path(domain: str) -> str:
+    """A sending domain's return-path name: Postal's MAIL FROM is <token>@psrp.<domain> once it checks OK."""
+    return f"{RETURN_PATH_PREFIX}.{domain}"
+
+
 def dkim_txt(public_key_pem: str) -> str:
     """Postal's DKIM record for a PEM public key: `v=DKIM1; t=s; h=sha256; p=<base64 DER>;`."""
     body = re.sub(r"-----[A-Z ]+-----", "", public_key_pem)
@@ -52,6 +65,7 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
                from_address: str) -> str:
     """postal.yml in Postal's `version: 2` schema (lib/postal/config_schema.rb)."""
     database = {"host": "127.0.0.1", "port": 3306, "username": "postal", "password": db_password}
+    names = derived_names(hostname)
     config = {
         "version": 2,
         "postal": {
@@ -71,10 +85,10 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
                         "tls_private_key_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/key.pem"},
         "dns": {
             "mx_records": [hostname],
-            "spf_include": f"spf.{hostname}",
-            "return_path_domain": f"rp.{hostname}",
-            "route_domain": f"routes.{hostname}",
-            "track_domain": f"track.{hostname}",
+            "spf_include": names["spf"],
+            "return_path_domain": names["rp"],
+            "route_domain": names["routes"],
+            "track_domain": names["track"],
             "helo_hostname": hostname,
         },
         "smtp": {"host": "127.0.0.1", "port": 25, "from_name": "Postal", "from_address": from_address},
