@@ -201,6 +201,9 @@ pg_wait_health() {
 }
 
 pg_compose() { (cd "$PG_ROOT$PG_DATA_DIR/install" && docker compose -p postal "$@"); }
+# pg_postal_running: PG_RESULT = Postal's running compose services, sorted, each followed by a space.
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
+pg_postal_running() { PG_RESULT=$(pg_compose ps --services --status running | sort | tr '\n' ' '); }
 
 # pg_dir <mode> <dir>: creates dir (and its parents) and sets its mode when it differs.
 pg_dir() {

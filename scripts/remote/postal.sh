@@ -58,7 +58,8 @@ applied=$(pg_fingerprint "$PG_DATA_DIR/config/postal.yml" "$PG_DATA_DIR/config/s
 # no certificate it would offer STARTTLS and drop every client that takes it (smtp_server/server.rb).
 services=(web worker)
 if [[ -s $PG_ROOT$PG_DATA_DIR/config/smtp-tls/key.pem ]]; then services=(smtp web worker); fi
-running=$(pg_compose ps --services --status running | sort | tr '\n' ' ')
+pg_postal_running
+running=$PG_RESULT
 if ! pg_applied postal "$applied"; then
   pg_log "starting Postal with the new configuration (${services[*]})"
   pg_compose up --detach --remove-orphans --force-recreate "${services[@]}"

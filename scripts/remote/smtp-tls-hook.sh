@@ -35,8 +35,8 @@ fi
 pg_install 0644 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$dest/cert.pem" <"$PG_ROOT${certs[$pick]}"
 pg_install 0600 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$dest/key.pem" <"$PG_ROOT${keys[$pick]}"
 applied=$(pg_fingerprint "$dest/cert.pem" "$dest/key.pem")
-running=$'\n'$(pg_compose ps --services --status running)$'\n'
-if ! pg_applied smtp-tls "$applied" && [[ $running == *$'\n'smtp$'\n'* ]]; then
+pg_postal_running
+if ! pg_applied smtp-tls "$applied" && [[ " $PG_RESULT" == *" smtp "* ]]; then
   pg_log "restarting Postal's smtp container for the certificate from ${certs[$pick]}"
   pg_compose restart smtp
   pg_wait_health smtp 9091 smtp-server

@@ -77,8 +77,8 @@ done
 has_current || pg_fail "no certificate for $PG_HOSTNAME (tls $PG_TLS) in 5 minutes at $PG_WEB_CERTS;" \
   "see sudo docker logs postal-caddy (Let's Encrypt needs port 80 from the Internet and the A record)"
 
-running=$'\n'$(pg_compose ps --services --status running)$'\n'
-if [[ $running != *$'\n'smtp$'\n'* ]]; then
+pg_postal_running
+if [[ " $PG_RESULT" != *" smtp "* ]]; then
   pg_log "starting Postal's smtp container"
   pg_compose up --detach smtp
 fi
