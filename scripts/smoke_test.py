@@ -28,7 +28,7 @@ import dns.resolver
 import requests
 import urllib3
 
-from scripts.remote.relay_preflight import diagnose, unwrap
+from scripts.remote.relay_preflight import diagnose, fold, unwrap
 
 GOOGLE_SPF = "_spf.google.com"
 ALLOWLIST_PATH = ("Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
@@ -149,10 +149,6 @@ HELD = (("suppression list", "held-suppressed"), ("development mode", "held-deve
 def bare_address(address: str) -> str:
     """Postal's key for a recipient in `data.messages`: Postal::Helpers.strip_name_from_address (3.3.6)."""
     return re.sub(r"\(.+?\)", "", re.sub(r">.*", "", re.sub(r".*<", "", address))).strip()
-
-
-def fold(text) -> str:
-    return " ".join(str(text or "").split())
 
 
 def diagnose_delivery(delivery: dict) -> str:

@@ -77,7 +77,8 @@ def diagnose(text, code=None):
 
 
 def fold(text):
-    return " ".join(str(text).split())
+    """One line: whitespace (newlines included) folded to single spaces; None is empty."""
+    return " ".join(str(text if text is not None else "").split())
 
 
 def _reply(code, message):
