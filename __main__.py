@@ -18,33 +18,77 @@ zone_ids = dns.lookup_zones(cfg)  # refuses to add a second SPF/DMARC record
 
 apis = ProjectApis("postal", ApisArgs(project=cfg.project))  # every GCP resource waits for its API
 
-network = MailNetwork("postal", NetworkArgs(
-    project=cfg.project, region=cfg.region, ssh_source_ranges=cfg.ssh_source_ranges,
-    smtp_source_ranges=cfg.smtp_source_ranges, web_source_ranges=cfg.web_source_ranges,
-    labels=cfg.gcp_labels, apis=apis))
+network = MailNetwork(
+    "postal",
+    NetworkArgs(
+        project=cfg.project,
+        region=cfg.region,
+        ssh_source_ranges=cfg.ssh_source_ranges,
+        smtp_source_ranges=cfg.smtp_source_ranges,
+        web_source_ranges=cfg.web_source_ranges,
+        labels=cfg.gcp_labels,
+        apis=apis,
+    ),
+)
 
-host = MailHost("postal", HostArgs(
-    project=cfg.project, region=cfg.region, zone=cfg.zone, stack=cfg.stack, machine_type=cfg.machine_type,
-    boot_disk_size_gb=cfg.boot_disk_size_gb, data_disk_size_gb=cfg.data_disk_size_gb,
-    snapshot_retention_days=cfg.snapshot_retention_days, labels=cfg.gcp_labels,
-    data_disk_snapshot=cfg.data_disk_snapshot,
-    subnetwork_id=network.subnetwork_id, public_ip=network.public_ip, target_tag=network.target_tag, apis=apis))
+host = MailHost(
+    "postal",
+    HostArgs(
+        project=cfg.project,
+        region=cfg.region,
+        zone=cfg.zone,
+        stack=cfg.stack,
+        machine_type=cfg.machine_type,
+        boot_disk_size_gb=cfg.boot_disk_size_gb,
+        data_disk_size_gb=cfg.data_disk_size_gb,
+        snapshot_retention_days=cfg.snapshot_retention_days,
+        labels=cfg.gcp_labels,
+        data_disk_snapshot=cfg.data_disk_snapshot,
+        subnetwork_id=network.subnetwork_id,
+        public_ip=network.public_ip,
+        target_tag=network.target_tag,
+        apis=apis,
+    ),
+)
 
 secrets = MailSecrets("postal", SecretsArgs(sending_domains=cfg.sending_domains))
 
-mail_dns = dns.MailDns("postal", dns.DnsArgs(
-    records=dns.record_specs(cfg, public_ip=network.public_ip, dkim=secrets.dkim,
-                             rp_dkim_public_key=secrets.signing_public_key_pem),
-    zone_ids=zone_ids, comment=dns.comment_for(cfg)))
+mail_dns = dns.MailDns(
+    "postal",
+    dns.DnsArgs(
+        records=dns.record_specs(
+            cfg, public_ip=network.public_ip, dkim=secrets.dkim, rp_dkim_public_key=secrets.signing_public_key_pem
+        ),
+        zone_ids=zone_ids,
+        comment=dns.comment_for(cfg),
+    ),
+)
 
-bootstrap = PostalBootstrap("postal", BootstrapArgs(
-    config=cfg, public_ip=network.public_ip, ssh_user=host.ssh_user, ssh_private_key=host.ssh_private_key,
-    instance_id=host.instance_id, secrets=secrets, data_disk_id=host.data_disk.id,
-    web_dns=[mail_dns.records["host-a"]], mail_dns=list(mail_dns.records.values())))
+bootstrap = PostalBootstrap(
+    "postal",
+    BootstrapArgs(
+        config=cfg,
+        public_ip=network.public_ip,
+        ssh_user=host.ssh_user,
+        ssh_private_key=host.ssh_private_key,
+        instance_id=host.instance_id,
+        secrets=secrets,
+        data_disk_id=host.data_disk.id,
+        web_dns=[mail_dns.records["host-a"]],
+        mail_dns=list(mail_dns.records.values()),
+    ),
+)
 
-monitoring = MailMonitoring("postal", MonitoringArgs(
-    config=cfg, instance_id=host.instance_id, vpc_self_link=network.vpc.self_link, target_tag=network.target_tag,
-    apis=apis))
+monitoring = MailMonitoring(
+    "postal",
+    MonitoringArgs(
+        config=cfg,
+        instance_id=host.instance_id,
+        vpc_self_link=network.vpc.self_link,
+        target_tag=network.target_tag,
+        apis=apis,
+    ),
+)
 
 web_url = f"https://{cfg.hostname}"
 pulumi.export("publicIp", network.public_ip)

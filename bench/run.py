@@ -21,10 +21,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 NS = "postal-gateway:"
-EVALUATE = ("import sys; sys.path[:0] = ['.', 'tests']; import program; "
-            "run = program.run(); assert run.error is None, run.error; assert run.outputs")
-FLOOR = ("import pulumi, pulumi.runtime, yaml, pulumi_cloudflare, pulumi_tls, pulumi_random, pulumi_gcp as gcp; "
-         "from pulumi_command import remote; gcp.compute.Instance; gcp.projects.Service; gcp.serviceaccount.Account")
+EVALUATE = (
+    "import sys; sys.path[:0] = ['.', 'tests']; import program; "
+    "run = program.run(); assert run.error is None, run.error; assert run.outputs"
+)
+FLOOR = (
+    "import pulumi, pulumi.runtime, yaml, pulumi_cloudflare, pulumi_tls, pulumi_random, pulumi_gcp as gcp; "
+    "from pulumi_command import remote; gcp.compute.Instance; gcp.projects.Service; gcp.serviceaccount.Account"
+)
 EVAL_GOAL = 1.3
 
 # One changed value per knob of the config contract.
@@ -81,17 +85,42 @@ STEP_GOALS = {
 # Inputs whose change forces replacement (terraform-provider-google: "Changing this forces a new resource").
 FORCE_NEW = {
     "gcp:compute/instance:Instance": {"name", "zone", "project", "bootDisk", "hostname", "scratchDisks"},
-    "gcp:compute/address:Address": {"name", "project", "region", "address", "addressType", "networkTier",
-                                    "purpose", "subnetwork", "network", "prefixLength", "ipVersion", "description"},
-    "gcp:compute/disk:Disk": {"name", "project", "zone", "type", "image", "snapshot", "description",
-                              "physicalBlockSizeBytes", "sourceDisk"},
-    "gcp:compute/resourcePolicy:ResourcePolicy": {"name", "project", "region", "description",
-                                                  "snapshotSchedulePolicy"},
+    "gcp:compute/address:Address": {
+        "name",
+        "project",
+        "region",
+        "address",
+        "addressType",
+        "networkTier",
+        "purpose",
+        "subnetwork",
+        "network",
+        "prefixLength",
+        "ipVersion",
+        "description",
+    },
+    "gcp:compute/disk:Disk": {
+        "name",
+        "project",
+        "zone",
+        "type",
+        "image",
+        "snapshot",
+        "description",
+        "physicalBlockSizeBytes",
+        "sourceDisk",
+    },
+    "gcp:compute/resourcePolicy:ResourcePolicy": {"name", "project", "region", "description", "snapshotSchedulePolicy"},
     "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": {"name", "disk", "zone", "project"},
     "cloudflare:index/dnsRecord:DnsRecord": {"zoneId"},
     "gcp:monitoring/notificationChannel:NotificationChannel": {"type", "project"},
-    "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig": {"project", "monitoredResource", "resourceGroup",
-                                                           "checkerType", "syntheticMonitor"},
+    "gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig": {
+        "project",
+        "monitoredResource",
+        "resourceGroup",
+        "checkerType",
+        "syntheticMonitor",
+    },
     "gcp:logging/metric:Metric": {"name", "project"},
 }
 PRECIOUS = {"gcp:compute/instance:Instance": "VM", "gcp:compute/address:Address": "IP"}
@@ -100,8 +129,10 @@ PRECIOUS = {"gcp:compute/instance:Instance": "VM", "gcp:compute/address:Address"
 def timed_pair(*codes: str) -> list[float]:
     """Wall time of each code in its own process, all started together (one CPU each on CI's 2)."""
     start = time.perf_counter()
-    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for code in codes]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for code in codes
+    ]
     times: dict[int, float] = {}
     while len(times) < len(procs):
         for i, proc in enumerate(procs):
@@ -113,8 +144,12 @@ def timed_pair(*codes: str) -> list[float]:
 
 
 def summary(samples: list[float]) -> dict:
-    return {"median": round(statistics.median(samples), 3), "min": round(min(samples), 3),
-            "max": round(max(samples), 3), "runs": len(samples)}
+    return {
+        "median": round(statistics.median(samples), 3),
+        "min": round(min(samples), 3),
+        "max": round(max(samples), 3),
+        "runs": len(samples),
+    }
 
 
 def evaluation(runs: int) -> dict:
@@ -144,27 +179,34 @@ def blast_radius() -> dict:
         run = program.run({NS + knob: value} if value is not None else {})
         assert run.error is None, (knob, run.error)
         steps, checks, updated, replaced, added = set(), set(), set(), set(), set()
-        for resource in run.resources:
-            old = before.get(resource.name)
+        for res in run.resources:
+            old = before.get(res.name)
             if old is None:
-                added.add(resource.name)
+                added.add(res.name)
                 continue
-            keys = {k for k in set(old.inputs) | set(resource.inputs) if old.inputs.get(k) != resource.inputs.get(k)}
+            keys = {k for k in set(old.inputs) | set(res.inputs) if old.inputs.get(k) != res.inputs.get(k)}
             if not keys:
                 continue
-            if resource.type == "command:remote:Command":
-                step = resource.name.split("-", 1)[1]
+            if res.type == "command:remote:Command":
+                step = res.name.split("-", 1)[1]
                 (checks if step in CHECKS else steps).add(step)
-            elif keys & FORCE_NEW.get(resource.type, set()):
-                replaced.add(resource.name)
+            elif keys & FORCE_NEW.get(res.type, set()):
+                replaced.add(res.name)
             else:
-                updated.add(resource.name)
+                updated.add(res.name)
         removed = set(before) - {r.name for r in run.resources}
         precious = {n for n in replaced | removed if before[n].type in PRECIOUS or before[n].protect}
-        rows[knob] = {"steps": sorted(steps), "checks": sorted(checks), "updated": sorted(updated),
-                      "replaced": sorted(replaced), "added": sorted(added), "removed": sorted(removed),
-                      "goal_met": steps <= STEP_GOALS.get(knob, set()) and not precious
-                      and (value is not None or not (steps | checks | updated | replaced | added | removed))}
+        rows[knob] = {
+            "steps": sorted(steps),
+            "checks": sorted(checks),
+            "updated": sorted(updated),
+            "replaced": sorted(replaced),
+            "added": sorted(added),
+            "removed": sorted(removed),
+            "goal_met": steps <= STEP_GOALS.get(knob, set())
+            and not precious
+            and (value is not None or not (steps | checks | updated | replaced | added | removed)),
+        }
     return rows
 
 
@@ -181,8 +223,9 @@ def suite(runs: int, began: float) -> dict:
             break
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly"], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly"], cwd=ROOT, check=True, capture_output=True
+        )
         samples.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
@@ -214,12 +257,16 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for knob, row in results["blast_radius"].items():
         others = row["replaced"] + [f"+{n}" for n in row["added"]] + [f"-{n}" for n in row["removed"]]
-        print(f"| {knob} | {', '.join(row['steps']) or '—'} | {'reruns' if row['checks'] else '—'} | "
-              f"{', '.join(row['updated']) or '—'} | "
-              f"{', '.join(others) or '—'} | {'ok' if row['goal_met'] else 'MISSED'} |")
+        print(
+            f"| {knob} | {', '.join(row['steps']) or '—'} | {'reruns' if row['checks'] else '—'} | "
+            f"{', '.join(row['updated']) or '—'} | "
+            f"{', '.join(others) or '—'} | {'ok' if row['goal_met'] else 'MISSED'} |"
+        )
     if "test_suite" in results:
-        print(f"\n## Test suite: {spread(results['test_suite'])} wall, "
-              f"{spread(results['test_suite']['cpu'])} CPU (user + system)")
+        print(
+            f"\n## Test suite: {spread(results['test_suite'])} wall, "
+            f"{spread(results['test_suite']['cpu'])} CPU (user + system)"
+        )
     results["bench_seconds"] = round(time.perf_counter() - began, 1)
     print(f"\nBenchmark wall time: {results['bench_seconds']:.0f} s (budget {BUDGET_S} s)")
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")

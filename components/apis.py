@@ -23,7 +23,6 @@ that is this same, brand-new project, enable it once by hand (see docs/runbook.m
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
@@ -45,16 +44,21 @@ class ApisArgs:
 class ProjectApis(pulumi.ComponentResource):
     """Outputs: `services` (API name -> Service). `after(api, …, parent=…)` gives a resource's options."""
 
-    def __init__(self, name: str, args: ApisArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: ApisArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:ProjectApis", name, None, opts)
         # the compute API was MailNetwork's child before this component existed: same resource, no diff
-        moved = {"compute.googleapis.com": [pulumi.Alias(parent=pulumi.create_urn(
-            name, "postal-gateway:index:MailNetwork"))]}
+        moved = {
+            "compute.googleapis.com": [pulumi.Alias(parent=pulumi.create_urn(name, "postal-gateway:index:MailNetwork"))]
+        }
         self.services = {
             api: gcp.projects.Service(
-                f"{name}-{api.split('.')[0]}-api", project=args.project, service=api,
+                f"{name}-{api.split('.')[0]}-api",
+                project=args.project,
+                service=api,
                 # other stacks or people may use the API too: never switch it off on destroy
-                disable_on_destroy=False, opts=pulumi.ResourceOptions(parent=self, aliases=moved.get(api)))
+                disable_on_destroy=False,
+                opts=pulumi.ResourceOptions(parent=self, aliases=moved.get(api)),
+            )
             for api in APIS
         }
         self.register_outputs({"services": {api: s.service for api, s in self.services.items()}})
@@ -67,4 +71,5 @@ class ProjectApis(pulumi.ComponentResource):
         depends_on = options.pop("depends_on", None) or []
         depends_on = [depends_on] if isinstance(depends_on, pulumi.Resource) else list(depends_on)
         return pulumi.ResourceOptions(
-            parent=parent, depends_on=depends_on + [self.services[api] for api in apis], **options)
+            parent=parent, depends_on=depends_on + [self.services[api] for api in apis], **options
+        )

@@ -8,8 +8,8 @@ change, or when the VM is replaced (its `triggers`); nothing else reruns it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Sequence
 
 import pulumi
 from pulumi_command import remote
@@ -36,7 +36,7 @@ class BootstrapArgs:
     data_disk_id: pulumi.Input[str] = ""  # a new disk (restore) reruns the os step: it remounts
 
 
-def parse_relay_status(stdout: Optional[str]) -> str:
+def parse_relay_status(stdout: str | None) -> str:
     """The preflight's summary: the last `relay-status: <status>` line of its output."""
     for line in reversed((stdout or "").splitlines()):
         if line.startswith("relay-status: "):
@@ -44,10 +44,13 @@ def parse_relay_status(stdout: Optional[str]) -> str:
     return "unknown"
 
 
-def parse_relay_statuses(stdout: Optional[str], domains: Sequence[str]) -> dict[str, str]:
+def parse_relay_statuses(stdout: str | None, domains: Sequence[str]) -> dict[str, str]:
     """One verdict per sending domain from the `relay-domain: <domain> <status>` lines; unknown if missing."""
-    found = dict(line.split()[1:3] for line in (stdout or "").splitlines()
-                 if line.startswith("relay-domain: ") and len(line.split()) >= 3)
+    found = dict(
+        line.split()[1:3]
+        for line in (stdout or "").splitlines()
+        if line.startswith("relay-domain: ") and len(line.split()) >= 3
+    )
     return {domain: found.get(domain, "unknown") for domain in domains}
 
 
@@ -59,88 +62,167 @@ def preflight_senders(domains: Sequence[str]) -> str:
 class PostalBootstrap(pulumi.ComponentResource):
     """Outputs: `steps` (step name -> remote.Command), `relay_status`, `relay_status_by_domain`."""
 
-    def __init__(self, name: str, args: BootstrapArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: BootstrapArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:PostalBootstrap", name, None, opts)
         cfg, secrets = args.config, args.secrets
         self._name = name
         self._instance_id = args.instance_id
         self._connection = remote.ConnectionArgs(
-            host=args.public_ip, user=args.ssh_user, private_key=args.ssh_private_key,
-            dial_error_limit=60, per_dial_timeout=15)
+            host=args.public_ip,
+            user=args.ssh_user,
+            private_key=args.ssh_private_key,
+            dial_error_limit=60,
+            per_dial_timeout=15,
+        )
         self.steps: dict[str, remote.Command] = {}
 
         # The os step also reruns when the data disk grows (xfs_growfs) or is replaced (remount).
-        os_step = self._step("os", {"PG_SELINUX": cfg.selinux, "PG_DATA_DEVICE": DATA_DEVICE,
-                                    "PG_DATA_DIR": DATA_DIR, "PG_DATA_DISK_GB": str(cfg.data_disk_size_gb)},
-                             timeout="30m", triggers=[args.data_disk_id])
-        database = self._step("database", {"PG_MARIADB_IMAGE": cfg.mariadb_image},
-                              {"db_root_password": secrets.db_root_password, "db_password": secrets.db_password},
-                              after=[os_step])
+        os_step = self._step(
+            "os",
+            {
+                "PG_SELINUX": cfg.selinux,
+                "PG_DATA_DEVICE": DATA_DEVICE,
+                "PG_DATA_DIR": DATA_DIR,
+                "PG_DATA_DISK_GB": str(cfg.data_disk_size_gb),
+            },
+            timeout="30m",
+            triggers=[args.data_disk_id],
+        )
+        database = self._step(
+            "database",
+            {"PG_MARIADB_IMAGE": cfg.mariadb_image},
+            {"db_root_password": secrets.db_root_password, "db_password": secrets.db_password},
+            after=[os_step],
+        )
         postal_yml = pulumi.Output.all(secrets.db_password, secrets.rails_secret_key).apply(
-            lambda s: render.postal_yml(hostname=cfg.hostname, relay_url=cfg.relay_url, db_password=s[0],
-                                        rails_secret_key=s[1],
-                                        from_address=f"postal@{cfg.sending_domains[0]}"))
-        postal = self._step("postal", {"PG_POSTAL_VERSION": cfg.postal_version,
-                                       "PG_INSTALL_REPO": render.INSTALL_REPO,
-                                       "PG_INSTALL_COMMIT": render.INSTALL_COMMIT,
-                                       "PG_HOSTNAME": cfg.hostname},
-                            {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
-                            after=[database], timeout="30m")
-        caddy = self._step("caddy", {"PG_CADDY_IMAGE": cfg.caddy_image, "PG_TLS": cfg.tls,
-                                     "PG_HOSTNAME": cfg.hostname, "PG_CADDY_ADMIN": render.CADDY_ADMIN,
-                                     "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls,
-                                                                      admin_email=cfg.admin_email)},
-                           {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
-                           after=[os_step, *args.web_dns])
-        certs, keys = zip(*render.web_certificates(hostname=cfg.hostname, tls=cfg.tls))
-        self._step("smtp-tls", {"PG_HOSTNAME": cfg.hostname, "PG_TLS": cfg.tls, "PG_WEB_CERTS": " ".join(certs),
-                                "PG_WEB_KEYS": " ".join(keys),
-                                "PG_SMTP_TLS_HOOK": render.step_script("smtp-tls-hook")},
-                   after=[postal, caddy])
-        dkim = {domain: pulumi.Output.all(key.private_key_pem, key.selector)
-                for domain, key in secrets.dkim.items()}
-        provision_json = pulumi.Output.all(secrets.admin_password, secrets.api_key, secrets.smtp_key,
-                                           pulumi.Output.all(**dkim)).apply(
-            lambda s: render.provision_json(admin_email=cfg.admin_email, admin_password=s[0], api_key=s[1],
-                                            smtp_key=s[2], sending_domains={d: tuple(v) for d, v in s[3].items()}))
-        self._step("provision", {"PG_PROVISION_RB": render.script_text("provision.rb")},
-                   {"provision_json": provision_json}, after=[postal, *args.mail_dns])
-        preflight = self._step("preflight", {
-            "PG_HOSTNAME": cfg.hostname, "PG_RELAY_HOST": cfg.relay_host, "PG_RELAY_PORT": str(cfg.relay_port),
-            "PG_RELAY_TLS": cfg.relay_tls, "PG_SENDERS": preflight_senders(cfg.sending_domains),
-            "PG_RCPT_TO": cfg.admin_email, "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py")},
-            after=[os_step])
-        self._step("ops", {
-            "PG_AGENT_CONFIG": operations.ops_agent_config(),
-            "PG_AUTOMATIC_CONF": operations.dnf_automatic_conf(),
-            "PG_UNITS": render.payload(operations.units(
-                maintenance_window=cfg.maintenance_window, snapshot_start_utc=SNAPSHOT_START_UTC,
-                backup_retention_days=cfg.backup_retention_days)),
-            "PG_REBOOT_SH": render.script_text("pg-reboot.sh"),
-            "PG_BACKUP_SH": render.script_text("pg-backup.sh"),
-            "PG_RESTORE_SH": render.script_text("pg-restore-db.sh")}, after=[os_step])
+            lambda s: render.postal_yml(
+                hostname=cfg.hostname,
+                relay_url=cfg.relay_url,
+                db_password=s[0],
+                rails_secret_key=s[1],
+                from_address=f"postal@{cfg.sending_domains[0]}",
+            )
+        )
+        postal = self._step(
+            "postal",
+            {
+                "PG_POSTAL_VERSION": cfg.postal_version,
+                "PG_INSTALL_REPO": render.INSTALL_REPO,
+                "PG_INSTALL_COMMIT": render.INSTALL_COMMIT,
+                "PG_HOSTNAME": cfg.hostname,
+            },
+            {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
+            after=[database],
+            timeout="30m",
+        )
+        caddy = self._step(
+            "caddy",
+            {
+                "PG_CADDY_IMAGE": cfg.caddy_image,
+                "PG_TLS": cfg.tls,
+                "PG_HOSTNAME": cfg.hostname,
+                "PG_CADDY_ADMIN": render.CADDY_ADMIN,
+                "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls, admin_email=cfg.admin_email),
+            },
+            {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
+            after=[os_step, *args.web_dns],
+        )
+        certs, keys = zip(*render.web_certificates(hostname=cfg.hostname, tls=cfg.tls), strict=False)
+        self._step(
+            "smtp-tls",
+            {
+                "PG_HOSTNAME": cfg.hostname,
+                "PG_TLS": cfg.tls,
+                "PG_WEB_CERTS": " ".join(certs),
+                "PG_WEB_KEYS": " ".join(keys),
+                "PG_SMTP_TLS_HOOK": render.step_script("smtp-tls-hook"),
+            },
+            after=[postal, caddy],
+        )
+        dkim = {domain: pulumi.Output.all(key.private_key_pem, key.selector) for domain, key in secrets.dkim.items()}
+        provision_json = pulumi.Output.all(
+            secrets.admin_password, secrets.api_key, secrets.smtp_key, pulumi.Output.all(**dkim)
+        ).apply(
+            lambda s: render.provision_json(
+                admin_email=cfg.admin_email,
+                admin_password=s[0],
+                api_key=s[1],
+                smtp_key=s[2],
+                sending_domains={d: tuple(v) for d, v in s[3].items()},
+            )
+        )
+        self._step(
+            "provision",
+            {"PG_PROVISION_RB": render.script_text("provision.rb")},
+            {"provision_json": provision_json},
+            after=[postal, *args.mail_dns],
+        )
+        preflight = self._step(
+            "preflight",
+            {
+                "PG_HOSTNAME": cfg.hostname,
+                "PG_RELAY_HOST": cfg.relay_host,
+                "PG_RELAY_PORT": str(cfg.relay_port),
+                "PG_RELAY_TLS": cfg.relay_tls,
+                "PG_SENDERS": preflight_senders(cfg.sending_domains),
+                "PG_RCPT_TO": cfg.admin_email,
+                "PG_PREFLIGHT_PY": render.script_text("relay_preflight.py"),
+            },
+            after=[os_step],
+        )
+        self._step(
+            "ops",
+            {
+                "PG_AGENT_CONFIG": operations.ops_agent_config(),
+                "PG_AUTOMATIC_CONF": operations.dnf_automatic_conf(),
+                "PG_UNITS": render.payload(
+                    operations.units(
+                        maintenance_window=cfg.maintenance_window,
+                        snapshot_start_utc=SNAPSHOT_START_UTC,
+                        backup_retention_days=cfg.backup_retention_days,
+                    )
+                ),
+                "PG_REBOOT_SH": render.script_text("pg-reboot.sh"),
+                "PG_BACKUP_SH": render.script_text("pg-backup.sh"),
+                "PG_RESTORE_SH": render.script_text("pg-restore-db.sh"),
+            },
+            after=[os_step],
+        )
         self.relay_status = preflight.stdout.apply(parse_relay_status)
-        self.relay_status_by_domain = preflight.stdout.apply(
-            lambda out: parse_relay_statuses(out, cfg.sending_domains))
-        self.register_outputs({"relay_status": self.relay_status,
-                               "relay_status_by_domain": self.relay_status_by_domain})
+        self.relay_status_by_domain = preflight.stdout.apply(lambda out: parse_relay_statuses(out, cfg.sending_domains))
+        self.register_outputs(
+            {"relay_status": self.relay_status, "relay_status_by_domain": self.relay_status_by_domain}
+        )
 
-    def _step(self, step: str, env: Mapping[str, str], files: Optional[Mapping[str, pulumi.Input]] = None,
-              after: Sequence[pulumi.Resource] = (), timeout: str = "20m",
-              triggers: Sequence[pulumi.Input[str]] = ()) -> remote.Command:
+    def _step(
+        self,
+        step: str,
+        env: Mapping[str, str],
+        files: Mapping[str, pulumi.Input] | None = None,
+        after: Sequence[pulumi.Resource] = (),
+        timeout: str = "20m",
+        triggers: Sequence[pulumi.Input[str]] = (),
+    ) -> remote.Command:
         create = render.command_line(step, env)
         files = {k: v for k, v in (files or {}).items() if v is not None}
         stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
-        fingerprint = (stdin.apply(lambda text: render.digest(create, text)) if stdin is not None
-                       else render.digest(create))
+        fingerprint = (
+            stdin.apply(lambda text: render.digest(create, text)) if stdin is not None else render.digest(create)
+        )
         hidden = stdin is not None  # a step that receives secrets may echo them: keep its output secret
         command = remote.Command(
-            f"{self._name}-{step}", connection=self._connection, create=create, stdin=stdin,
+            f"{self._name}-{step}",
+            connection=self._connection,
+            create=create,
+            stdin=stdin,
             triggers=[self._instance_id, fingerprint, *triggers],
             logging=remote.Logging.NONE if hidden else remote.Logging.STDOUT_AND_STDERR,
             opts=pulumi.ResourceOptions(
-                parent=self, depends_on=list(after), custom_timeouts=pulumi.CustomTimeouts(create=timeout,
-                                                                                          update=timeout),
-                additional_secret_outputs=["stdout", "stderr"] if hidden else None))
+                parent=self,
+                depends_on=list(after),
+                custom_timeouts=pulumi.CustomTimeouts(create=timeout, update=timeout),
+                additional_secret_outputs=["stdout", "stderr"] if hidden else None,
+            ),
+        )
         self.steps[step] = command
         return command

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Optional
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -41,7 +40,7 @@ def covers(pattern: str, hostname: str) -> bool:
     return bool(first) and rest == pattern[2:]
 
 
-def _issuer_of(cert: x509.Certificate, candidates: list) -> Optional[x509.Certificate]:
+def _issuer_of(cert: x509.Certificate, candidates: list) -> x509.Certificate | None:
     for candidate in candidates:
         try:
             cert.verify_directly_issued_by(candidate)
@@ -51,8 +50,9 @@ def _issuer_of(cert: x509.Certificate, candidates: list) -> Optional[x509.Certif
     return None
 
 
-def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
-               shown_hostname: Optional[str] = None) -> tuple[Optional[CheckedPair], list]:
+def check_pair(
+    chain_pem: str, key_pem: str, hostname: str, now: datetime, shown_hostname: str | None = None
+) -> tuple[CheckedPair | None, list]:
     """(checked pair, []) or (None, [(key, problem[, fix]), …]); messages name the host as `shown_hostname`."""
     try:
         certs = x509.load_pem_x509_certificates(chain_pem.encode())
@@ -62,9 +62,14 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
     try:
         key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     except TypeError:
-        return None, [(KEY, "is encrypted with a passphrase, which Caddy cannot use",
-                       "openssl pkey -in key.pem -out plain-key.pem (asks the passphrase), then "
-                       "pulumi config set --secret tlsPrivateKey < plain-key.pem")]
+        return None, [
+            (
+                KEY,
+                "is encrypted with a passphrase, which Caddy cannot use",
+                "openssl pkey -in key.pem -out plain-key.pem (asks the passphrase), then "
+                "pulumi config set --secret tlsPrivateKey < plain-key.pem",
+            )
+        ]
     except (ValueError, UnsupportedAlgorithm):
         return None, [(KEY, "does not parse as a private key")]
     leaf = next((c for c in certs if _spki(c.public_key()) == _spki(key.public_key())), None)
@@ -80,16 +85,27 @@ def check_pair(chain_pem: str, key_pem: str, hostname: str, now: datetime,
         rest.remove(issuer)
     problems = []
     if rest:
-        problems.append((CERT, f"{len(rest)} certificate(s) do not belong to the chain of the certificate that "
-                               "matches the key (another site's chain?)"))
+        problems.append(
+            (
+                CERT,
+                f"{len(rest)} certificate(s) do not belong to the chain of the certificate that "
+                "matches the key (another site's chain?)",
+            )
+        )
     try:
-        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value \
-            .get_values_for_type(x509.DNSName)
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(
+            x509.DNSName
+        )
     except x509.ExtensionNotFound:
         names = []
     if not any(covers(name, hostname) for name in names):
-        problems.append((CERT, f"does not cover hostname {shown_hostname or hostname}: no subjectAltName DNS "
-                               "name or wildcard matches it (the common name is ignored)"))
+        problems.append(
+            (
+                CERT,
+                f"does not cover hostname {shown_hostname or hostname}: no subjectAltName DNS "
+                "name or wildcard matches it (the common name is ignored)",
+            )
+        )
     for position, cert in enumerate(chain):
         which = "the certificate" if position == 0 else "an intermediate certificate"
         if now > cert.not_valid_after_utc:

@@ -13,16 +13,16 @@ import ipaddress
 import json
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Optional
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from policy.netranges import world_open
-
 from components import certificate, render
+from policy.netranges import world_open
 
 NAMESPACE = "postal-gateway"
 
@@ -38,9 +38,17 @@ MIN_MEMORY_GB = 4
 # Every other predefined type of those pages has at least 4 GB (e2-medium, n4-highcpu-2,
 # c4-highcpu-2, c2d-highcpu-2, t2d-standard-1: exactly 4).
 SMALL_MACHINE_TYPES = {
-    "f1-micro": 0.6, "g1-small": 1.7, "e2-micro": 1, "e2-small": 2, "e2-highcpu-2": 2,
-    "n1-standard-1": 3.75, "n1-highcpu-2": 1.8, "n1-highcpu-4": 3.6, "n2-highcpu-2": 2,
-    "n2d-highcpu-2": 2, "c4d-highcpu-2": 3,
+    "f1-micro": 0.6,
+    "g1-small": 1.7,
+    "e2-micro": 1,
+    "e2-small": 2,
+    "e2-highcpu-2": 2,
+    "n1-standard-1": 3.75,
+    "n1-highcpu-2": 1.8,
+    "n1-highcpu-4": 3.6,
+    "n2-highcpu-2": 2,
+    "n2d-highcpu-2": 2,
+    "c4d-highcpu-2": 3,
 }
 # Arm (arm64) series: Tau T2A, C4A and N4A (Axion), A4X (Grace). Postal publishes its image for
 # linux/amd64 only (postalserver/postal .github/workflows/ci.yml at 3.3.6: `platforms: linux/amd64`).
@@ -76,12 +84,38 @@ DEFAULTS: dict[str, Any] = {
     "backupRetentionDays": 3,
 }
 KEYS = (
-    "hostname", "sendingDomains", "cloudflareZone", "adminEmail", "sshSourceRanges",
-    "smtpSourceRanges", "webSourceRanges", "tls", "tlsCertificate", "tlsPrivateKey",
-    "machineType", "bootDiskSizeGb", "dataDiskSizeGb", "snapshotRetentionDays", "postalVersion",
-    "relayHost", "relayPort", "relayTls", "selinux", "dmarcPolicy", "manageSpf", "labels",
-    "dataDiskSnapshot", "alertEmail", "mariadbImage", "caddyImage", "maintenanceWindow", "diskAlertPercent",
-    "queueLatencyAlertSeconds", "relayFailureAlertCount", "workerErrorAlertCount", "backupRetentionDays",
+    "hostname",
+    "sendingDomains",
+    "cloudflareZone",
+    "adminEmail",
+    "sshSourceRanges",
+    "smtpSourceRanges",
+    "webSourceRanges",
+    "tls",
+    "tlsCertificate",
+    "tlsPrivateKey",
+    "machineType",
+    "bootDiskSizeGb",
+    "dataDiskSizeGb",
+    "snapshotRetentionDays",
+    "postalVersion",
+    "relayHost",
+    "relayPort",
+    "relayTls",
+    "selinux",
+    "dmarcPolicy",
+    "manageSpf",
+    "labels",
+    "dataDiskSnapshot",
+    "alertEmail",
+    "mariadbImage",
+    "caddyImage",
+    "maintenanceWindow",
+    "diskAlertPercent",
+    "queueLatencyAlertSeconds",
+    "relayFailureAlertCount",
+    "workerErrorAlertCount",
+    "backupRetentionDays",
 )
 WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
@@ -121,8 +155,8 @@ class MailConfig:
     smtp_source_ranges: tuple[str, ...]
     web_source_ranges: tuple[str, ...]
     tls: str
-    tls_certificate: Optional[pulumi.Output]
-    tls_private_key: Optional[pulumi.Output]
+    tls_certificate: pulumi.Output | None
+    tls_private_key: pulumi.Output | None
     machine_type: str
     boot_disk_size_gb: int
     data_disk_size_gb: int
@@ -132,10 +166,10 @@ class MailConfig:
     relay_port: int
     relay_tls: str
     selinux: str
-    dmarc_policy: Optional[str]
+    dmarc_policy: str | None
     manage_spf: bool
     labels: tuple[tuple[str, str], ...]
-    data_disk_snapshot: Optional[str] = None  # restore: the data disk is (re)created from this snapshot
+    data_disk_snapshot: str | None = None  # restore: the data disk is (re)created from this snapshot
     alert_email: str = ""  # Cloud Monitoring notifications (default adminEmail)
     mariadb_image: str = render.MARIADB_IMAGE
     caddy_image: str = render.CADDY_IMAGE
@@ -145,7 +179,7 @@ class MailConfig:
     relay_failure_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     backup_retention_days: int = 3
-    tls_certificate_expires: Optional[datetime] = None  # tls=custom: the leaf's notAfter
+    tls_certificate_expires: datetime | None = None  # tls=custom: the leaf's notAfter
     tls_chain_incomplete: bool = False  # tls=custom: a CA-issued leaf without its issuer
     tls_self_signed: bool = False  # tls=custom: a leaf that is its own issuer
     secret_keys: frozenset = frozenset()  # keys whose values no message may show
@@ -216,7 +250,7 @@ class _Reader:
     def key(self, key: str) -> str:
         return f"{self.namespace}:{key}"
 
-    def raw(self, key: str) -> Optional[str]:
+    def raw(self, key: str) -> str | None:
         value = runtime_config.get_config(self.key(key))
         return None if value is None or value == "" else str(value)
 
@@ -230,8 +264,7 @@ class _Reader:
     def fail(self, key: str, message: str, fix: str) -> None:
         self.errors.append(f"{self.key(key)}: {message}. Fix: {fix}")
 
-    def value(self, key: str, parse: Callable[[Any], Any], expected: str, fix: str,
-              required: bool = False) -> Any:
+    def value(self, key: str, parse: Callable[[Any], Any], expected: str, fix: str, required: bool = False) -> Any:
         raw = self.raw(key)
         if raw is None:
             if required:
@@ -261,8 +294,9 @@ def _token(raw: Any) -> str:
     if any(c.isspace() or unicodedata.category(c) in ("Cf", "Zs") for c in text if not c.isascii()):
         raise Invalid("contains an invisible character (a non-breaking or zero-width space, pasted with the value?)")
     if not text.isascii():
-        raise Invalid("contains a non-ASCII character (a look-alike letter? write an international domain name "
-                      "in its xn-- form)")
+        raise Invalid(
+            "contains a non-ASCII character (a look-alike letter? write an international domain name in its xn-- form)"
+        )
     if not _TOKEN.fullmatch(text):
         raise Invalid("contains whitespace or a control character (a trailing newline?)")
     return text
@@ -349,6 +383,7 @@ def parse_int(low: int, high: int) -> Callable[[str], int]:
         if not low <= value <= high:
             raise Invalid(f"outside {low}..{high}")
         return value
+
     return parse
 
 
@@ -358,6 +393,7 @@ def parse_choice(choices) -> Callable[[str], str]:
         if value not in choices:
             raise Invalid(f"not one of {', '.join(choices)}")
         return value
+
     return parse
 
 
@@ -403,19 +439,23 @@ def parse_labels(raw: str) -> tuple[tuple[str, str], ...]:
         except Invalid as err:
             raise Invalid(err.problem, key) from None
         if not ok:
-            raise Invalid("breaks GCP's rules (lowercase letters, digits, _ and -; keys start with a letter)",
-                          f"{key}={value}")
+            raise Invalid(
+                "breaks GCP's rules (lowercase letters, digits, _ and -; keys start with a letter)", f"{key}={value}"
+            )
         if key in OUR_LABELS:
-            raise Invalid(f"{key} is the stack's own label ({' and '.join(OUR_LABELS)} find its resources); "
-                          "use another key")
+            raise Invalid(
+                f"{key} is the stack's own label ({' and '.join(OUR_LABELS)} find its resources); use another key"
+            )
     if len(labels) + len(OUR_LABELS) > 64:
         raise Invalid(f"more than {64 - len(OUR_LABELS)} labels (GCP allows 64, the stack sets {len(OUR_LABELS)})")
     return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
 
 
 # A name, or the partial and full URLs pulumi_gcp's Disk.snapshot takes (gcloud's selfLink is the full one).
-_SNAPSHOT = re.compile(r"(?:(?:https://www\.googleapis\.com/compute/v1/)?(?:projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?"
-                       r"global/snapshots/)?[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_SNAPSHOT = re.compile(
+    r"(?:(?:https://www\.googleapis\.com/compute/v1/)?(?:projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?"
+    r"global/snapshots/)?[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?"
+)
 
 
 def parse_snapshot(raw: str) -> str:
@@ -425,9 +465,11 @@ def parse_snapshot(raw: str) -> str:
 
 
 # A Docker image reference: [registry[:port]/]path[:tag][@sha256:digest] (distribution/reference grammar).
-_IMAGE = re.compile(r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-                    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
-                    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?")
+_IMAGE = re.compile(
+    r"(?:[a-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+    r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 _WINDOW = re.compile(r"([A-Za-z]{3}) ([01][0-9]|2[0-3]):([0-5][0-9])")
 
 
@@ -450,6 +492,7 @@ def parse_window(raw: str) -> str:
 
 def parse_pem(kind: str) -> Callable[[str], str]:
     """The shape of a PEM value; `certificate.check_pair` checks the content."""
+
     def parse(raw: str) -> str:
         labels = _PEM_LABEL.findall(raw)
         if not any(label.endswith(kind) for label in labels):
@@ -459,6 +502,7 @@ def parse_pem(kind: str) -> Callable[[str], str]:
         if other:
             raise Invalid(f"holds a PEM {other} block besides the {kind}; keep only {kind} blocks here")
         return raw.lstrip("\ufeff").strip() + "\n"  # Go's PEM decoder (Caddy) fails on a byte-order mark
+
     return parse
 
 
@@ -466,90 +510,178 @@ def _unknown_keys(reader: _Reader) -> None:
     names = set(runtime_config.CONFIG.get()) | set(runtime_config.get_config_env())
     prefix = reader.namespace + ":"
     for name in sorted(n for n in names if n.startswith(prefix)):
-        key = name[len(prefix):]
+        key = name[len(prefix) :]
         if key not in KEYS:
             close = difflib.get_close_matches(key, KEYS, n=1)
             hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(KEYS)}"
             reader.fail(key, "is not a postal-gateway setting", f"{hint} (pulumi config rm {name})")
 
 
-def load(stack: Optional[str] = None) -> MailConfig:
+def load(stack: str | None = None) -> MailConfig:
     """Build the validated config, or raise ConfigError listing every problem."""
     r = _Reader()
     _unknown_keys(r)
     gcp = _Reader("gcp")
-    project = gcp.value("project", _pattern(_PROJECT, "not a project ID"),
-                        "a project ID: 6 to 30 lowercase letters, digits and hyphens",
-                        "pulumi config set gcp:project <project-id>", required=True)
-    region = gcp.value("region", _pattern(_REGION, "not a region name"), "a region such as europe-west1",
-                       "pulumi config set gcp:region europe-west1", required=True)
-    zone = gcp.value("zone", _pattern(_ZONE, "not a zone name"), "a zone such as europe-west1-b",
-                     "pulumi config set gcp:zone europe-west1-b", required=True)
+    project = gcp.value(
+        "project",
+        _pattern(_PROJECT, "not a project ID"),
+        "a project ID: 6 to 30 lowercase letters, digits and hyphens",
+        "pulumi config set gcp:project <project-id>",
+        required=True,
+    )
+    region = gcp.value(
+        "region",
+        _pattern(_REGION, "not a region name"),
+        "a region such as europe-west1",
+        "pulumi config set gcp:region europe-west1",
+        required=True,
+    )
+    zone = gcp.value(
+        "zone",
+        _pattern(_ZONE, "not a zone name"),
+        "a zone such as europe-west1-b",
+        "pulumi config set gcp:zone europe-west1-b",
+        required=True,
+    )
     if zone and region and _ZONE.fullmatch(zone).group(1) != region:
-        gcp.fail("zone", f"{gcp.show('zone', zone)} is not a zone of region {gcp.show('region', region)}",
-                 "use <region>-<letter>, e.g. europe-west1-b")
+        gcp.fail(
+            "zone",
+            f"{gcp.show('zone', zone)} is not a zone of region {gcp.show('region', region)}",
+            "use <region>-<letter>, e.g. europe-west1-b",
+        )
 
-    hostname = r.value("hostname", parse_domain, "a fully qualified domain name such as postal.example.com",
-                       "pulumi config set hostname postal.example.com", required=True)
-    domains = r.value("sendingDomains", parse_domains, "a non-empty list of domains",
-                      "pulumi config set --path 'sendingDomains[0]' example.com", required=True)
-    email = r.value("adminEmail", parse_email, "an e-mail address",
-                    "pulumi config set adminEmail ops@example.com", required=True)
-    cidr = "a list of IPv4 CIDR ranges such as [\"203.0.113.0/24\"]"
-    ssh = r.value("sshSourceRanges", parse_cidrs, cidr,
-                  "pulumi config set --path 'sshSourceRanges[0]' 203.0.113.7/32 (the machine running pulumi up)",
-                  required=True)
-    smtp = r.value("smtpSourceRanges", parse_cidrs, cidr,
-                   "pulumi config set --path 'smtpSourceRanges[0]' 10.0.0.0/8", required=True)
-    web = r.value("webSourceRanges", parse_cidrs, cidr,
-                  "pulumi config set --path 'webSourceRanges[0]' 203.0.113.0/24 (or unset it: the SMTP and SSH ranges)")
+    hostname = r.value(
+        "hostname",
+        parse_domain,
+        "a fully qualified domain name such as postal.example.com",
+        "pulumi config set hostname postal.example.com",
+        required=True,
+    )
+    domains = r.value(
+        "sendingDomains",
+        parse_domains,
+        "a non-empty list of domains",
+        "pulumi config set --path 'sendingDomains[0]' example.com",
+        required=True,
+    )
+    email = r.value(
+        "adminEmail", parse_email, "an e-mail address", "pulumi config set adminEmail ops@example.com", required=True
+    )
+    cidr = 'a list of IPv4 CIDR ranges such as ["203.0.113.0/24"]'
+    ssh = r.value(
+        "sshSourceRanges",
+        parse_cidrs,
+        cidr,
+        "pulumi config set --path 'sshSourceRanges[0]' 203.0.113.7/32 (the machine running pulumi up)",
+        required=True,
+    )
+    smtp = r.value(
+        "smtpSourceRanges",
+        parse_cidrs,
+        cidr,
+        "pulumi config set --path 'smtpSourceRanges[0]' 10.0.0.0/8",
+        required=True,
+    )
+    web = r.value(
+        "webSourceRanges",
+        parse_cidrs,
+        cidr,
+        "pulumi config set --path 'webSourceRanges[0]' 203.0.113.0/24 (or unset it: the SMTP and SSH ranges)",
+    )
     if web is None and r.raw("webSourceRanges") is None and smtp and ssh:
         web = tuple(dict.fromkeys(smtp + ssh))  # 443: the networks that already talk to the gateway
     tls = r.value("tls", parse_choice(TLS_MODES), " | ".join(TLS_MODES), "pulumi config set tls letsencrypt")
-    machine = r.value("machineType", parse_machine_type, "a machine type with at least 4 GB, e.g. e2-medium",
-                      "pulumi config set machineType e2-medium")
-    boot = r.value("bootDiskSizeGb", parse_int(20, 2000), "whole gigabytes, 20..2000",
-                   "pulumi config set bootDiskSizeGb 20")
-    data = r.value("dataDiskSizeGb", parse_int(10, 65536), "whole gigabytes, 10..65536",
-                   "pulumi config set dataDiskSizeGb 50")
-    retention = r.value("snapshotRetentionDays", parse_int(1, 3650), "days, 1..3650",
-                        "pulumi config set snapshotRetentionDays 14")
-    version = r.value("postalVersion", parse_version, "a Postal release X.Y.Z, at least 3.3.1",
-                      "pulumi config set postalVersion 3.3.6")
-    relay_host = r.value("relayHost", parse_relay_host, "a DNS name such as smtp-relay.gmail.com",
-                         "pulumi config set relayHost smtp-relay.gmail.com")
-    relay_port = r.value("relayPort", parse_int(1, 65535), "a TCP port, 1..65535",
-                         "pulumi config set relayPort 587")
-    relay_tls = r.value("relayTls", parse_choice(tuple(RELAY_TLS_MODES)), "starttls | tls | none",
-                        "pulumi config set relayTls starttls")
-    selinux = r.value("selinux", parse_choice(SELINUX_MODES), "enforcing | permissive",
-                      "pulumi config set selinux enforcing")
-    dmarc = r.value("dmarcPolicy", parse_choice(DMARC_POLICIES), "none | quarantine | reject, or unset",
-                    "pulumi config set dmarcPolicy none, or pulumi config rm dmarcPolicy")
+    machine = r.value(
+        "machineType",
+        parse_machine_type,
+        "a machine type with at least 4 GB, e.g. e2-medium",
+        "pulumi config set machineType e2-medium",
+    )
+    boot = r.value(
+        "bootDiskSizeGb", parse_int(20, 2000), "whole gigabytes, 20..2000", "pulumi config set bootDiskSizeGb 20"
+    )
+    data = r.value(
+        "dataDiskSizeGb", parse_int(10, 65536), "whole gigabytes, 10..65536", "pulumi config set dataDiskSizeGb 50"
+    )
+    retention = r.value(
+        "snapshotRetentionDays", parse_int(1, 3650), "days, 1..3650", "pulumi config set snapshotRetentionDays 14"
+    )
+    version = r.value(
+        "postalVersion",
+        parse_version,
+        "a Postal release X.Y.Z, at least 3.3.1",
+        "pulumi config set postalVersion 3.3.6",
+    )
+    relay_host = r.value(
+        "relayHost",
+        parse_relay_host,
+        "a DNS name such as smtp-relay.gmail.com",
+        "pulumi config set relayHost smtp-relay.gmail.com",
+    )
+    relay_port = r.value("relayPort", parse_int(1, 65535), "a TCP port, 1..65535", "pulumi config set relayPort 587")
+    relay_tls = r.value(
+        "relayTls", parse_choice(tuple(RELAY_TLS_MODES)), "starttls | tls | none", "pulumi config set relayTls starttls"
+    )
+    selinux = r.value(
+        "selinux", parse_choice(SELINUX_MODES), "enforcing | permissive", "pulumi config set selinux enforcing"
+    )
+    dmarc = r.value(
+        "dmarcPolicy",
+        parse_choice(DMARC_POLICIES),
+        "none | quarantine | reject, or unset",
+        "pulumi config set dmarcPolicy none, or pulumi config rm dmarcPolicy",
+    )
     manage_spf = r.value("manageSpf", parse_bool, "true or false", "pulumi config set manageSpf true")
-    labels = r.value("labels", parse_labels, "a map of GCP labels",
-                     "pulumi config set --path 'labels.team' platform")
-    snapshot = r.value("dataDiskSnapshot", parse_snapshot,
-                       "a snapshot name (or projects/<project>/global/snapshots/<name>)",
-                       "gcloud compute snapshots list; pulumi config set dataDiskSnapshot <name>")
+    labels = r.value("labels", parse_labels, "a map of GCP labels", "pulumi config set --path 'labels.team' platform")
+    snapshot = r.value(
+        "dataDiskSnapshot",
+        parse_snapshot,
+        "a snapshot name (or projects/<project>/global/snapshots/<name>)",
+        "gcloud compute snapshots list; pulumi config set dataDiskSnapshot <name>",
+    )
 
-    alert_email = r.value("alertEmail", parse_email, "an e-mail address", "pulumi config set alertEmail oncall@example.com")
-    mariadb_image = r.value("mariadbImage", parse_image, "an image reference with a tag, e.g. mariadb:11.4",
-                            "pulumi config set mariadbImage mariadb:11.4")
-    caddy_image = r.value("caddyImage", parse_image, "an image reference with a tag, e.g. caddy:2.10",
-                          "pulumi config set caddyImage caddy:2.10")
-    window = r.value("maintenanceWindow", parse_window, "a weekday and a UTC time such as Sun 02:00",
-                     "pulumi config set maintenanceWindow 'Sun 02:00'")
-    disk_alert = r.value("diskAlertPercent", parse_int(50, 99), "a percentage, 50..99",
-                         "pulumi config set diskAlertPercent 80")
-    latency_alert = r.value("queueLatencyAlertSeconds", parse_int(10, 86400), "seconds, 10..86400",
-                            "pulumi config set queueLatencyAlertSeconds 300")
-    relay_alert = r.value("relayFailureAlertCount", parse_int(1, 100000), "a count, 1..100000",
-                          "pulumi config set relayFailureAlertCount 5")
-    worker_alert = r.value("workerErrorAlertCount", parse_int(1, 100000), "a count, 1..100000",
-                           "pulumi config set workerErrorAlertCount 5")
-    backup_days = r.value("backupRetentionDays", parse_int(1, 30), "days, 1..30",
-                          "pulumi config set backupRetentionDays 3")
+    alert_email = r.value(
+        "alertEmail", parse_email, "an e-mail address", "pulumi config set alertEmail oncall@example.com"
+    )
+    mariadb_image = r.value(
+        "mariadbImage",
+        parse_image,
+        "an image reference with a tag, e.g. mariadb:11.4",
+        "pulumi config set mariadbImage mariadb:11.4",
+    )
+    caddy_image = r.value(
+        "caddyImage",
+        parse_image,
+        "an image reference with a tag, e.g. caddy:2.10",
+        "pulumi config set caddyImage caddy:2.10",
+    )
+    window = r.value(
+        "maintenanceWindow",
+        parse_window,
+        "a weekday and a UTC time such as Sun 02:00",
+        "pulumi config set maintenanceWindow 'Sun 02:00'",
+    )
+    disk_alert = r.value(
+        "diskAlertPercent", parse_int(50, 99), "a percentage, 50..99", "pulumi config set diskAlertPercent 80"
+    )
+    latency_alert = r.value(
+        "queueLatencyAlertSeconds",
+        parse_int(10, 86400),
+        "seconds, 10..86400",
+        "pulumi config set queueLatencyAlertSeconds 300",
+    )
+    relay_alert = r.value(
+        "relayFailureAlertCount",
+        parse_int(1, 100000),
+        "a count, 1..100000",
+        "pulumi config set relayFailureAlertCount 5",
+    )
+    worker_alert = r.value(
+        "workerErrorAlertCount", parse_int(1, 100000), "a count, 1..100000", "pulumi config set workerErrorAlertCount 5"
+    )
+    backup_days = r.value(
+        "backupRetentionDays", parse_int(1, 30), "days, 1..30", "pulumi config set backupRetentionDays 3"
+    )
 
     zone_fix = "pulumi config set cloudflareZone example.com"
     cf_zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
@@ -560,15 +692,19 @@ def load(stack: Optional[str] = None) -> MailConfig:
         else:
             r.fail("cloudflareZone", f"cannot be derived from hostname {r.show('hostname', hostname)}", zone_fix)
     if hostname and cf_zone and not _within(hostname, cf_zone):
-        r.fail("cloudflareZone", f"{r.show('cloudflareZone', cf_zone)} does not contain hostname "
-               f"{r.show('hostname', hostname)}", zone_fix)
+        r.fail(
+            "cloudflareZone",
+            f"{r.show('cloudflareZone', cf_zone)} does not contain hostname {r.show('hostname', hostname)}",
+            zone_fix,
+        )
     if hostname and domains:
         _check_names(r, hostname, domains)
     if relay_tls and relay_port:
         _check_relay(r, relay_tls, relay_port)
     if relay_host and relay_host == hostname:
-        r.fail("relayHost", "is hostname: Postal would relay to itself",
-               "pulumi config set relayHost smtp-relay.gmail.com")
+        r.fail(
+            "relayHost", "is hostname: Postal would relay to itself", "pulumi config set relayHost smtp-relay.gmail.com"
+        )
 
     pair = _custom_tls(r, tls, hostname)
 
@@ -577,24 +713,50 @@ def load(stack: Optional[str] = None) -> MailConfig:
         raise ConfigError("postal-gateway: invalid configuration\n  - " + "\n  - ".join(errors))
 
     return MailConfig(
-        project=project, region=region, zone=zone, stack=stack or pulumi.get_stack(),
-        hostname=hostname, sending_domains=domains, cloudflare_zone=cf_zone, admin_email=email,
-        ssh_source_ranges=ssh, smtp_source_ranges=smtp, web_source_ranges=web, tls=tls,
+        project=project,
+        region=region,
+        zone=zone,
+        stack=stack or pulumi.get_stack(),
+        hostname=hostname,
+        sending_domains=domains,
+        cloudflare_zone=cf_zone,
+        admin_email=email,
+        ssh_source_ranges=ssh,
+        smtp_source_ranges=smtp,
+        web_source_ranges=web,
+        tls=tls,
         tls_certificate=pulumi.Output.secret(pair[0].chain_pem) if pair else None,
         tls_private_key=pulumi.Output.secret(pair[1]) if pair else None,
         tls_certificate_expires=pair[0].expires if pair else None,
         tls_chain_incomplete=bool(pair and pair[0].incomplete),
         tls_self_signed=bool(pair and pair[0].self_signed),
-        secret_keys=frozenset(k for k in KEYS if r.secret(k)) | (  # a default web range is an SSH or SMTP one
-            {"webSourceRanges"} if r.raw("webSourceRanges") is None
-            and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges")) else set()),
-        machine_type=machine, boot_disk_size_gb=boot, data_disk_size_gb=data,
-        snapshot_retention_days=retention, postal_version=version, relay_host=relay_host,
-        relay_port=relay_port, relay_tls=relay_tls, selinux=selinux, dmarc_policy=dmarc,
-        manage_spf=manage_spf, labels=labels, data_disk_snapshot=snapshot,
-        alert_email=alert_email or email, mariadb_image=mariadb_image, caddy_image=caddy_image,
-        maintenance_window=window, disk_alert_percent=disk_alert, queue_latency_alert_seconds=latency_alert,
-        relay_failure_alert_count=relay_alert, worker_error_alert_count=worker_alert,
+        secret_keys=frozenset(k for k in KEYS if r.secret(k))
+        | (  # a default web range is an SSH or SMTP one
+            {"webSourceRanges"}
+            if r.raw("webSourceRanges") is None and (r.secret("sshSourceRanges") or r.secret("smtpSourceRanges"))
+            else set()
+        ),
+        machine_type=machine,
+        boot_disk_size_gb=boot,
+        data_disk_size_gb=data,
+        snapshot_retention_days=retention,
+        postal_version=version,
+        relay_host=relay_host,
+        relay_port=relay_port,
+        relay_tls=relay_tls,
+        selinux=selinux,
+        dmarc_policy=dmarc,
+        manage_spf=manage_spf,
+        labels=labels,
+        data_disk_snapshot=snapshot,
+        alert_email=alert_email or email,
+        mariadb_image=mariadb_image,
+        caddy_image=caddy_image,
+        maintenance_window=window,
+        disk_alert_percent=disk_alert,
+        queue_latency_alert_seconds=latency_alert,
+        relay_failure_alert_count=relay_alert,
+        worker_error_alert_count=worker_alert,
         backup_retention_days=backup_days,
     )
 
@@ -604,6 +766,7 @@ def _pattern(pattern: re.Pattern, problem: str) -> Callable[[str], str]:
         if not pattern.fullmatch(_token(raw)):
             raise Invalid(problem)
         return raw
+
     return parse
 
 
@@ -611,40 +774,65 @@ def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
     """Names that would collide in DNS or in Postal."""
     host = r.show("hostname", hostname)
     if hostname in domains:
-        r.fail("hostname", f"{host} is also a sending domain: its A record and Postal's web host would share "
-               "the domain's name", "use a host under the domain, e.g. pulumi config set hostname postal.<domain>")
+        r.fail(
+            "hostname",
+            f"{host} is also a sending domain: its A record and Postal's web host would share the domain's name",
+            "use a host under the domain, e.g. pulumi config set hostname postal.<domain>",
+        )
     if any(hostname == render.custom_return_path(d) for d in domains):
-        r.fail("hostname", f"{host} is the return-path name (psrp.<domain>) of a sending domain",
-               "pulumi config set hostname postal.<domain>")
-    taken = {name: f"the {prefix}. name Postal derives from hostname"
-             for prefix, name in render.derived_names(hostname).items()}  # no sending domain may take them
-    taken.update({render.custom_return_path(d): "the return-path name (psrp.<domain>) of another sending domain" for d in domains})
+        r.fail(
+            "hostname",
+            f"{host} is the return-path name (psrp.<domain>) of a sending domain",
+            "pulumi config set hostname postal.<domain>",
+        )
+    taken = {
+        name: f"the {prefix}. name Postal derives from hostname"
+        for prefix, name in render.derived_names(hostname).items()
+    }  # no sending domain may take them
+    taken.update(
+        {
+            render.custom_return_path(d): "the return-path name (psrp.<domain>) of another sending domain"
+            for d in domains
+        }
+    )
     for domain in domains:
         if domain in taken:
-            r.fail("sendingDomains", f"{r.show('sendingDomains', domain)} is {taken[domain]}",
-                   "remove it from sendingDomains (pulumi config set --path 'sendingDomains[N]' …), "
-                   "or choose another hostname")
+            r.fail(
+                "sendingDomains",
+                f"{r.show('sendingDomains', domain)} is {taken[domain]}",
+                "remove it from sendingDomains (pulumi config set --path 'sendingDomains[N]' …), "
+                "or choose another hostname",
+            )
 
 
 def _check_relay(r: _Reader, relay_tls: str, relay_port: int) -> None:
     """Implicit TLS listens on 465, STARTTLS on 587 (RFC 8314): the other pairings never connect."""
     port, mode = r.show("relayPort", relay_port), r.show("relayTls", relay_tls)
     if relay_tls == "tls" and relay_port == 587:
-        r.fail("relayPort", f"{port} is the STARTTLS port, but relayTls is {mode} (implicit TLS, port 465)",
-               "pulumi config set relayTls starttls, or pulumi config set relayPort 465")
+        r.fail(
+            "relayPort",
+            f"{port} is the STARTTLS port, but relayTls is {mode} (implicit TLS, port 465)",
+            "pulumi config set relayTls starttls, or pulumi config set relayPort 465",
+        )
     if relay_tls in ("starttls", "none") and relay_port == 465:
-        r.fail("relayPort", f"{port} is the implicit TLS port, but relayTls is {mode} (a plain connection)",
-               "pulumi config set relayPort 587, or pulumi config set relayTls tls")
+        r.fail(
+            "relayPort",
+            f"{port} is the implicit TLS port, but relayTls is {mode} (a plain connection)",
+            "pulumi config set relayPort 587, or pulumi config set relayTls tls",
+        )
 
 
-def _custom_tls(r: _Reader, tls: Optional[str], hostname: Optional[str]) -> Optional[tuple]:
+def _custom_tls(r: _Reader, tls: str | None, hostname: str | None) -> tuple | None:
     """tls=custom: (checked chain, key PEM); otherwise the PEM keys must be unset."""
     names = certificate.CERT, certificate.KEY
     if tls != "custom":
         for name in names:
             if r.raw(name) is not None:
-                r.fail(name, f"is only used with tls=custom (tls is {r.show('tls', tls)})",
-                       f"pulumi config rm {name}, or pulumi config set tls custom")
+                r.fail(
+                    name,
+                    f"is only used with tls=custom (tls is {r.show('tls', tls)})",
+                    f"pulumi config rm {name}, or pulumi config set tls custom",
+                )
         return None
     fix = "pulumi config set --secret tlsCertificate < fullchain.pem (and tlsPrivateKey < key.pem)"
     chain = r.value(names[0], parse_pem("CERTIFICATE"), "a PEM certificate chain", fix, required=True)
@@ -654,54 +842,76 @@ def _custom_tls(r: _Reader, tls: Optional[str], hostname: Optional[str]) -> Opti
             r.fail(name, "is stored in plain text", f"pulumi config set --secret {name} < file.pem")
     if not (chain and key and hostname):
         return None
-    pair, problems = certificate.check_pair(chain, key, hostname, datetime.now(timezone.utc),
-                                              r.show("hostname", hostname))
+    pair, problems = certificate.check_pair(chain, key, hostname, datetime.now(UTC), r.show("hostname", hostname))
     for name, problem, *own_fix in problems:
-        r.fail(name, problem, own_fix[0] if own_fix else f"{fix}, with a certificate for hostname and its "
-               "own key, leaf first then intermediates")
+        r.fail(
+            name,
+            problem,
+            own_fix[0]
+            if own_fix
+            else f"{fix}, with a certificate for hostname and its own key, leaf first then intermediates",
+        )
     return (pair, key) if pair else None
 
 
-def warnings(cfg: MailConfig, now: Optional[datetime] = None) -> list[str]:
+def warnings(cfg: MailConfig, now: datetime | None = None) -> list[str]:
     """Legal but risky settings, logged as warnings by the program (never showing a secret value)."""
     notes = []
-    ranges_by_key = (("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
-                     ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
-                     ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges))
+    ranges_by_key = (
+        ("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
+        ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
+        ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges),
+    )
     for name, port, ranges in ranges_by_key:
         hidden = name in cfg.secret_keys
         if world_open(ranges):
-            notes.append(f"{NAMESPACE}:{name} opens port {port} to the whole Internet ("
-                         f"{'its ranges' if hidden else ', '.join(world_open(ranges))} cover most of it); "
-                         "narrow it to the networks that need it")
+            notes.append(
+                f"{NAMESPACE}:{name} opens port {port} to the whole Internet ("
+                f"{'its ranges' if hidden else ', '.join(world_open(ranges))} cover most of it); "
+                "narrow it to the networks that need it"
+            )
         documentation = [r for r in ranges if any(ipaddress.ip_network(r).subnet_of(d) for d in DOCUMENTATION_RANGES)]
         if documentation:
-            notes.append(f"{NAMESPACE}:{name} lists RFC 5737 documentation addresses"
-                         f"{'' if hidden else ' (' + ', '.join(documentation) + ')'}, which are nobody's real "
-                         "address: replace them with your real egress range")
+            notes.append(
+                f"{NAMESPACE}:{name} lists RFC 5737 documentation addresses"
+                f"{'' if hidden else ' (' + ', '.join(documentation) + ')'}, which are nobody's real "
+                "address: replace them with your real egress range"
+            )
     if all(any(ipaddress.ip_network(r).subnet_of(p) for p in PRIVATE_RANGES) for r in cfg.ssh_source_ranges):
-        notes.append(f"{NAMESPACE}:sshSourceRanges holds private (RFC 1918) ranges only, but pulumi up's remote steps "
-                     "reach the VM's public address from the public address of the machine running pulumi up: "
-                     "add that address as a /32")
+        notes.append(
+            f"{NAMESPACE}:sshSourceRanges holds private (RFC 1918) ranges only, but pulumi up's remote steps "
+            "reach the VM's public address from the public address of the machine running pulumi up: "
+            "add that address as a /32"
+        )
     if not any(_within(cfg.hostname, d) for d in cfg.sending_domains):
         host = "" if "hostname" in cfg.secret_keys else f" {cfg.hostname}"
-        notes.append(f"{NAMESPACE}:hostname{host} is not under a sending domain; Google identifies "
-                     "the relay customer by HELO, so it must sit under the Workspace primary domain")
+        notes.append(
+            f"{NAMESPACE}:hostname{host} is not under a sending domain; Google identifies "
+            "the relay customer by HELO, so it must sit under the Workspace primary domain"
+        )
     if cfg.tls_certificate_expires is not None:
-        left = cfg.tls_certificate_expires - (now or datetime.now(timezone.utc))
+        left = cfg.tls_certificate_expires - (now or datetime.now(UTC))
         if left < timedelta(days=CERT_WARNING_DAYS):
-            notes.append(f"{NAMESPACE}:tlsCertificate expires on {cfg.tls_certificate_expires:%Y-%m-%d} "
-                         f"(in {max(left.days, 0)} days): renew it and set it again with pulumi config set "
-                         "--secret tlsCertificate < fullchain.pem")
+            notes.append(
+                f"{NAMESPACE}:tlsCertificate expires on {cfg.tls_certificate_expires:%Y-%m-%d} "
+                f"(in {max(left.days, 0)} days): renew it and set it again with pulumi config set "
+                "--secret tlsCertificate < fullchain.pem"
+            )
     if cfg.relay_port == 25:
-        notes.append(f"{NAMESPACE}:relayPort 25: Google Cloud blocks connections to port 25 of external addresses, "
-                     "so only a relay inside the VPC answers there; the Workspace relay listens on 587")
+        notes.append(
+            f"{NAMESPACE}:relayPort 25: Google Cloud blocks connections to port 25 of external addresses, "
+            "so only a relay inside the VPC answers there; the Workspace relay listens on 587"
+        )
     if cfg.tls_chain_incomplete:
-        notes.append(f"{NAMESPACE}:tlsCertificate holds the server certificate without its issuer: clients that "
-                     "lack the intermediate certificate fail; set the full chain (fullchain.pem)")
+        notes.append(
+            f"{NAMESPACE}:tlsCertificate holds the server certificate without its issuer: clients that "
+            "lack the intermediate certificate fail; set the full chain (fullchain.pem)"
+        )
     if cfg.tls_self_signed:
-        notes.append(f"{NAMESPACE}:tlsCertificate is self-signed: every client must be told to trust it; "
-                     "use a CA-issued certificate, or tls internal (Caddy's own CA)")
+        notes.append(
+            f"{NAMESPACE}:tlsCertificate is self-signed: every client must be told to trust it; "
+            "use a CA-issued certificate, or tls internal (Caddy's own CA)"
+        )
     if cfg.relay_tls == "none":
         notes.append(f"{NAMESPACE}:relayTls none sends mail to the relay in plain text")
     return notes

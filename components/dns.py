@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 
@@ -34,7 +34,7 @@ def cloudflare_txt(text: str) -> str:
     data = text.encode()
     if len(data) <= TXT_STRING_MAX:
         return text
-    chunks = [data[i:i + TXT_STRING_MAX].decode() for i in range(0, len(data), TXT_STRING_MAX)]
+    chunks = [data[i : i + TXT_STRING_MAX].decode() for i in range(0, len(data), TXT_STRING_MAX)]
     return " ".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
 
 
@@ -46,7 +46,7 @@ def txt_text(content: str) -> str:
     return "".join(re.sub(r"\\(.)", r"\1", s) for s in _QUOTED.findall(content))
 
 
-def _guarded_prefix(text: str) -> Optional[str]:
+def _guarded_prefix(text: str) -> str | None:
     """v=spf1 / v=DMARC1 when `text` is such a record (the version tag is case-insensitive)."""
     head = text.split(";")[0].split()[0].lower() if text.strip() else ""
     return next((p for p in GUARDED_PREFIXES if head == p.lower()), None)
@@ -63,15 +63,16 @@ class RecordSpec:
     type: str
     content: Any  # str or Output; None while only names are needed
     zone: str
-    priority: Optional[int] = None
+    priority: int | None = None
 
 
 def comment_for(cfg: MailConfig) -> str:
     return f"managed by postal-gateway ({cfg.stack})"
 
 
-def record_specs(cfg: MailConfig, public_ip: Any = None, dkim: Optional[dict] = None,
-                 rp_dkim_public_key: Any = None) -> list[RecordSpec]:
+def record_specs(
+    cfg: MailConfig, public_ip: Any = None, dkim: dict | None = None, rp_dkim_public_key: Any = None
+) -> list[RecordSpec]:
     """Every record the stack publishes. With no keys given, DKIM records are left out."""
     host, rp = cfg.hostname, cfg.return_path_domain
     zone = cfg.cloudflare_zone
@@ -82,35 +83,53 @@ def record_specs(cfg: MailConfig, public_ip: Any = None, dkim: Optional[dict] = 
         RecordSpec("rp-mx", rp, "MX", host, zone, priority=10),
     ]
     if rp_dkim_public_key is not None:
-        specs.append(RecordSpec("rp-dkim", f"postal._domainkey.{rp}", "TXT",
-                                pulumi.Output.from_input(rp_dkim_public_key).apply(dkim_txt), zone))
+        specs.append(
+            RecordSpec(
+                "rp-dkim",
+                f"postal._domainkey.{rp}",
+                "TXT",
+                pulumi.Output.from_input(rp_dkim_public_key).apply(dkim_txt),
+                zone,
+            )
+        )
     for domain in cfg.sending_domains:
         dzone = cfg.zone_for(domain)
         if cfg.manage_spf:
             specs.append(RecordSpec(f"{domain}-spf", domain, "TXT", f"v=spf1 include:{cfg.spf_include} ~all", dzone))
         if dkim:
             key = dkim[domain]
-            specs.append(RecordSpec(
-                f"{domain}-dkim", pulumi.Output.concat("postal-", key.selector, "._domainkey.", domain), "TXT",
-                key.public_key_pem.apply(dkim_txt), dzone))
+            specs.append(
+                RecordSpec(
+                    f"{domain}-dkim",
+                    pulumi.Output.concat("postal-", key.selector, "._domainkey.", domain),
+                    "TXT",
+                    key.public_key_pem.apply(dkim_txt),
+                    dzone,
+                )
+            )
         specs.append(RecordSpec(f"{domain}-return-path", custom_return_path(domain), "CNAME", rp, dzone))
         if cfg.dmarc_policy:
-            specs.append(RecordSpec(f"{domain}-dmarc", f"_dmarc.{domain}", "TXT",
-                                    f"v=DMARC1; p={cfg.dmarc_policy}", dzone))
+            specs.append(
+                RecordSpec(f"{domain}-dmarc", f"_dmarc.{domain}", "TXT", f"v=DMARC1; p={cfg.dmarc_policy}", dzone)
+            )
     return specs
 
 
 def owned_names(cfg: MailConfig) -> dict[str, str]:
     """Names where every record is the stack's: any other record there is in the way. Name -> fix."""
     other_host = "or choose another postal-gateway:hostname"
-    names = {name: f"delete it in Cloudflare (left by an earlier Postal?), {other_host}"
-             for name in (cfg.spf_include, cfg.return_path_domain, f"postal._domainkey.{cfg.return_path_domain}")}
+    names = {
+        name: f"delete it in Cloudflare (left by an earlier Postal?), {other_host}"
+        for name in (cfg.spf_include, cfg.return_path_domain, f"postal._domainkey.{cfg.return_path_domain}")
+    }
     for domain in cfg.sending_domains:
-        names[custom_return_path(domain)] = "delete it in Cloudflare: the stack's return-path CNAME needs the name to itself"
+        names[custom_return_path(domain)] = (
+            "delete it in Cloudflare: the stack's return-path CNAME needs the name to itself"
+        )
     return names
 
 
-def _conflict(name: str, ours: list, record: dict, owned: dict[str, str], spf_include: str) -> Optional[str]:
+def _conflict(name: str, ours: list, record: dict, owned: dict[str, str], spf_include: str) -> str | None:
     """The fix when `record` (not ours) collides with the records `ours` the stack publishes at `name`."""
     kind = record.get("type")
     if name in owned:
@@ -118,19 +137,27 @@ def _conflict(name: str, ours: list, record: dict, owned: dict[str, str], spf_in
     if kind == "CNAME":
         return "delete the CNAME: a CNAME excludes every other record at its name"
     if kind in ("A", "AAAA") and any(spec.type == "A" for spec in ours):
-        return ("delete it in Cloudflare (clients would reach another address), or choose another "
-                "postal-gateway:hostname")
+        return (
+            "delete it in Cloudflare (clients would reach another address), or choose another postal-gateway:hostname"
+        )
     prefix = _guarded_prefix(txt_text(str(record.get("content") or ""))) if kind == "TXT" else None
     if prefix and any(spec.type == "TXT" and _guarded_prefix(str(spec.content)) == prefix for spec in ours):
         if prefix == "v=spf1":
-            return (f"merge 'include:{spf_include}' into the existing SPF record yourself and set "
-                    "postal-gateway:manageSpf false, or delete the old record so this stack owns it")
+            return (
+                f"merge 'include:{spf_include}' into the existing SPF record yourself and set "
+                "postal-gateway:manageSpf false, or delete the old record so this stack owns it"
+            )
         return "keep it and unset postal-gateway:dmarcPolicy, or delete it so this stack publishes the policy"
     return None
 
 
-def find_conflicts(specs: list[RecordSpec], existing: dict[str, list[dict]], comment: str,
-                   owned: Optional[dict[str, str]] = None, spf_include: str = "") -> list[str]:
+def find_conflicts(
+    specs: list[RecordSpec],
+    existing: dict[str, list[dict]],
+    comment: str,
+    owned: dict[str, str] | None = None,
+    spf_include: str = "",
+) -> list[str]:
     """One line per record (not carrying our comment) that collides with a record the stack publishes."""
     owned = owned or {}
     ours: dict[str, list[RecordSpec]] = {}
@@ -157,10 +184,13 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
         try:
             zone_ids[zone] = cloudflare.get_zone(filter={"name": zone, "match": "all"}).zone_id
         except Exception as err:  # the provider's own message follows
-            raise DnsConflictError(cfg.redact(
-                f"postal-gateway: Cloudflare zone {zone!r} could not be read ({err}). Check that the zone exists "
-                "and that the API token (cloudflare:apiToken or CLOUDFLARE_API_TOKEN) has Zone:Read and DNS:Edit "
-                "on it, or set postal-gateway:cloudflareZone.")) from None
+            raise DnsConflictError(
+                cfg.redact(
+                    f"postal-gateway: Cloudflare zone {zone!r} could not be read ({err}). Check that the zone exists "
+                    "and that the API token (cloudflare:apiToken or CLOUDFLARE_API_TOKEN) has Zone:Read and DNS:Edit "
+                    "on it, or set postal-gateway:cloudflareZone."
+                )
+            ) from None
     specs = record_specs(cfg)
     owned = owned_names(cfg)
     zone_of = {spec.name: spec.zone for spec in specs}
@@ -172,9 +202,12 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
         existing[name] = [{"type": r.type, "content": r.content, "comment": r.comment} for r in (found.results or [])]
     conflicts = find_conflicts(specs, existing, comment_for(cfg), owned, cfg.spf_include)
     if conflicts:
-        raise DnsConflictError(cfg.redact(
-            "postal-gateway: records this stack would publish collide with records it did not create (ours "
-            f"carry the comment '{comment_for(cfg)}'):\n  - " + "\n  - ".join(conflicts)))
+        raise DnsConflictError(
+            cfg.redact(
+                "postal-gateway: records this stack would publish collide with records it did not create (ours "
+                f"carry the comment '{comment_for(cfg)}'):\n  - " + "\n  - ".join(conflicts)
+            )
+        )
     return zone_ids
 
 
@@ -188,17 +221,26 @@ class DnsArgs:
 class MailDns(pulumi.ComponentResource):
     """Outputs: `records` (resource by key), `published` (list of {name, type, content})."""
 
-    def __init__(self, name: str, args: DnsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: DnsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:MailDns", name, None, opts)
         import pulumi_cloudflare as cloudflare
 
         child = pulumi.ResourceOptions(parent=self)
         self.records = {
             spec.key: cloudflare.DnsRecord(
-                f"{name}-{spec.key}", zone_id=args.zone_ids[spec.zone], name=spec.name, type=spec.type,
-                content=pulumi.Output.from_input(spec.content).apply(cloudflare_txt) if spec.type == "TXT"
-                else spec.content, priority=spec.priority, ttl=1, proxied=False, comment=args.comment,
-                opts=child)
+                f"{name}-{spec.key}",
+                zone_id=args.zone_ids[spec.zone],
+                name=spec.name,
+                type=spec.type,
+                content=pulumi.Output.from_input(spec.content).apply(cloudflare_txt)
+                if spec.type == "TXT"
+                else spec.content,
+                priority=spec.priority,
+                ttl=1,
+                proxied=False,
+                comment=args.comment,
+                opts=child,
+            )
             for spec in args.records
         }
         published = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
@@ -43,7 +42,7 @@ DISK_METRIC = "agent.googleapis.com/disk/percent_used"
 # validation off (a filter condition on a missing descriptor is refused when the policy is created).
 PROMQL = {
     "queue-latency": "histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket{{{vm}}}[15m])))"
-                     " > {threshold}",
+    " > {threshold}",
     "worker-errors": "sum(increase(postal_worker_errors{{{vm}}}[15m])) > {threshold}",
 }
 
@@ -59,8 +58,9 @@ class MonitoringArgs:
 
 def uptime_source_ranges(ips) -> list[str]:
     """IPv4 /32 ranges of Google's uptime checkers (the VM has no IPv6), sorted, without repeats."""
-    addresses = {ipaddress.ip_address(entry["ip_address"] if isinstance(entry, dict) else entry.ip_address)
-                 for entry in ips}
+    addresses = {
+        ipaddress.ip_address(entry["ip_address"] if isinstance(entry, dict) else entry.ip_address) for entry in ips
+    }
     return [f"{a}/32" for a in sorted(a for a in addresses if a.version == 4)]
 
 
@@ -69,15 +69,18 @@ def console_url(project: str) -> str:
 
 
 def _doc(what: str, means: str, todo: str) -> dict:
-    return {"subject": f"postal-gateway: {what}", "mime_type": "text/markdown",
-            "content": f"**{what}**\n\n{means}\n\n**What to do:** {todo}\n\n"
-                       "Runbook: docs/operations.md#alerts in the postal-gateway repository."}
+    return {
+        "subject": f"postal-gateway: {what}",
+        "mime_type": "text/markdown",
+        "content": f"**{what}**\n\n{means}\n\n**What to do:** {todo}\n\n"
+        "Runbook: docs/operations.md#alerts in the postal-gateway repository.",
+    }
 
 
 class MailMonitoring(pulumi.ComponentResource):
     """Outputs: `url` (the console's alert list), `policies` (name -> AlertPolicy), `checks`."""
 
-    def __init__(self, name: str, args: MonitoringArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: MonitoringArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:MailMonitoring", name, None, opts)
         cfg, apis = args.config, args.apis
         project = cfg.project
@@ -85,39 +88,76 @@ class MailMonitoring(pulumi.ComponentResource):
         stack = f"postal-gateway ({cfg.stack})"
 
         self.channel = gcp.monitoring.NotificationChannel(
-            f"{name}-alert-email", project=project, type="email", display_name=f"{stack}: {cfg.alert_email}",
-            labels={"email_address": cfg.alert_email}, opts=child)
+            f"{name}-alert-email",
+            project=project,
+            type="email",
+            display_name=f"{stack}: {cfg.alert_email}",
+            labels={"email_address": cfg.alert_email},
+            opts=child,
+        )
 
         resource = {"type": "uptime_url", "labels": {"project_id": project, "host": cfg.hostname}}
         self.checks = {
             "https": gcp.monitoring.UptimeCheckConfig(
-                f"{name}-uptime-https", project=project, display_name=f"{stack}: https://{cfg.hostname}{LOGIN_PATH}",
-                period=UPTIME_PERIOD, timeout="10s", monitored_resource=resource,
-                http_check={"path": LOGIN_PATH, "port": 443, "use_ssl": True,
-                            "validate_ssl": cfg.tls != "internal", "request_method": "GET"},
-                content_matchers=[{"content": LOGIN_TEXT, "matcher": "CONTAINS_STRING"}], opts=child),
+                f"{name}-uptime-https",
+                project=project,
+                display_name=f"{stack}: https://{cfg.hostname}{LOGIN_PATH}",
+                period=UPTIME_PERIOD,
+                timeout="10s",
+                monitored_resource=resource,
+                http_check={
+                    "path": LOGIN_PATH,
+                    "port": 443,
+                    "use_ssl": True,
+                    "validate_ssl": cfg.tls != "internal",
+                    "request_method": "GET",
+                },
+                content_matchers=[{"content": LOGIN_TEXT, "matcher": "CONTAINS_STRING"}],
+                opts=child,
+            ),
             "smtp": gcp.monitoring.UptimeCheckConfig(
-                f"{name}-uptime-smtp", project=project, display_name=f"{stack}: SMTP {cfg.hostname}:25",
-                period=UPTIME_PERIOD, timeout="10s", monitored_resource=resource, tcp_check={"port": 25},
-                opts=child),
+                f"{name}-uptime-smtp",
+                project=project,
+                display_name=f"{stack}: SMTP {cfg.hostname}:25",
+                period=UPTIME_PERIOD,
+                timeout="10s",
+                monitored_resource=resource,
+                tcp_check={"port": 25},
+                opts=child,
+            ),
         }
         checker_ips = gcp.monitoring.get_uptime_check_i_ps_output(opts=pulumi.InvokeOutputOptions(parent=self))
         self.firewall = gcp.compute.Firewall(
-            f"{name}-allow-uptime-checks", project=project, network=args.vpc_self_link, direction="INGRESS",
+            f"{name}-allow-uptime-checks",
+            project=project,
+            network=args.vpc_self_link,
+            direction="INGRESS",
             description="Google Cloud Monitoring uptime checkers: HTTPS and SMTP only",
             allows=[{"protocol": "tcp", "ports": list(UPTIME_PORTS)}],
-            source_ranges=checker_ips.uptime_check_ips.apply(uptime_source_ranges), target_tags=[args.target_tag],
-            opts=apis.after("compute.googleapis.com", parent=self))
+            source_ranges=checker_ips.uptime_check_ips.apply(uptime_source_ranges),
+            target_tags=[args.target_tag],
+            opts=apis.after("compute.googleapis.com", parent=self),
+        )
 
         self.relay_errors = gcp.logging.Metric(
-            f"{name}-relay-errors", project=project, name=f"postal-gateway-{cfg.stack}-relay-errors",
+            f"{name}-relay-errors",
+            project=project,
+            name=f"postal-gateway-{cfg.stack}-relay-errors",
             description="Postal's relay delivery errors (failed connections, refused or failed messages)",
-            filter=pulumi.Output.from_input(args.instance_id).apply(lambda instance: " AND ".join((
-                'resource.type="gce_instance"', f'resource.labels.instance_id="{instance}"',
-                f'jsonPayload.CONTAINER_NAME=~"{WORKER_CONTAINER_RE}"',
-                f'jsonPayload.MESSAGE=~"{RELAY_ERROR_RE}"', f'NOT jsonPayload.MESSAGE:"{RELAY_RETRY_TEXT}"'))),
+            filter=pulumi.Output.from_input(args.instance_id).apply(
+                lambda instance: " AND ".join(
+                    (
+                        'resource.type="gce_instance"',
+                        f'resource.labels.instance_id="{instance}"',
+                        f'jsonPayload.CONTAINER_NAME=~"{WORKER_CONTAINER_RE}"',
+                        f'jsonPayload.MESSAGE=~"{RELAY_ERROR_RE}"',
+                        f'NOT jsonPayload.MESSAGE:"{RELAY_RETRY_TEXT}"',
+                    )
+                )
+            ),
             metric_descriptor={"metric_kind": "DELTA", "value_type": "INT64", "unit": "1"},
-            opts=apis.after("logging.googleapis.com", parent=self))
+            opts=apis.after("logging.googleapis.com", parent=self),
+        )
 
         instance = pulumi.Output.from_input(args.instance_id)
         on_vm = instance.apply(lambda i: f'resource.type="gce_instance" AND resource.labels.instance_id="{i}"')
@@ -129,81 +169,140 @@ class MailMonitoring(pulumi.ComponentResource):
             "uptime-https": (
                 "the web UI and API do not answer",
                 self._uptime_filter(self.checks["https"]),
-                _doc("https://" + cfg.hostname + " is down",
-                     f"Google's checkers did not get Postal's login page ({LOGIN_TEXT!r}) from several regions.",
-                     "`curl -I https://<hostname>/login`; on the VM `sudo postal status`, `sudo postal logs web`, "
-                     "`sudo docker logs postal-caddy`. A 502 means Postal's web server is down; a certificate "
-                     "error means Let's Encrypt could not validate (docs/troubleshooting.md).")),
+                _doc(
+                    "https://" + cfg.hostname + " is down",
+                    f"Google's checkers did not get Postal's login page ({LOGIN_TEXT!r}) from several regions.",
+                    "`curl -I https://<hostname>/login`; on the VM `sudo postal status`, `sudo postal logs web`, "
+                    "`sudo docker logs postal-caddy`. A 502 means Postal's web server is down; a certificate "
+                    "error means Let's Encrypt could not validate (docs/troubleshooting.md).",
+                ),
+            ),
             "uptime-smtp": (
                 "the SMTP intake does not answer",
                 self._uptime_filter(self.checks["smtp"]),
-                _doc(f"SMTP on {cfg.hostname}:25 is down",
-                     "Google's checkers could not open a TCP connection to port 25 from several regions.",
-                     "on the VM `sudo postal status`, `sudo postal logs smtp`; `sudo firewall-cmd --list-all` "
-                     "must allow 25/tcp; the VM may be stopped or rebooting (maintenance window).")),
+                _doc(
+                    f"SMTP on {cfg.hostname}:25 is down",
+                    "Google's checkers could not open a TCP connection to port 25 from several regions.",
+                    "on the VM `sudo postal status`, `sudo postal logs smtp`; `sudo firewall-cmd --list-all` "
+                    "must allow 25/tcp; the VM may be stopped or rebooting (maintenance window).",
+                ),
+            ),
             "disk": (
                 f"a disk is more than {cfg.disk_alert_percent}% full",
-                pulumi.Output.concat(on_vm, f' AND metric.type="{DISK_METRIC}" AND metric.labels.state="used"'
-                                            ' AND metric.labels.device=starts_with("/dev/")'),
-                _doc(f"a disk is over {cfg.disk_alert_percent}% full",
-                     "The boot disk or the data disk (/opt/postal: MariaDB, backups) is filling up.",
-                     "grow it: `pulumi config set dataDiskSizeGb <bigger>` (or bootDiskSizeGb) and `pulumi up` "
-                     "(in place); on the VM `df -h`, `sudo du -sh /opt/postal/*`; old backups go after "
-                     "backupRetentionDays.")),
+                pulumi.Output.concat(
+                    on_vm,
+                    f' AND metric.type="{DISK_METRIC}" AND metric.labels.state="used"'
+                    ' AND metric.labels.device=starts_with("/dev/")',
+                ),
+                _doc(
+                    f"a disk is over {cfg.disk_alert_percent}% full",
+                    "The boot disk or the data disk (/opt/postal: MariaDB, backups) is filling up.",
+                    "grow it: `pulumi config set dataDiskSizeGb <bigger>` (or bootDiskSizeGb) and `pulumi up` "
+                    "(in place); on the VM `df -h`, `sudo du -sh /opt/postal/*`; old backups go after "
+                    "backupRetentionDays.",
+                ),
+            ),
             "queue-latency": (
                 f"Postal's queue latency is above {cfg.queue_latency_alert_seconds}s",
-                on_postal.apply(lambda vm: PROMQL["queue-latency"].format(
-                    vm=vm, threshold=cfg.queue_latency_alert_seconds)),
-                _doc("mail waits in Postal's queue",
-                     f"The 99th percentile of postal_message_queue_latency over 15 minutes is above "
-                     f"{cfg.queue_latency_alert_seconds} s: messages wait before the worker picks them up.",
-                     "`sudo postal status` (is the worker running?), `sudo postal logs worker`; a relay that "
-                     "defers or throttles (docs/troubleshooting.md) also holds the queue.")),
+                on_postal.apply(
+                    lambda vm: PROMQL["queue-latency"].format(vm=vm, threshold=cfg.queue_latency_alert_seconds)
+                ),
+                _doc(
+                    "mail waits in Postal's queue",
+                    f"The 99th percentile of postal_message_queue_latency over 15 minutes is above "
+                    f"{cfg.queue_latency_alert_seconds} s: messages wait before the worker picks them up.",
+                    "`sudo postal status` (is the worker running?), `sudo postal logs worker`; a relay that "
+                    "defers or throttles (docs/troubleshooting.md) also holds the queue.",
+                ),
+            ),
             "worker-errors": (
                 f"Postal's worker counted more than {cfg.worker_error_alert_count} errors in 15 minutes",
-                on_postal.apply(lambda vm: PROMQL["worker-errors"].format(
-                    vm=vm, threshold=cfg.worker_error_alert_count)),
-                _doc("Postal's worker is failing",
-                     "postal_worker_errors (exceptions in the worker's jobs) is rising.",
-                     "`sudo postal logs worker` for the exception; MariaDB down (`sudo docker logs "
-                     "postal-mariadb`) is the usual cause.")),
+                on_postal.apply(
+                    lambda vm: PROMQL["worker-errors"].format(vm=vm, threshold=cfg.worker_error_alert_count)
+                ),
+                _doc(
+                    "Postal's worker is failing",
+                    "postal_worker_errors (exceptions in the worker's jobs) is rising.",
+                    "`sudo postal logs worker` for the exception; MariaDB down (`sudo docker logs "
+                    "postal-mariadb`) is the usual cause.",
+                ),
+            ),
             "relay-errors": (
                 f"more than {cfg.relay_failure_alert_count} relay errors in 15 minutes",
                 self.relay_errors.name.apply(
-                    lambda metric: f'metric.type="logging.googleapis.com/user/{metric}" AND resource.type="gce_instance"'),
-                _doc("messages fail at the relay",
-                     "Postal's worker logs errors talking to the relay: failed connections, or messages the "
-                     "relay refused (HardFail) or deferred (SoftFail, retried).",
-                     "`sudo postal logs worker | grep log_id=` for the relay's answer, then the smoke test's "
-                     "table in docs/troubleshooting.md: `Invalid credentials for relay` = publicIp not "
-                     "allowlisted; `requires TLS` = relayTls; daily/peak limit = wait; cannot reach = egress.")),
+                    lambda metric: (
+                        f'metric.type="logging.googleapis.com/user/{metric}" AND resource.type="gce_instance"'
+                    )
+                ),
+                _doc(
+                    "messages fail at the relay",
+                    "Postal's worker logs errors talking to the relay: failed connections, or messages the "
+                    "relay refused (HardFail) or deferred (SoftFail, retried).",
+                    "`sudo postal logs worker | grep log_id=` for the relay's answer, then the smoke test's "
+                    "table in docs/troubleshooting.md: `Invalid credentials for relay` = publicIp not "
+                    "allowlisted; `requires TLS` = relayTls; daily/peak limit = wait; cannot reach = egress.",
+                ),
+            ),
         }
         aggregations = {
-            "uptime-https": {"alignment_period": "300s", "per_series_aligner": "ALIGN_NEXT_OLDER",
-                             "cross_series_reducer": "REDUCE_COUNT_FALSE", "group_by_fields": ["resource.label.*"]},
+            "uptime-https": {
+                "alignment_period": "300s",
+                "per_series_aligner": "ALIGN_NEXT_OLDER",
+                "cross_series_reducer": "REDUCE_COUNT_FALSE",
+                "group_by_fields": ["resource.label.*"],
+            },
             "disk": {"alignment_period": "300s", "per_series_aligner": "ALIGN_MEAN"},
-            "relay-errors": {"alignment_period": window, "per_series_aligner": "ALIGN_SUM",
-                             "cross_series_reducer": "REDUCE_SUM"},
+            "relay-errors": {
+                "alignment_period": window,
+                "per_series_aligner": "ALIGN_SUM",
+                "cross_series_reducer": "REDUCE_SUM",
+            },
         }
         aggregations["uptime-smtp"] = aggregations["uptime-https"]
-        thresholds = {"uptime-https": 1, "uptime-smtp": 1, "disk": cfg.disk_alert_percent,
-                      "relay-errors": cfg.relay_failure_alert_count}
+        thresholds = {
+            "uptime-https": 1,
+            "uptime-smtp": 1,
+            "disk": cfg.disk_alert_percent,
+            "relay-errors": cfg.relay_failure_alert_count,
+        }
         durations = {"uptime-https": "300s", "uptime-smtp": "300s", "disk": "600s"}
 
         def condition(key: str, title: str, query: pulumi.Input[str]) -> dict:
             if key in PROMQL:
-                return {"display_name": title, "condition_prometheus_query_language": {
-                    "query": query, "duration": "0s", "evaluation_interval": "60s",
-                    "disable_metric_validation": True}}
-            return {"display_name": title, "condition_threshold": {
-                "filter": query, "comparison": "COMPARISON_GT", "threshold_value": thresholds[key],
-                "duration": durations.get(key, "0s"), "aggregations": [aggregations[key]], "trigger": {"count": 1}}}
+                return {
+                    "display_name": title,
+                    "condition_prometheus_query_language": {
+                        "query": query,
+                        "duration": "0s",
+                        "evaluation_interval": "60s",
+                        "disable_metric_validation": True,
+                    },
+                }
+            return {
+                "display_name": title,
+                "condition_threshold": {
+                    "filter": query,
+                    "comparison": "COMPARISON_GT",
+                    "threshold_value": thresholds[key],
+                    "duration": durations.get(key, "0s"),
+                    "aggregations": [aggregations[key]],
+                    "trigger": {"count": 1},
+                },
+            }
 
         self.policies = {
             key: gcp.monitoring.AlertPolicy(
-                f"{name}-alert-{key}", project=project, display_name=f"{stack}: {title}", combiner="OR",
-                conditions=[condition(key, title, query)], notification_channels=[self.channel.name],
-                documentation=doc, alert_strategy={"auto_close": "86400s"}, user_labels=cfg.gcp_labels, opts=child)
+                f"{name}-alert-{key}",
+                project=project,
+                display_name=f"{stack}: {title}",
+                combiner="OR",
+                conditions=[condition(key, title, query)],
+                notification_channels=[self.channel.name],
+                documentation=doc,
+                alert_strategy={"auto_close": "86400s"},
+                user_labels=cfg.gcp_labels,
+                opts=child,
+            )
             for key, (title, query, doc) in specs.items()
         }
         self.url = console_url(project)
@@ -212,5 +311,8 @@ class MailMonitoring(pulumi.ComponentResource):
     @staticmethod
     def _uptime_filter(check: gcp.monitoring.UptimeCheckConfig) -> pulumi.Output[str]:
         return check.uptime_check_id.apply(
-            lambda check_id: 'metric.type="monitoring.googleapis.com/uptime_check/check_passed" AND '
-                             f'resource.type="uptime_url" AND metric.labels.check_id="{check_id}"')
+            lambda check_id: (
+                'metric.type="monitoring.googleapis.com/uptime_check/check_passed" AND '
+                f'resource.type="uptime_url" AND metric.labels.check_id="{check_id}"'
+            )
+        )

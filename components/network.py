@@ -4,7 +4,6 @@ their ranges, 80 from anywhere for ACME, 443 from webSourceRanges)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_gcp as gcp
@@ -29,21 +28,32 @@ class NetworkArgs:
 class MailNetwork(pulumi.ComponentResource):
     """Outputs: `address` (the relay allowlist IP), `subnetwork_id`, `target_tag`, `firewalls`."""
 
-    def __init__(self, name: str, args: NetworkArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: NetworkArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:MailNetwork", name, None, opts)
         child = args.apis.after("compute.googleapis.com", parent=self)
         self.vpc = gcp.compute.Network(
-            f"{name}-vpc", project=args.project, auto_create_subnetworks=False,
-            description="postal-gateway", opts=child)
+            f"{name}-vpc", project=args.project, auto_create_subnetworks=False, description="postal-gateway", opts=child
+        )
         self.subnetwork = gcp.compute.Subnetwork(
-            f"{name}-subnet", project=args.project, region=args.region, network=self.vpc.id,
-            ip_cidr_range=SUBNET_RANGE, stack_type="IPV4_ONLY", private_ip_google_access=True,
-            opts=child)
+            f"{name}-subnet",
+            project=args.project,
+            region=args.region,
+            network=self.vpc.id,
+            ip_cidr_range=SUBNET_RANGE,
+            stack_type="IPV4_ONLY",
+            private_ip_google_access=True,
+            opts=child,
+        )
         self.address = gcp.compute.Address(
-            f"{name}-ip", project=args.project, region=args.region, address_type="EXTERNAL",
-            network_tier="PREMIUM", labels=args.labels,
+            f"{name}-ip",
+            project=args.project,
+            region=args.region,
+            address_type="EXTERNAL",
+            network_tier="PREMIUM",
+            labels=args.labels,
             description="postal-gateway public IP: the Google Workspace SMTP relay allowlist entry",
-            opts=args.apis.after("compute.googleapis.com", parent=self, protect=True))
+            opts=args.apis.after("compute.googleapis.com", parent=self, protect=True),
+        )
         rules = {
             "ssh": (["22"], args.ssh_source_ranges),
             "smtp": (["25"], args.smtp_source_ranges),
@@ -53,9 +63,15 @@ class MailNetwork(pulumi.ComponentResource):
         }
         self.firewalls = {
             rule: gcp.compute.Firewall(
-                f"{name}-allow-{rule}", project=args.project, network=self.vpc.self_link,
-                direction="INGRESS", allows=[{"protocol": "tcp", "ports": ports}],
-                source_ranges=list(ranges), target_tags=[TARGET_TAG], opts=child)
+                f"{name}-allow-{rule}",
+                project=args.project,
+                network=self.vpc.self_link,
+                direction="INGRESS",
+                allows=[{"protocol": "tcp", "ports": ports}],
+                source_ranges=list(ranges),
+                target_tags=[TARGET_TAG],
+                opts=child,
+            )
             for rule, (ports, ranges) in rules.items()
         }
         self.target_tag = TARGET_TAG

@@ -28,23 +28,37 @@ def ops_agent_config() -> str:
     config = {
         "logging": {
             "receivers": {JOURNAL_RECEIVER: {"type": "systemd_journald"}},
-            "service": {"pipelines": {
-                # the journal holds what rsyslog copies to /var/log/messages: ship it once, structured
-                "default_pipeline": {"receivers": [JOURNAL_RECEIVER]},
-            }},
+            "service": {
+                "pipelines": {
+                    # the journal holds what rsyslog copies to /var/log/messages: ship it once, structured
+                    "default_pipeline": {"receivers": [JOURNAL_RECEIVER]},
+                }
+            },
         },
         "metrics": {
             "receivers": {
                 "hostmetrics": {"type": "hostmetrics", "collection_interval": "60s"},
-                "postal": {"type": "prometheus", "config": {"scrape_configs": [
-                    {"job_name": job, "scrape_interval": "60s", "metrics_path": "/metrics",
-                     "static_configs": [{"targets": [target]}]}
-                    for job, target in POSTAL_METRICS.items()]}},
+                "postal": {
+                    "type": "prometheus",
+                    "config": {
+                        "scrape_configs": [
+                            {
+                                "job_name": job,
+                                "scrape_interval": "60s",
+                                "metrics_path": "/metrics",
+                                "static_configs": [{"targets": [target]}],
+                            }
+                            for job, target in POSTAL_METRICS.items()
+                        ]
+                    },
+                },
             },
-            "service": {"pipelines": {
-                "default_pipeline": {"receivers": ["hostmetrics"]},
-                "postal": {"receivers": ["postal"]},
-            }},
+            "service": {
+                "pipelines": {
+                    "default_pipeline": {"receivers": ["hostmetrics"]},
+                    "postal": {"receivers": ["postal"]},
+                }
+            },
         },
     }
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
@@ -80,17 +94,17 @@ def backup_calendar(snapshot_start_utc: str) -> str:
 
 
 def _timer(description: str, on_calendar: str) -> str:
-    return (f"[Unit]\nDescription={description}\n\n"
-            f"[Timer]\nOnCalendar={on_calendar}\nPersistent=false\n\n"
-            "[Install]\nWantedBy=timers.target\n")
+    return (
+        f"[Unit]\nDescription={description}\n\n"
+        f"[Timer]\nOnCalendar={on_calendar}\nPersistent=false\n\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
 
 
-def _service(description: str, exec_start: str, environment: dict[str, str] | None = None,
-             after: str = "") -> str:
+def _service(description: str, exec_start: str, environment: dict[str, str] | None = None, after: str = "") -> str:
     env = "".join(f"Environment={k}={v}\n" for k, v in (environment or {}).items())
     order = f"After={after}\nRequires={after}\n" if after else ""
-    return (f"[Unit]\nDescription={description}\n{order}\n"
-            f"[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n")
+    return f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n"
 
 
 def units(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_days: int) -> dict[str, str]:
@@ -99,14 +113,22 @@ def units(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_
     return {
         f"{d}/postal-gateway-reboot.service": _service(
             "postal-gateway: reboot when an applied update needs it (needs-restarting -r)",
-            "/usr/local/sbin/postal-gateway-reboot"),
+            "/usr/local/sbin/postal-gateway-reboot",
+        ),
         f"{d}/postal-gateway-reboot.timer": _timer(
-            "postal-gateway: maintenance window for reboots", calendar(maintenance_window)),
+            "postal-gateway: maintenance window for reboots", calendar(maintenance_window)
+        ),
         f"{d}/postal-gateway-backup.service": _service(
             "postal-gateway: hot MariaDB backup onto the data disk before its snapshot",
             "/usr/local/sbin/postal-gateway-backup",
-            {"PG_BACKUP_DIR": BACKUP_DIR, "PG_BACKUP_RETENTION_DAYS": str(backup_retention_days),
-             "PG_MARIADB_CONTAINER": MARIADB_CONTAINER}, after="docker.service"),
+            {
+                "PG_BACKUP_DIR": BACKUP_DIR,
+                "PG_BACKUP_RETENTION_DAYS": str(backup_retention_days),
+                "PG_MARIADB_CONTAINER": MARIADB_CONTAINER,
+            },
+            after="docker.service",
+        ),
         f"{d}/postal-gateway-backup.timer": _timer(
-            "postal-gateway: daily MariaDB backup", backup_calendar(snapshot_start_utc)),
+            "postal-gateway: daily MariaDB backup", backup_calendar(snapshot_start_utc)
+        ),
     }

@@ -8,8 +8,8 @@ import hashlib
 import json
 import re
 import shlex
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping, Optional
 
 import yaml
 
@@ -29,8 +29,10 @@ SMTP_TLS_DIR = "smtp-tls"  # under config/: the certificate Postal's SMTP server
 # each TLS mode, per issuer: Let's Encrypt, or ZeroSSL when Let's Encrypt fails (Caddy's default
 # issuers once an e-mail is set), or its internal CA ("local"); tls=custom: the caddy step's pair.
 CADDY_STORAGE = f"{HOST_DATA_DIR}/caddy-data/caddy"
-CADDY_ISSUERS = {"letsencrypt": ("acme-v02.api.letsencrypt.org-directory", "acme.zerossl.com-v2-dv90"),
-                 "internal": ("local",)}
+CADDY_ISSUERS = {
+    "letsencrypt": ("acme-v02.api.letsencrypt.org-directory", "acme.zerossl.com-v2-dv90"),
+    "internal": ("local",),
+}
 CADDY_ROOT_CA = f"{CADDY_STORAGE}/pki/authorities/local/root.crt"  # tls=internal: what clients trust
 CADDY_CUSTOM_CERTS = f"{HOST_DATA_DIR}/caddy/live/certs"  # CERT_DIR on the host (caddy.sh)
 ORGANIZATION = {"name": "Postal Gateway", "permalink": "postal-gateway"}
@@ -61,8 +63,7 @@ def dkim_txt(public_key_pem: str) -> str:
     return f"v=DKIM1; t=s; h=sha256; p={''.join(body.split())};"
 
 
-def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_key: str,
-               from_address: str) -> str:
+def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_key: str, from_address: str) -> str:
     """postal.yml in Postal's `version: 2` schema (lib/postal/config_schema.rb)."""
     database = {"host": "127.0.0.1", "port": 3306, "username": "postal", "password": db_password}
     names = derived_names(hostname)
@@ -80,9 +81,13 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
         "main_db": {**database, "database": "postal"},
         "message_db": {**database, "database_name_prefix": "postal"},
         # STARTTLS with the web's certificate, copied in by the smtp-tls step and its renewal hook.
-        "smtp_server": {"default_port": 25, "default_bind_address": "0.0.0.0", "tls_enabled": True,
-                        "tls_certificate_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/cert.pem",
-                        "tls_private_key_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/key.pem"},
+        "smtp_server": {
+            "default_port": 25,
+            "default_bind_address": "0.0.0.0",
+            "tls_enabled": True,
+            "tls_certificate_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/cert.pem",
+            "tls_private_key_path": f"{CONFIG_DIR}/{SMTP_TLS_DIR}/key.pem",
+        },
         "dns": {
             "mx_records": [hostname],
             "spf_include": names["spf"],
@@ -113,39 +118,60 @@ def web_certificates(*, hostname: str, tls: str) -> list[tuple[str, str]]:
     """(certificate chain, key) paths on the host where the web's certificate may be, in order."""
     if tls == "custom":
         return [(f"{CADDY_CUSTOM_CERTS}/cert.pem", f"{CADDY_CUSTOM_CERTS}/key.pem")]
-    return [(f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.crt",
-             f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.key") for issuer in CADDY_ISSUERS[tls]]
+    return [
+        (
+            f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.crt",
+            f"{CADDY_STORAGE}/certificates/{issuer}/{hostname}/{hostname}.key",
+        )
+        for issuer in CADDY_ISSUERS[tls]
+    ]
 
 
-def provision_json(*, admin_email: str, admin_password: str, sending_domains: Mapping[str, tuple[str, str]],
-                   api_key: str, smtp_key: str) -> str:
+def provision_json(
+    *,
+    admin_email: str,
+    admin_password: str,
+    sending_domains: Mapping[str, tuple[str, str]],
+    api_key: str,
+    smtp_key: str,
+) -> str:
     """Input of provision.rb; `sending_domains` maps domain -> (DKIM private key PEM, selector)."""
-    return json.dumps({
-        "admin": {"email": admin_email, "first_name": "Postal", "last_name": "Admin",
-                  "password": admin_password},
-        "organization": ORGANIZATION,
-        "server": SERVER,
-        "domains": [{"name": name, "dkim_private_key": pem, "dkim_selector": selector}
-                    for name, (pem, selector) in sending_domains.items()],
-        "credentials": [{"type": "API", "name": API_CREDENTIAL, "key": api_key},
-                        {"type": "SMTP", "name": SMTP_CREDENTIAL, "key": smtp_key}, LOCAL_CREDENTIAL],
-    }, sort_keys=True)
+    return json.dumps(
+        {
+            "admin": {"email": admin_email, "first_name": "Postal", "last_name": "Admin", "password": admin_password},
+            "organization": ORGANIZATION,
+            "server": SERVER,
+            "domains": [
+                {"name": name, "dkim_private_key": pem, "dkim_selector": selector}
+                for name, (pem, selector) in sending_domains.items()
+            ],
+            "credentials": [
+                {"type": "API", "name": API_CREDENTIAL, "key": api_key},
+                {"type": "SMTP", "name": SMTP_CREDENTIAL, "key": smtp_key},
+                LOCAL_CREDENTIAL,
+            ],
+        },
+        sort_keys=True,
+    )
 
 
-def payload(files: Mapping[str, Optional[str]]) -> str:
+def payload(files: Mapping[str, str | None]) -> str:
     """stdin for a step: one `<name> <base64>` line per file (read by lib.sh's pg_read_payload)."""
-    return "".join(f"{name} {base64.b64encode(text.encode()).decode()}\n"
-                   for name, text in sorted(files.items()) if text is not None)
+    return "".join(
+        f"{name} {base64.b64encode(text.encode()).decode()}\n"
+        for name, text in sorted(files.items())
+        if text is not None
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def step_script(step: str) -> str:
     """What runs on the VM: lib.sh followed by the step script without its shebang."""
     body = (SCRIPTS / f"{step}.sh").read_text().split("\n", 1)[1]
     return (SCRIPTS / "lib.sh").read_text().rstrip("\n") + "\n" + body
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def script_text(filename: str) -> str:
     return (SCRIPTS / filename).read_text()
 

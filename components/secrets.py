@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import pulumi
 import pulumi_random as random
@@ -27,7 +26,7 @@ class MailSecrets(pulumi.ComponentResource):
     secret strings `db_root_password`, `db_password`, `admin_password`, `rails_secret_key`,
     `api_key`, `smtp_key`."""
 
-    def __init__(self, name: str, args: SecretsArgs, opts: Optional[pulumi.ResourceOptions] = None):
+    def __init__(self, name: str, args: SecretsArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:MailSecrets", name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
@@ -41,11 +40,20 @@ class MailSecrets(pulumi.ComponentResource):
         self.dkim: dict[str, DkimKey] = {}
         for domain in args.sending_domains:
             key = rsa_key(f"dkim-{domain}")
-            selector = random.RandomString(f"{name}-dkim-selector-{domain}", length=6, upper=True,
-                                           lower=False, numeric=False, special=False, opts=child)
-            self.dkim[domain] = DkimKey(selector=selector.result,
-                                        private_key_pem=pulumi.Output.secret(key.private_key_pem),
-                                        public_key_pem=key.public_key_pem)
+            selector = random.RandomString(
+                f"{name}-dkim-selector-{domain}",
+                length=6,
+                upper=True,
+                lower=False,
+                numeric=False,
+                special=False,
+                opts=child,
+            )
+            self.dkim[domain] = DkimKey(
+                selector=selector.result,
+                private_key_pem=pulumi.Output.secret(key.private_key_pem),
+                public_key_pem=key.public_key_pem,
+            )
         signing = rsa_key("signing-key")
         self.signing_key_pem = pulumi.Output.secret(signing.private_key_pem)
         self.signing_public_key_pem = signing.public_key_pem
@@ -55,7 +63,11 @@ class MailSecrets(pulumi.ComponentResource):
         self.rails_secret_key = password("rails-secret-key", 64)
         self.api_key = password("api-key", 24)
         self.smtp_key = password("smtp-key", 24)
-        self.register_outputs({
-            "signing_public_key_pem": self.signing_public_key_pem,
-            "api_key": self.api_key, "smtp_key": self.smtp_key, "admin_password": self.admin_password,
-        })
+        self.register_outputs(
+            {
+                "signing_public_key_pem": self.signing_public_key_pem,
+                "api_key": self.api_key,
+                "smtp_key": self.smtp_key,
+                "admin_password": self.admin_password,
+            }
+        )

@@ -4,9 +4,8 @@ The engine runs this file with the pack directory on sys.path, hence the plain `
 Constructing the PolicyPack serves the analyzer and blocks, which is why only this file does it.
 """
 
-from pulumi_policy import EnforcementLevel, PolicyPack
-
 from policies import POLICIES
+from pulumi_policy import EnforcementLevel, PolicyPack
 
 PolicyPack(
     name="postal-gateway-guardrails",

@@ -5,12 +5,12 @@ so the pack can import it from its own directory."""
 from __future__ import annotations
 
 import ipaddress
-from typing import Iterable
+from collections.abc import Iterable
 
 # A set of ranges is world-open when, merged, it covers at least half of its address family:
 # 0.0.0.0/1 + 128.0.0.0/1 is the whole IPv4 Internet in two rules, and no gateway's callers
 # need 2^31 addresses.
-MOST = {4: 2 ** 31, 6: 2 ** 127}
+MOST = {4: 2**31, 6: 2**127}
 
 
 def world_open(ranges: Iterable) -> list[str]:

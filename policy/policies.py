@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
-
-from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
 
 from netranges import world_open  # policy/ is on sys.path in the pack (and in the tests)
+from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
 
 FIREWALL = "gcp:compute/firewall:Firewall"
 ADDRESS = "gcp:compute/address:Address"
@@ -29,13 +27,13 @@ DNS_RECORD = "cloudflare:index/dnsRecord:DnsRecord"
 GUARDED_PORTS = {
     22: ("SSH", "sshSourceRanges", "203.0.113.7/32 (the machine running pulumi up)"),
     25: ("SMTP", "smtpSourceRanges", "10.0.0.0/8 (the networks of the internal senders)"),
-    443: ("HTTPS: Postal's web UI and API", "webSourceRanges",
-          "203.0.113.0/24 (or unset it: the SMTP and SSH ranges)"),
+    443: ("HTTPS: Postal's web UI and API", "webSourceRanges", "203.0.113.0/24 (or unset it: the SMTP and SSH ranges)"),
 }
 TCP_PROTOCOLS = {"tcp", "6", "all"}  # SSH, SMTP and HTTPS run over TCP; "all" covers every protocol
 
 
 # --- no-open-ssh-smtp, web-ui-not-world-open ---------------------------------------------------
+
 
 def _ports(allow: Mapping, guarded) -> set[int]:
     """The guarded ports an `allows` entry opens; no `ports` (or protocol all) means every port."""
@@ -58,6 +56,7 @@ def _ports(allow: Mapping, guarded) -> set[int]:
 def _firewall_check(guarded: tuple[int, ...]):
     """A validate function reporting each of `guarded` that an ingress rule opens to (most of) the
     Internet: a /0, or ranges that together cover half of the address space (netranges.py)."""
+
     def check(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         if args.resource_type != FIREWALL:
             return
@@ -81,18 +80,24 @@ def _firewall_check(guarded: tuple[int, ...]):
                 f"Firewall '{args.name}' opens port {port} ({what}) to the whole Internet "
                 f"({', '.join(map(str, open_ranges))} cover most of it). Fix: set postal-gateway:{key} to the "
                 f"ranges that really need it, e.g. `pulumi config set --path '{key}[0]' {example}`, or narrow "
-                "sourceRanges in the code that defines this rule (components/network.py).", args.urn)
+                "sourceRanges in the code that defines this rule (components/network.py).",
+                args.urn,
+            )
+
     return check
 
 
 # --- static-ip-protected, data-disk-protected -------------------------------------------------
+
 
 def _check_address(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     if args.resource_type == ADDRESS and not args.opts.protect:
         report_violation(
             f"Static IP '{args.name}' is not protected. It is the Google Workspace SMTP relay allowlist entry: "
             "deleting or replacing it stops all mail. Fix: create it with "
-            "`opts=pulumi.ResourceOptions(protect=True)` (components/network.py).", args.urn)
+            "`opts=pulumi.ResourceOptions(protect=True)` (components/network.py).",
+            args.urn,
+        )
 
 
 def _is_data_disk(args: ResourceValidationArgs) -> bool:
@@ -107,17 +112,22 @@ def _check_disk(args: ResourceValidationArgs, report_violation: ReportViolation)
             f"Data disk '{args.name}' is not protected. It holds MariaDB, Postal's config and Caddy's "
             "certificates; a delete or replace loses all of it. Fix: create it with "
             "`opts=pulumi.ResourceOptions(protect=True)` (components/host.py); to retire it on purpose, "
-            "run `pulumi state unprotect <urn>` first.", args.urn)
+            "run `pulumi state unprotect <urn>` first.",
+            args.urn,
+        )
 
 
 # --- mail-records-unproxied -------------------------------------------------------------------
+
 
 def _check_dns_record(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     if args.resource_type == DNS_RECORD and args.props.get("proxied") is True:
         report_violation(
             f"DNS record '{args.name}' is proxied through Cloudflare. Mail records (the host's A record, MX, "
             "TXT, psrp CNAME) must be DNS-only: the proxy hides the VM's IP and carries no SMTP. "
-            "Fix: pass `proxied=False` to cloudflare.DnsRecord (components/dns.py).", args.urn)
+            "Fix: pass `proxied=False` to cloudflare.DnsRecord (components/dns.py).",
+            args.urn,
+        )
 
 
 # --- no-plain-secrets-in-commands -------------------------------------------------------------
@@ -132,21 +142,25 @@ BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # `NAME=value`, `--name=value`: the name must not be glued to a word, `$` or `-` before it.
 ASSIGNMENT = re.compile(
     r"""(?<![\w$-])(?P<name>-{0,2}[A-Za-z_][\w-]*)="""
-    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]*))""")
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]*))"""
+)
 SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY", re.IGNORECASE)
 # `scheme://user:password@host`
 URL_CREDENTIALS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?P<value>[^\s/@'\"]+)@", re.IGNORECASE)
 # `--password value`, `--api-token 'value'` (the `=` form is an ASSIGNMENT)
 SECRET_OPTION = re.compile(
     r"""(?<![\w-])(?P<name>--?[\w-]*(?:password|passwd|secret|token|api-?key)[\w-]*)\s+"""
-    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))""", re.IGNORECASE)
+    r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))""",
+    re.IGNORECASE,
+)
 # `-p<password>` glued, as mysql/mariadb take it (`-p 3306`, `-p22`, `mkdir -p` do not match)
 GLUED_P = re.compile(r"""(?<![\w-])-p(?P<value>[^\s'"$-][^\s'";&|]{3,})""")
 # `"password": "value"`, `password: value`, `'api_key': 'value'` (JSON, YAML, Python, Ruby)
 SECRET_FIELD = re.compile(
     r"""["']?(?P<name>[\w-]*(?:password|passwd|secret|token|api_?key|private_?key)[\w-]*)["']?\s*:\s*"""
     r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s,;}{()\[\]"'$.\\]+)(?=[\s,}\\]|$))""",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 # A token that looks random: long, from the base64/url-safe alphabet, with upper and lower case
 # letters and digits, and many distinct characters. Hex digests and commit ids (one case) pass.
 TOKEN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{20,}={0,2}")
@@ -217,8 +231,9 @@ def secrets_in(text: str, depth: int = 0) -> list[str]:
     for match in GLUED_P.finditer(text):
         value, line_start = match.group("value"), text.rfind("\n", 0, match.start()) + 1
         # -print, -pubkey (find, openssl) are words; a mysql client's -p takes anything
-        if not value.isdigit() and (not value.isalpha() or not value.islower()
-                                    or MYSQL.search(text, line_start, match.start())):
+        if not value.isdigit() and (
+            not value.isalpha() or not value.islower() or MYSQL.search(text, line_start, match.start())
+        ):
             found.append("a -p<password> option")
     for match in ASSIGNMENT.finditer(text):
         value = next((v for v in match.group("dq", "sq", "bare") if v is not None), "")
@@ -234,8 +249,10 @@ def _check_command(args: ResourceValidationArgs, report_violation: ReportViolati
         return
     places = [(f"`{field}` command line", args.props.get(field)) for field in COMMAND_FIELDS]
     environment = args.props.get("environment") or {}
-    places += [(f"`environment` value {name}", value if not SECRET_NAME.search(name) else f"{name}={value}")
-               for name, value in environment.items()]
+    places += [
+        (f"`environment` value {name}", value if not SECRET_NAME.search(name) else f"{name}={value}")
+        for name, value in environment.items()
+    ]
     for where, text in places:
         if not isinstance(text, str):
             continue
@@ -246,41 +263,56 @@ def _check_command(args: ResourceValidationArgs, report_violation: ReportViolati
                 "in plain text in the state and shown in preview diffs. Fix: send secrets in the step's stdin "
                 "payload (the `files` argument of PostalBootstrap._step in components/bootstrap.py; the VM "
                 "reads it with pg_read_payload), or keep the secret in a `pulumi config set --secret` key "
-                "and pass it as a pulumi secret through stdin.", args.urn)
+                "and pass it as a pulumi secret through stdin.",
+                args.urn,
+            )
     # Not checked: whether `stdin` is a pulumi secret. The validate API unwraps secrets into plain
     # values (pulumi_policy 1.21 deserializes props without secret markers; only remediations see
     # them), so a policy cannot tell a secret stdin from a plain one.
 
 
-def _policy(name: str, description: str, validate,
-            level: EnforcementLevel = EnforcementLevel.MANDATORY) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(name=name, description=description, validate=validate,
-                                    enforcement_level=level)
+def _policy(
+    name: str, description: str, validate, level: EnforcementLevel = EnforcementLevel.MANDATORY
+) -> ResourceValidationPolicy:
+    return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
 
 
 POLICIES: list[ResourceValidationPolicy] = [
-    _policy("no-open-ssh-smtp",
-            "Firewall rules that open port 22 (SSH) or 25 (SMTP) must not allow 0.0.0.0/0, any other /0, or "
-            "ranges that together cover half of the address space.",
-            _firewall_check((22, 25))),
+    _policy(
+        "no-open-ssh-smtp",
+        "Firewall rules that open port 22 (SSH) or 25 (SMTP) must not allow 0.0.0.0/0, any other /0, or "
+        "ranges that together cover half of the address space.",
+        _firewall_check((22, 25)),
+    ),
     # Advisory: opening the web UI to everyone is a choice an operator may make (with a warning).
-    _policy("web-ui-not-world-open",
-            "Firewall rules that open port 443 (Postal's web UI and API) to most of the Internet are reported.",
-            _firewall_check((443,)), EnforcementLevel.ADVISORY),
-    _policy("static-ip-protected",
-            "The static IP (the Workspace SMTP relay allowlist entry) must be protected.",
-            _check_address),
-    _policy("data-disk-protected",
-            "The data disk (MariaDB, Postal config, certificates) must be protected; the boot disk need not be.",
-            _check_disk),
-    _policy("mail-records-unproxied",
-            "Cloudflare DNS records managed by this stack must be DNS-only (proxied: false).",
-            _check_dns_record),
-    _policy("no-plain-secrets-in-commands",
-            "Command lines and environments of commands must not carry secret material (PEM private keys, "
-            "base64 of one, user:password@ URLs, --password/-p options, password fields, random-looking "
-            "tokens, PASSWORD/SECRET/TOKEN/KEY assignments); secrets go through the secret stdin payload.",
-            _check_command),
+    _policy(
+        "web-ui-not-world-open",
+        "Firewall rules that open port 443 (Postal's web UI and API) to most of the Internet are reported.",
+        _firewall_check((443,)),
+        EnforcementLevel.ADVISORY,
+    ),
+    _policy(
+        "static-ip-protected",
+        "The static IP (the Workspace SMTP relay allowlist entry) must be protected.",
+        _check_address,
+    ),
+    _policy(
+        "data-disk-protected",
+        "The data disk (MariaDB, Postal config, certificates) must be protected; the boot disk need not be.",
+        _check_disk,
+    ),
+    _policy(
+        "mail-records-unproxied",
+        "Cloudflare DNS records managed by this stack must be DNS-only (proxied: false).",
+        _check_dns_record,
+    ),
+    _policy(
+        "no-plain-secrets-in-commands",
+        "Command lines and environments of commands must not carry secret material (PEM private keys, "
+        "base64 of one, user:password@ URLs, --password/-p options, password fields, random-looking "
+        "tokens, PASSWORD/SECRET/TOKEN/KEY assignments); secrets go through the secret stdin payload.",
+        _check_command,
+    ),
 ]
 
 

@@ -19,8 +19,8 @@ import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 from urllib.parse import urlsplit
 
 import dns.exception
@@ -31,8 +31,10 @@ import urllib3
 from scripts.remote.relay_preflight import diagnose, fold, unwrap
 
 GOOGLE_SPF = "_spf.google.com"
-ALLOWLIST_PATH = ("Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
-                  "→ Only accept mail from the specified IP addresses")
+ALLOWLIST_PATH = (
+    "Google Admin console → Apps → Google Workspace → Gmail → Routing → SMTP relay service "
+    "→ Only accept mail from the specified IP addresses"
+)
 CERT_WARN_DAYS = 14
 RESOLVER_FIX = "check this machine's resolver, or pass --nameserver 1.1.1.1"
 
@@ -47,6 +49,7 @@ class Check:
 
 # --- diagnosis of Postal's deliveries (Google's answers as Postal 3.3.6 stores them) ---
 
+
 @dataclass(frozen=True)
 class Diagnosis:
     headline: str
@@ -60,90 +63,120 @@ DIAGNOSES = {
     "not-allowlisted": Diagnosis(
         "Google does not accept this IP, HELO or sender domain (Invalid credentials for relay)",
         f"add {{publicIp}} in {ALLOWLIST_PATH}, Allowed senders: Only addresses in my domains (changes take up "
-        "to an hour); every sending domain must be a Workspace domain and Postal must greet as {hostname}"),
+        "to an hour); every sending domain must be a Workspace domain and Postal must greet as {hostname}",
+    ),
     "tls-required": Diagnosis(
         "the relay requires TLS and Postal did not start it",
         "set postal-gateway:relayTls to starttls (port 587) or tls (465) and run pulumi up "
-        "(Postal's ssl_mode must be STARTLS or TLS)"),
+        "(Postal's ssl_mode must be STARTLS or TLS)",
+    ),
     "tls-handshake": Diagnosis(
         "the TLS handshake with the relay failed (no STARTTLS offered, untrusted certificate, or reset or "
         "timed out during the handshake)",
         "check relayHost/relayPort/relayTls (smtp-relay.gmail.com, 587 starttls or 465 tls) and that nothing on "
-        "the VM's egress intercepts TLS; on the VM: openssl s_client -starttls smtp -connect smtp-relay.gmail.com:587"),
+        "the VM's egress intercepts TLS; on the VM: openssl s_client -starttls smtp -connect smtp-relay.gmail.com:587",
+    ),
     "sender-limit": Diagnosis(
         "Google's daily relay limit for this envelope sender is used up (10,000 messages / 24 h per user)",
-        "wait for the 24-hour window to pass, or spread the mail over more senders"),
+        "wait for the 24-hour window to pass, or spread the mail over more senders",
+    ),
     "customer-limit": Diagnosis(
         "Google's daily relay limit for the whole organisation is used up",
-        "wait for the 24-hour window; the limit grows with the number of Workspace licences"),
+        "wait for the 24-hour window; the limit grows with the number of Workspace licences",
+    ),
     "peak-limit": Diagnosis(
         "Google's 10-minute peak relay limit for the organisation is exceeded (temporary)",
-        f"send more slowly; {RETRIES}", stop=False),
+        f"send more slowly; {RETRIES}",
+        stop=False,
+    ),
     "unusual-rate": Diagnosis(
         "Google temporarily blocks mail from {publicIp} for an unusual rate of unsolicited mail",
-        f"find what sent the burst (Postal's web UI → Messages) and stop it; {RETRIES}", stop=False),
+        f"find what sent the burst (Postal's web UI → Messages) and stop it; {RETRIES}",
+        stop=False,
+    ),
     "helo-rejected": Diagnosis(
         "Google refused Postal's HELO name",
-        "Postal must greet as {hostname} (dns.helo_hostname in postal.yml, written by the postal step): pulumi up"),
+        "Postal must greet as {hostname} (dns.helo_hostname in postal.yml, written by the postal step): pulumi up",
+    ),
     "wrong-relay": Diagnosis(
         "the server answered like Gmail's inbound MX, not the SMTP relay",
-        "set postal-gateway:relayHost to smtp-relay.gmail.com and run pulumi up"),
+        "set postal-gateway:relayHost to smtp-relay.gmail.com and run pulumi up",
+    ),
     "unauthenticated": Diagnosis(
         "Google refused the message as unauthenticated (SPF/DKIM/DMARC)",
         "the dns and spf checks above must pass: the sending domain's SPF includes spf.{hostname}, its "
-        "postal-<selector>._domainkey record is published and Postal's DKIM check is OK (provision step)"),
+        "postal-<selector>._domainkey record is published and Postal's DKIM check is OK (provision step)",
+    ),
     "unreachable": Diagnosis(
         "Postal cannot reach the relay (connection refused or timed out, or the relay stopped answering)",
         "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress firewall; "
-        "on the VM: sudo postal logs worker"),
+        "on the VM: sudo postal logs worker",
+    ),
     "connection-dropped": Diagnosis(
         "the relay closed the connection without an answer (Google does so after a 421 at EHLO)",
         f"{RETRIES}; if it persists, check that Postal greets as {{hostname}} and that {{publicIp}} is allowlisted",
-        stop=False),
+        stop=False,
+    ),
     "recipient-unknown": Diagnosis(
         "the relay says the recipient address does not exist (the relay accepted our IP and sender)",
-        "check the address passed as --recipient (default: adminEmail) for typos"),
+        "check the address passed as --recipient (default: adminEmail) for typos",
+    ),
     "too-large": Diagnosis(
         "the message exceeds Google's message size limit",
-        "send a smaller message (fewer or smaller attachments, or links instead)"),
+        "send a smaller message (fewer or smaller attachments, or links instead)",
+    ),
     "transient": Diagnosis("the relay deferred the message (a temporary 4xx answer)", RETRIES, stop=False),
     "rejected": Diagnosis(
         "the relay refused the message",
         "read the relay's answer; `gcdp` marks a Workspace admin rule (Admin console → Gmail → Compliance); "
-        "on the VM: sudo postal logs worker"),
+        "on the VM: sudo postal logs worker",
+    ),
     # deliveries Postal writes itself (app/lib/message_dequeuer/*.rb at 3.3.6)
     "held-suppressed": Diagnosis(
         "the recipient is on Postal's suppression list (after two hard fails in 24 hours, for 30 days)",
         "fix the cause of the earlier failures, then remove the address: Postal web UI → the mail server → "
-        "Suppressions → delete it, and send again"),
+        "Suppressions → delete it, and send again",
+    ),
     "held-development": Diagnosis(
         "the mail server is in Development mode: Postal holds every message",
-        "set the server to Live in Postal's web UI (Settings), or rerun the provision step"),
+        "set the server to Live in Postal's web UI (Settings), or rerun the provision step",
+    ),
     "held-limit": Diagnosis(
         "the mail server's send limit is reached",
-        "raise or remove the send limit in Postal's web UI (Settings), then release the held messages"),
+        "raise or remove the send limit in Postal's web UI (Settings), then release the held messages",
+    ),
     "held-credential": Diagnosis(
         "the credential used is set to hold its messages",
-        "turn Hold off for the credential in Postal's web UI (Credentials), then release the message"),
+        "turn Hold off for the credential in Postal's web UI (Credentials), then release the message",
+    ),
     "held-suspended": Diagnosis(
-        "the mail server is suspended", "unsuspend it in Postal's web UI (admin), then release the message"),
+        "the mail server is suspended", "unsuspend it in Postal's web UI (admin), then release the message"
+    ),
     "held": Diagnosis("Postal held the message", "read the details; release it in Postal's web UI"),
     "internal-error": Diagnosis(
         "Postal hit an internal error while sending (it retries automatically)",
-        "on the VM: sudo postal logs worker (the output above is the exception)"),
+        "on the VM: sudo postal logs worker (the output above is the exception)",
+    ),
     "max-attempts": Diagnosis(
         "Postal gave up after its maximum number of delivery attempts",
         "fix the cause of the soft failures, remove the address from the suppression list (Postal web UI → "
-        "Suppressions) and send again"),
+        "Suppressions) and send again",
+    ),
     "spam": Diagnosis(
         "Postal's own spam check refused the message",
-        "change the message, or raise the server's outbound spam threshold in Postal's web UI"),
-    "bounced": Diagnosis("the recipient's server bounced the message",
-                         "read the bounce in Postal's web UI; check the recipient address"),
+        "change the message, or raise the server's outbound spam threshold in Postal's web UI",
+    ),
+    "bounced": Diagnosis(
+        "the recipient's server bounced the message", "read the bounce in Postal's web UI; check the recipient address"
+    ),
 }
-HELD = (("suppression list", "held-suppressed"), ("development mode", "held-development"),
-        ("send limit", "held-limit"), ("credential is configured to hold", "held-credential"),
-        ("suspended", "held-suspended"))
+HELD = (
+    ("suppression list", "held-suppressed"),
+    ("development mode", "held-development"),
+    ("send limit", "held-limit"),
+    ("credential is configured to hold", "held-credential"),
+    ("suspended", "held-suspended"),
+)
 
 
 def bare_address(address: str) -> str:
@@ -186,7 +219,7 @@ def recorded(delivery: dict) -> str:
     return f"Postal recorded: {fold(delivery.get('details'))}" + (f"; the relay said: {output}" if output else "")
 
 
-def delivery_check(delivery: dict, outputs: dict, elapsed: float, timed_out: bool = False) -> Optional[Check]:
+def delivery_check(delivery: dict, outputs: dict, elapsed: float, timed_out: bool = False) -> Check | None:
     """The delivery's Check; None while waiting can still help (a temporary SoftFail before --timeout)."""
     status = delivery["status"]
     if status == "Sent":
@@ -197,36 +230,59 @@ def delivery_check(delivery: dict, outputs: dict, elapsed: float, timed_out: boo
     if status == "SoftFail" and not diagnosis.stop:
         if not timed_out:
             return None
-        return Check("delivery", False, f"still SoftFail after {elapsed:.0f}s: {headline}; Postal will retry; "
-                                        f"{recorded(delivery)}", fix)
+        return Check(
+            "delivery",
+            False,
+            f"still SoftFail after {elapsed:.0f}s: {headline}; Postal will retry; {recorded(delivery)}",
+            fix,
+        )
     retry = "; Postal will retry, but that cannot help until this is fixed" if status == "SoftFail" else ""
     return Check("delivery", False, f"{status}: {headline}{retry}; {recorded(delivery)}", fix)
 
 
 # --- stack outputs ---
 
+
 def load_outputs(args: argparse.Namespace) -> dict:
     if args.outputs:
-        with (sys.stdin if args.outputs == "-" else open(args.outputs)) as f:
+        with sys.stdin if args.outputs == "-" else open(args.outputs) as f:
             return json.load(f)
     if os.environ.get("POSTAL_GATEWAY_OUTPUTS"):
         return json.loads(os.environ["POSTAL_GATEWAY_OUTPUTS"])
-    command = ["pulumi", "stack", "output", "--json", "--show-secrets"] + (["--stack", args.stack] if args.stack else [])
+    command = ["pulumi", "stack", "output", "--json", "--show-secrets"] + (
+        ["--stack", args.stack] if args.stack else []
+    )
     try:
         result = subprocess.run(command, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as err:
-        raise SystemExit(f"cannot read the stack outputs ({' '.join(command)}): "
-                         f"{getattr(err, 'stderr', '') or err}\nfix: log in with `pulumi login` and select the "
-                         "stack, or pass --outputs FILE / POSTAL_GATEWAY_OUTPUTS")
+        raise SystemExit(
+            f"cannot read the stack outputs ({' '.join(command)}): "
+            f"{getattr(err, 'stderr', '') or err}\nfix: log in with `pulumi login` and select the "
+            "stack, or pass --outputs FILE / POSTAL_GATEWAY_OUTPUTS"
+        ) from err
     return json.loads(result.stdout)
 
 
 # --- the checks ---
 
+
 class SmokeTest:
-    def __init__(self, outputs: dict, *, recipient: str, sender: str, timeout: float, poll: float,
-                 verify, resolver, out=None, progress=None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, check_smtp_intake: bool = True):
+    def __init__(
+        self,
+        outputs: dict,
+        *,
+        recipient: str,
+        sender: str,
+        timeout: float,
+        poll: float,
+        verify,
+        resolver,
+        out=None,
+        progress=None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        check_smtp_intake: bool = True,
+    ):
         self.o, self.recipient, self.sender = outputs, recipient, sender
         self.check_smtp_intake = check_smtp_intake
         self.timeout, self.poll, self.verify, self.resolver = timeout, poll, verify, resolver
@@ -264,23 +320,40 @@ class SmokeTest:
             try:
                 got = self.answers(name, rdtype)
             except dns.exception.DNSException as err:
-                self.report(Check("dns", False, f"{label}: lookup failed ({err.__class__.__name__})",
-                                  RESOLVER_FIX))
+                self.report(Check("dns", False, f"{label}: lookup failed ({err.__class__.__name__})", RESOLVER_FIX))
                 continue
             norm = [g.strip().rstrip(";") for g in got]
             if want.strip().rstrip(";") in norm:
                 if "._domainkey." in name and len(got) > 1:
-                    self.report(Check("dns", False, f"{label}: {len(got)} TXT records, Postal needs exactly one",
-                                      f"delete the extra TXT records at {name} in Cloudflare"))
+                    self.report(
+                        Check(
+                            "dns",
+                            False,
+                            f"{label}: {len(got)} TXT records, Postal needs exactly one",
+                            f"delete the extra TXT records at {name} in Cloudflare",
+                        )
+                    )
                 else:
                     self.report(Check("dns", True, f"{label} -> {want[:60]}"))
             elif not got:
-                self.report(Check("dns", False, f"{label}: missing (want {want[:60]})",
-                                  "run pulumi up; if Cloudflare has the record, check the zone's nameservers "
-                                  "and wait for caching to expire"))
+                self.report(
+                    Check(
+                        "dns",
+                        False,
+                        f"{label}: missing (want {want[:60]})",
+                        "run pulumi up; if Cloudflare has the record, check the zone's nameservers "
+                        "and wait for caching to expire",
+                    )
+                )
             else:
-                self.report(Check("dns", False, f"{label}: {got[0][:60]!r}, want {want[:60]!r}",
-                                  "another record at this name differs from the stack's: remove it and run pulumi up"))
+                self.report(
+                    Check(
+                        "dns",
+                        False,
+                        f"{label}: {got[0][:60]!r}, want {want[:60]!r}",
+                        "another record at this name differs from the stack's: remove it and run pulumi up",
+                    )
+                )
         for domain in self.o.get("sendingDomains", []):
             self.report(self.spf_chain(domain))
 
@@ -296,20 +369,33 @@ class SmokeTest:
             try:
                 spf = [t for t in self.answers(name, "TXT") if t.startswith("v=spf1")]
             except dns.exception.DNSException as err:
-                return Check("spf", False, f"{domain}: lookup of {name} failed ({err.__class__.__name__})",
-                             RESOLVER_FIX)
+                return Check(
+                    "spf", False, f"{domain}: lookup of {name} failed ({err.__class__.__name__})", RESOLVER_FIX
+                )
             if len(spf) != 1:
-                return Check("spf", False, f"{domain}: {name} has {len(spf)} SPF records",
-                             f"publish exactly one v=spf1 record at {name} (postal-gateway:manageSpf)")
+                return Check(
+                    "spf",
+                    False,
+                    f"{domain}: {name} has {len(spf)} SPF records",
+                    f"publish exactly one v=spf1 record at {name} (postal-gateway:manageSpf)",
+                )
             includes = [t.split(":", 1)[1] for t in spf[0].split() if t.lstrip("+~?-").startswith("include:")]
             if GOOGLE_SPF in includes:
                 if lookups + 1 > 10:
-                    return Check("spf", False, f"{domain}: Google reached after {lookups + 1} lookups (> 10)",
-                                 "flatten the SPF includes")
+                    return Check(
+                        "spf",
+                        False,
+                        f"{domain}: Google reached after {lookups + 1} lookups (> 10)",
+                        "flatten the SPF includes",
+                    )
                 return Check("spf", True, f"{domain}: {' -> '.join(seen + [GOOGLE_SPF])}")
             queue += includes
-        return Check("spf", False, f"{domain}: SPF never includes {GOOGLE_SPF} ({' -> '.join(seen)})",
-                     f"add include:spf.{self.o.get('hostname')} (or include:{GOOGLE_SPF}) to {domain}'s SPF")
+        return Check(
+            "spf",
+            False,
+            f"{domain}: SPF never includes {GOOGLE_SPF} ({' -> '.join(seen)})",
+            f"add include:spf.{self.o.get('hostname')} (or include:{GOOGLE_SPF}) to {domain}'s SPF",
+        )
 
     # HTTPS: a trusted certificate on webUrl and Postal behind it.
     def tls_context(self) -> ssl.SSLContext:
@@ -324,32 +410,59 @@ class SmokeTest:
         host, port = url.hostname, url.port or 443
         context = self.tls_context()
         try:
-            with socket.create_connection((host, port), timeout=10) as sock, \
-                    context.wrap_socket(sock, server_hostname=host) as tls:
+            with (
+                socket.create_connection((host, port), timeout=10) as sock,
+                context.wrap_socket(sock, server_hostname=host) as tls,
+            ):
                 cert = tls.getpeercert()
         except ssl.SSLCertVerificationError as err:
-            return not self.report(Check("https", False, f"{host}: certificate not trusted ({err.verify_message})",
-                                         "tls=letsencrypt: ports 80/443 must be reachable from the internet "
-                                         "(webSourceRanges) and the A record right; see sudo docker logs postal-caddy. "
-                                         "tls=internal: pass --ca-bundle with Caddy's root or --insecure"))
+            return not self.report(
+                Check(
+                    "https",
+                    False,
+                    f"{host}: certificate not trusted ({err.verify_message})",
+                    "tls=letsencrypt: ports 80/443 must be reachable from the internet "
+                    "(webSourceRanges) and the A record right; see sudo docker logs postal-caddy. "
+                    "tls=internal: pass --ca-bundle with Caddy's root or --insecure",
+                )
+            )
         except OSError as err:
-            return not self.report(Check("https", False, f"{host}:{port} unreachable ({err})",
-                                         "check webSourceRanges and that postal-caddy runs (sudo docker ps on the VM)"))
+            return not self.report(
+                Check(
+                    "https",
+                    False,
+                    f"{host}:{port} unreachable ({err})",
+                    "check webSourceRanges and that postal-caddy runs (sudo docker ps on the VM)",
+                )
+            )
         days = ""
         if cert:
             left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400
             if left < CERT_WARN_DAYS:
-                return not self.report(Check("https", False, f"{host}: certificate expires in {left:.0f} days",
-                                             "Caddy renews 30 days ahead: see sudo docker logs postal-caddy"))
+                return not self.report(
+                    Check(
+                        "https",
+                        False,
+                        f"{host}: certificate expires in {left:.0f} days",
+                        "Caddy renews 30 days ahead: see sudo docker logs postal-caddy",
+                    )
+                )
             days = f", expires in {left:.0f} days"
         try:
             response = requests.get(f"{self.o['webUrl']}/login", timeout=15, verify=self.verify)
         except requests.RequestException as err:
-            return not self.report(Check("https", False, f"{self.o['webUrl']}/login: {err}",
-                                         "see sudo docker logs postal-caddy"))
+            return not self.report(
+                Check("https", False, f"{self.o['webUrl']}/login: {err}", "see sudo docker logs postal-caddy")
+            )
         if response.status_code != 200:
-            return not self.report(Check("https", False, f"{self.o['webUrl']}/login answered {response.status_code}",
-                                         "502: Postal's web server is down (sudo postal status; sudo postal logs web)"))
+            return not self.report(
+                Check(
+                    "https",
+                    False,
+                    f"{self.o['webUrl']}/login answered {response.status_code}",
+                    "502: Postal's web server is down (sudo postal status; sudo postal logs web)",
+                )
+            )
         return self.report(Check("https", True, f"{self.o['webUrl']} certificate valid{days}, Postal answers")).ok
 
     # SMTP intake: STARTTLS on smtpHost:smtpPort with a certificate valid for smtpHost, then the
@@ -362,69 +475,115 @@ class SmokeTest:
             with smtplib.SMTP(host, port, timeout=15) as smtp:
                 smtp.ehlo()
                 if not smtp.has_extn("starttls"):
-                    return not self.report(Check(
-                        "smtp", False, f"{where} offers no STARTTLS: the SMTP password would cross the network in clear",
-                        "Postal's SMTP TLS is off: smtp_server.tls_enabled with the web certificate (postal step, "
-                        "pulumi up); until then send only over trusted networks"))
+                    return not self.report(
+                        Check(
+                            "smtp",
+                            False,
+                            f"{where} offers no STARTTLS: the SMTP password would cross the network in clear",
+                            "Postal's SMTP TLS is off: smtp_server.tls_enabled with the web certificate (postal step, "
+                            "pulumi up); until then send only over trusted networks",
+                        )
+                    )
                 smtp.starttls(context=self.tls_context())
                 cert = smtp.sock.getpeercert()
                 smtp.ehlo()
                 smtp.user, smtp.password = user, password
                 code, answer = smtp.auth("CRAM-MD5", smtp.auth_cram_md5, initial_response_ok=False)
         except ssl.SSLCertVerificationError as err:
-            return not self.report(Check("smtp", False, f"{where}: certificate not valid for {host} "
-                                                        f"({err.verify_message})",
-                                         "Postal's SMTP server must present the web certificate for the hostname "
-                                         "(postal step); tls=internal: pass --ca-bundle with Caddy's root"))
+            return not self.report(
+                Check(
+                    "smtp",
+                    False,
+                    f"{where}: certificate not valid for {host} ({err.verify_message})",
+                    "Postal's SMTP server must present the web certificate for the hostname "
+                    "(postal step); tls=internal: pass --ca-bundle with Caddy's root",
+                )
+            )
         except smtplib.SMTPAuthenticationError as err:
-            return not self.report(Check("smtp", False, f"AUTH CRAM-MD5 as {user!r} refused: {err.smtp_code} "
-                                                        f"{fold(err.smtp_error.decode(errors='replace'))}",
-                                         "smtpUsername must be <organization>/<server> (postal-gateway/gateway) and "
-                                         "smtpPassword the SMTP credential's key: rerun the provision step"))
+            return not self.report(
+                Check(
+                    "smtp",
+                    False,
+                    f"AUTH CRAM-MD5 as {user!r} refused: {err.smtp_code} "
+                    f"{fold(err.smtp_error.decode(errors='replace'))}",
+                    "smtpUsername must be <organization>/<server> (postal-gateway/gateway) and "
+                    "smtpPassword the SMTP credential's key: rerun the provision step",
+                )
+            )
         except (OSError, smtplib.SMTPException) as err:
-            return not self.report(Check("smtp", False, f"{where}: {fold(err) or type(err).__name__}",
-                                         "this machine must be inside smtpSourceRanges and Postal's smtp container "
-                                         "running (sudo postal status on the VM)"))
+            return not self.report(
+                Check(
+                    "smtp",
+                    False,
+                    f"{where}: {fold(err) or type(err).__name__}",
+                    "this machine must be inside smtpSourceRanges and Postal's smtp container "
+                    "running (sudo postal status on the VM)",
+                )
+            )
         left = (ssl.cert_time_to_seconds(cert["notAfter"]) - time.time()) / 86400 if cert else None
         expires = f", expires in {left:.0f} days" if left is not None else ""
-        return self.report(Check("smtp", True, f"{where} STARTTLS, certificate valid for {host}{expires}; "
-                                               f"AUTH CRAM-MD5 as {user} accepted ({code})")).ok
+        return self.report(
+            Check(
+                "smtp",
+                True,
+                f"{where} STARTTLS, certificate valid for {host}{expires}; AUTH CRAM-MD5 as {user} accepted ({code})",
+            )
+        ).ok
 
     # Send API: Postal answers HTTP 200 even for errors; `status` tells.
     def api(self, path: str, body: dict) -> dict:
         base = self.o["apiUrl"].split("/api/v1/")[0]
-        response = requests.post(f"{base}/api/v1/{path}", json=body, timeout=30, verify=self.verify,
-                                 headers={"X-Server-API-Key": self.o["apiKey"].strip()})
+        response = requests.post(
+            f"{base}/api/v1/{path}",
+            json=body,
+            timeout=30,
+            verify=self.verify,
+            headers={"X-Server-API-Key": self.o["apiKey"].strip()},
+        )
         try:
             return response.json()
         except ValueError:
-            return {"status": "http-error", "data": {"code": f"HTTP {response.status_code}",
-                                                     "message": response.text[:200]}}
+            return {
+                "status": "http-error",
+                "data": {"code": f"HTTP {response.status_code}", "message": response.text[:200]},
+            }
 
     SEND_FIXES = {
         "AccessDenied": "AccessDenied means the X-Server-API-Key header was missing or blank: the apiKey output is "
-                        "empty (read the outputs with --show-secrets, or pass --outputs FILE)",
+        "empty (read the outputs with --show-secrets, or pass --outputs FILE)",
         "InvalidServerAPIKey": "the apiKey output is not Postal's key: rerun the provision step "
-                               "(pulumi up --replace <urn of postal-provision>)",
+        "(pulumi up --replace <urn of postal-provision>)",
         "UnauthenticatedFromAddress": "send from one of sendingDomains (--sender), and check that the provision "
-                                      "step created the domain",
+        "step created the domain",
         "ServerSuspended": "unsuspend the mail server in Postal's web UI",
     }
 
-    def send(self) -> Optional[int]:
+    def send(self) -> int | None:
         try:
-            reply = self.api("send/message", {
-                "to": [self.recipient], "from": self.sender, "subject": "postal-gateway smoke test",
-                "plain_body": f"Sent by scripts/smoke_test.py through {self.o.get('hostname')}.",
-                "tag": "smoke-test"})
+            reply = self.api(
+                "send/message",
+                {
+                    "to": [self.recipient],
+                    "from": self.sender,
+                    "subject": "postal-gateway smoke test",
+                    "plain_body": f"Sent by scripts/smoke_test.py through {self.o.get('hostname')}.",
+                    "tag": "smoke-test",
+                },
+            )
         except requests.RequestException as err:
             self.report(Check("send", False, f"{self.o['apiUrl']}: {err}", "see the https check above"))
             return None
         data = reply.get("data") or {}
         if reply.get("status") != "success":
             code = data.get("code", reply.get("status"))
-            self.report(Check("send", False, f"{code}: {data.get('message', '')}",
-                              self.SEND_FIXES.get(code, "read Postal's answer; on the VM: sudo postal logs web")))
+            self.report(
+                Check(
+                    "send",
+                    False,
+                    f"{code}: {data.get('message', '')}",
+                    self.SEND_FIXES.get(code, "read Postal's answer; on the VM: sudo postal logs web"),
+                )
+            )
             return None
         message = (data.get("messages") or {}).get(bare_address(self.recipient)) or {}
         self.report(Check("send", True, f"accepted as message {message.get('id')} ({data.get('message_id')})"))
@@ -446,9 +605,13 @@ class SmokeTest:
                 return Check("delivery", False, f"cannot read the deliveries: {err}", "see the https check")
             if reply.get("status") != "success":
                 data = reply.get("data") or {}
-                return Check("delivery", False, f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
-                                                f" {data.get('message', '')}".rstrip(),
-                             self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web"))
+                return Check(
+                    "delivery",
+                    False,
+                    f"cannot read the deliveries: {data.get('code', reply.get('status'))}"
+                    f" {data.get('message', '')}".rstrip(),
+                    self.SEND_FIXES.get(data.get("code"), "on the VM: sudo postal logs web"),
+                )
             deliveries = reply.get("data") or []
             latest = deliveries[-1] if deliveries else None
             elapsed = self.clock() - start
@@ -459,12 +622,17 @@ class SmokeTest:
             if elapsed >= self.timeout:
                 if latest:  # a temporary SoftFail that did not clear in time
                     return delivery_check(latest, self.o, self.timeout, timed_out=True)
-                return Check("delivery", False, f"still Pending after {self.timeout:.0f}s: Postal has not tried it",
-                             "Postal's worker has not picked the message up: on the VM, sudo postal status and "
-                             "sudo postal logs worker")
+                return Check(
+                    "delivery",
+                    False,
+                    f"still Pending after {self.timeout:.0f}s: Postal has not tried it",
+                    "Postal's worker has not picked the message up: on the VM, sudo postal status and "
+                    "sudo postal logs worker",
+                )
             said = f" ({unwrap(latest.get('output'))[:80]})" if latest else ""
-            self.show_progress(f"waiting for delivery: {status}{said}, {elapsed:.0f}s of {self.timeout:.0f}s",
-                               changed=status != last)
+            self.show_progress(
+                f"waiting for delivery: {status}{said}, {elapsed:.0f}s of {self.timeout:.0f}s", changed=status != last
+            )
             last = status
             self.sleep(self.poll)
 
@@ -490,12 +658,15 @@ class SmokeTest:
             self.wait_for_delivery(message_id)
         failed = [c for c in self.results if not c.ok]
         delivered = any(c.name == "delivery" and c.ok for c in self.results)
-        print(f"{len(self.results) - len(failed)} passed, {len(failed)} failed; "
-              f"{'delivered' if delivered else 'NOT delivered'}", file=self.out)
+        print(
+            f"{len(self.results) - len(failed)} passed, {len(failed)} failed; "
+            f"{'delivered' if delivered else 'NOT delivered'}",
+            file=self.out,
+        )
         return 0 if delivered and not failed else 1
 
 
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m scripts.smoke_test", description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", help="stack to read outputs from (default: the selected stack)")
     parser.add_argument("--outputs", help="JSON file of the stack outputs ('-' for stdin)")
@@ -507,16 +678,18 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     tls = parser.add_mutually_exclusive_group()
     tls.add_argument("--ca-bundle", help="CA file to trust (tls=internal: Caddy's root certificate)")
     tls.add_argument("--insecure", action="store_true", help="do not verify the HTTPS certificate")
-    parser.add_argument("--skip-smtp", action="store_true",
-                        help="skip the SMTP intake check (this machine is outside smtpSourceRanges)")
+    parser.add_argument(
+        "--skip-smtp", action="store_true", help="skip the SMTP intake check (this machine is outside smtpSourceRanges)"
+    )
     return parser.parse_args(argv)
 
 
-def main(argv: Optional[list[str]] = None, resolver=None) -> int:
+def main(argv: list[str] | None = None, resolver=None) -> int:
     args = parse_args(argv)
     outputs = load_outputs(args)
     needed = ("webUrl", "apiUrl", "apiKey", "sendingDomains", "hostname") + (
-        () if args.skip_smtp else ("smtpHost", "smtpPassword"))
+        () if args.skip_smtp else ("smtpHost", "smtpPassword")
+    )
     missing = [k for k in needed if not outputs.get(k)]
     if missing:
         print(f"the outputs lack {', '.join(missing)}: run pulumi up first (or pass --show-secrets)", file=sys.stderr)
@@ -528,11 +701,16 @@ def main(argv: Optional[list[str]] = None, resolver=None) -> int:
         resolver = dns.resolver.Resolver()
         if args.nameserver:
             resolver.nameservers = args.nameserver
-    smoke = SmokeTest(outputs, recipient=args.recipient or outputs.get("adminEmail", ""),
-                      sender=args.sender or f"smoke-test@{outputs['sendingDomains'][0]}",
-                      timeout=args.timeout, poll=args.poll, resolver=resolver,
-                      verify=False if args.insecure else (args.ca_bundle or True),
-                      check_smtp_intake=not args.skip_smtp)
+    smoke = SmokeTest(
+        outputs,
+        recipient=args.recipient or outputs.get("adminEmail", ""),
+        sender=args.sender or f"smoke-test@{outputs['sendingDomains'][0]}",
+        timeout=args.timeout,
+        poll=args.poll,
+        resolver=resolver,
+        verify=False if args.insecure else (args.ca_bundle or True),
+        check_smtp_intake=not args.skip_smtp,
+    )
     if not smoke.recipient:
         print("no recipient: pass --recipient", file=sys.stderr)
         return 2

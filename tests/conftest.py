@@ -1,8 +1,7 @@
 """Fixtures shared by the test modules."""
 
-import pytest
-
 import program
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,13 @@ from fake_relay import FakeRelay
 
 
 class FakePostalSMTP(FakeRelay):
-    def __init__(self, servers: dict[tuple[str, str], list[str]], hostname: str = "postal.example.com",
-                 context: ssl.SSLContext | None = None, tls_enabled: bool = True):
+    def __init__(
+        self,
+        servers: dict[tuple[str, str], list[str]],
+        hostname: str = "postal.example.com",
+        context: ssl.SSLContext | None = None,
+        tls_enabled: bool = True,
+    ):
         """servers: (organization permalink, server permalink) -> its SMTP credential keys."""
         super().__init__()
         self.servers, self.hostname, self.tls_enabled = servers, hostname, tls_enabled
@@ -77,8 +82,10 @@ class FakePostalSMTP(FakeRelay):
                     if keys is None:
                         await say("535 Denied")
                         continue
-                    granted = any(hmac.compare_digest(hmac.new(k.encode(), challenge.encode(), "md5").hexdigest(),
-                                                      answer.strip()) for k in keys)
+                    granted = any(
+                        hmac.compare_digest(hmac.new(k.encode(), challenge.encode(), "md5").hexdigest(), answer.strip())
+                        for k in keys
+                    )
                     authenticated = granted
                     await say(f"235 Granted for {org}/{server}" if granted else "535 Denied")
                 elif re.match(r"MAIL FROM", line, re.I):

@@ -23,6 +23,7 @@ Certificates come from trustme: `trusted_ca` signs the good one, another CA the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import socket
 import ssl
@@ -62,13 +63,15 @@ class FakeRelay:
     def __init__(self, hostname: str = "localhost"):
         self.trusted_ca, untrusted_ca = trustme.CA(), trustme.CA()
         self.contexts = {}
-        now = datetime.datetime.now(datetime.timezone.utc)
+        now = datetime.datetime.now(datetime.UTC)
         past = {"not_before": now - datetime.timedelta(days=90), "not_after": now - datetime.timedelta(days=1)}
-        for name, ca, names, dates in (("ok", self.trusted_ca, (hostname, "127.0.0.1"), {}),
-                                       ("untrusted", untrusted_ca, (hostname, "127.0.0.1"), {}),
-                                       ("expired", self.trusted_ca, (hostname, "127.0.0.1"), past),
-                                       ("wrong-name", self.trusted_ca, ("smtp.example.net",), {}),
-                                       ("tls1.0", self.trusted_ca, (hostname, "127.0.0.1"), {})):
+        for name, ca, names, dates in (
+            ("ok", self.trusted_ca, (hostname, "127.0.0.1"), {}),
+            ("untrusted", untrusted_ca, (hostname, "127.0.0.1"), {}),
+            ("expired", self.trusted_ca, (hostname, "127.0.0.1"), past),
+            ("wrong-name", self.trusted_ca, ("smtp.example.net",), {}),
+            ("tls1.0", self.trusted_ca, (hostname, "127.0.0.1"), {}),
+        ):
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ca.issue_cert(*names, **dates).configure_cert(context)
             self.contexts[name] = context
@@ -97,6 +100,7 @@ class FakeRelay:
             return self.held[-1].getsockname()[1]
         if scenario.get("banner") == "blackhole":
             return self.blackhole()
+
         async def start():
             server = await asyncio.start_server(lambda r, w: self.session(scenario, r, w), "127.0.0.1", 0)
             return server.sockets[0].getsockname()[1]
@@ -181,8 +185,17 @@ class FakeRelay:
                             break
                         continue
                     offer = ["250-STARTTLS"] if s.get("starttls", True) and not secure else []
-                    say(["250-smtp-relay.gmail.com at your service, [127.0.0.1]", "250-SIZE 157286400",
-                         "250-8BITMIME", *offer, "250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250 SMTPUTF8"])
+                    say(
+                        [
+                            "250-smtp-relay.gmail.com at your service, [127.0.0.1]",
+                            "250-SIZE 157286400",
+                            "250-8BITMIME",
+                            *offer,
+                            "250-ENHANCEDSTATUSCODES",
+                            "250-PIPELINING",
+                            "250 SMTPUTF8",
+                        ]
+                    )
                 elif verb == "STARTTLS":
                     if not s.get("starttls", True):
                         say("502 5.5.1 Unrecognized command. a1-20020a0560 - gsmtp")
@@ -197,8 +210,10 @@ class FakeRelay:
                         return
                     secure = True
                 elif verb == "MAIL":
-                    reply = next((r for key, r in s.get("senders", {}).items() if key in command),
-                                 s.get("mail", "250 2.1.0 OK a1-20020a0560 - gsmtp"))
+                    reply = next(
+                        (r for key, r in s.get("senders", {}).items() if key in command),
+                        s.get("mail", "250 2.1.0 OK a1-20020a0560 - gsmtp"),
+                    )
                     if s.get("require_tls") and not secure:
                         say(MUST_STARTTLS)
                     elif not say(reply):
@@ -229,8 +244,6 @@ class FakeRelay:
             return  # the client gave up (bad certificate, timeout): nothing to answer
         finally:
             if not writer.transport.is_closing():
-                try:
+                with contextlib.suppress(OSError):
                     await writer.drain()
-                except OSError:
-                    pass
                 writer.close()

@@ -24,9 +24,35 @@ import sys
 import threading
 from dataclasses import dataclass, field
 
-COMMANDS = ("sudo", "sleep", "curl", "systemctl", "getenforce", "setenforce", "rpm", "dnf", "firewall-cmd", "blkid",
-            "mkfs.xfs", "findmnt", "mount", "umount", "blockdev", "xfs_info", "xfs_growfs", "semanage", "restorecon",
-            "chown", "chmod", "mv", "ln", "git", "docker", "ss", "needs-restarting")
+COMMANDS = (
+    "sudo",
+    "sleep",
+    "curl",
+    "systemctl",
+    "getenforce",
+    "setenforce",
+    "rpm",
+    "dnf",
+    "firewall-cmd",
+    "blkid",
+    "mkfs.xfs",
+    "findmnt",
+    "mount",
+    "umount",
+    "blockdev",
+    "xfs_info",
+    "xfs_growfs",
+    "semanage",
+    "restorecon",
+    "chown",
+    "chmod",
+    "mv",
+    "ln",
+    "git",
+    "docker",
+    "ss",
+    "needs-restarting",
+)
 GIB = 1 << 30
 DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
 # The client: argv, cwd and settings out as NUL-terminated fields; exit code, stdout, stderr back.
@@ -51,6 +77,7 @@ HELPER = '#!/usr/bin/env bash\ncd "$(dirname "$0")/.." && _fakehost postal "$@"\
 @dataclass
 class Call:
     """The call being answered: where it runs and what it was given."""
+
     cwd: str = ""
     env: dict = field(default_factory=dict)
     stdin: str = ""
@@ -89,8 +116,11 @@ def serve() -> dict[str, str]:
     """Starts the fake host; returns the environment that routes the commands to it."""
     server = _Server(("127.0.0.1", 0), _Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {"FAKEHOST_PORT": str(server.server_address[1]), "BASH_FUNC__fakehost%%": CLIENT,
-           "BASH_FUNC_sudo%%": '() { "$@"; }'}
+    env = {
+        "FAKEHOST_PORT": str(server.server_address[1]),
+        "BASH_FUNC__fakehost%%": CLIENT,
+        "BASH_FUNC_sudo%%": '() { "$@"; }',
+    }
     for name in COMMANDS[1:]:
         env[f"BASH_FUNC_{name}%%"] = f'() {{ _fakehost {name} "$@"; }}'
     return env
@@ -167,7 +197,7 @@ def action(line: str) -> str:
 
 
 def _change(host: Host, argv: list[str]) -> None:
-    line = ' '.join(quote(a.replace(host.root, '')) for a in argv)
+    line = " ".join(quote(a.replace(host.root, "")) for a in argv)
     if CALL.env.get("STUB_REDO") and action(line) == CALL.env["STUB_REDO"]:
         host.log("R", argv)
         fail(f"{argv[0]}: redone; the fault-injection rerun stops here")
@@ -245,7 +275,7 @@ def rpm(host, args):
 def dnf(host, args):
     _change(host, ["dnf", *args])
     if "install" in args:
-        host.get("packages", []).extend(a for a in args[args.index("install") + 1:] if not a.startswith("-"))
+        host.get("packages", []).extend(a for a in args[args.index("install") + 1 :] if not a.startswith("-"))
     elif args[:2] == ["config-manager", "--add-repo"]:
         repo = host.path("etc/yum.repos.d/docker-ce.repo")
         os.makedirs(os.path.dirname(repo), exist_ok=True)
@@ -294,7 +324,7 @@ def mkfs_xfs(host, args):
     disk.update(TYPE="xfs", UUID=DISK_UUID, FS_BYTES=disk["SIZE"])
 
 
-def mounted(host, path: str) -> "dict | None":
+def mounted(host, path: str) -> dict | None:
     """The disk mounted at path (mounts: mount point -> [device, filesystem UUID when mounted])."""
     mount = host.get("mounts", {}).get(host.rel(path))
     return None if mount is None else disk_of(host, mount[0])
@@ -338,9 +368,11 @@ def xfs_info(host, args):
     disk = mounted(host, args[-1])
     if disk is None:
         fail(f"xfs_info: {args[-1]} is not a mounted XFS filesystem")
-    print(f"meta-data=/dev/sdb               isize=512    agcount=4, agsize=655360 blks\n"
-          f"data     =                       bsize=4096   blocks={disk['FS_BYTES'] // 4096}, imaxpct=25\n"
-          f"naming   =version 2              bsize=4096   ascii-ci=0, ftype=1")
+    print(
+        f"meta-data=/dev/sdb               isize=512    agcount=4, agsize=655360 blks\n"
+        f"data     =                       bsize=4096   blocks={disk['FS_BYTES'] // 4096}, imaxpct=25\n"
+        f"naming   =version 2              bsize=4096   ascii-ci=0, ftype=1"
+    )
 
 
 def xfs_growfs(host, args):
@@ -405,8 +437,13 @@ def postal(host, args):
         fail(f"fake helper: unsupported {args}")
     _change(host, ["postal", *args])
     compose = os.path.join(CALL.cwd, "docker-compose.yml")
-    write(compose, "".join(f"  {svc}:\n    image: ghcr.io/postalserver/postal:{args[1]}\n"
-                           for svc in ("web", "smtp", "worker", "runner")))
+    write(
+        compose,
+        "".join(
+            f"  {svc}:\n    image: ghcr.io/postalserver/postal:{args[1]}\n"
+            for svc in ("web", "smtp", "worker", "runner")
+        ),
+    )
 
 
 RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env", "--volume", "--label", "--workdir"}
@@ -472,7 +509,7 @@ def host_path(volumes: list[str], path: str) -> str:
     for volume in volumes:
         source, target = volume.split(":")[:2]
         if path == target or path.startswith(target + "/"):
-            return CALL.env["PG_ROOT"] + source + path[len(target):]
+            return CALL.env["PG_ROOT"] + source + path[len(target) :]
     return ""
 
 
@@ -486,7 +523,7 @@ def caddy_validate(host, volumes: list[str], config: str) -> int:
     return code
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _caddy_adapt(text: str) -> tuple[int, str]:
     import subprocess
     import tempfile
@@ -495,8 +532,9 @@ def _caddy_adapt(text: str) -> tuple[int, str]:
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "Caddyfile")
         write(path, text)
-        result = subprocess.run([caddy, "adapt", "--config", path, "--adapter", "caddyfile"],
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            [caddy, "adapt", "--config", path, "--adapter", "caddyfile"], capture_output=True, text=True
+        )
     return result.returncode, result.stderr.replace(path, "/etc/caddy/Caddyfile")
 
 
@@ -517,7 +555,8 @@ def caddy_load(host, container: dict) -> None:
     if container["tls"] == "letsencrypt" and host.state.get("acme_error"):
         container["logs"] = container.get("logs", "") + (
             '{"level":"error","logger":"tls.obtain","msg":"could not get certificate from issuer",'
-            f'"identifier":"{container["site"]}","error":"{host.state["acme_error"]}"}}\n')
+            f'"identifier":"{container["site"]}","error":"{host.state["acme_error"]}"}}\n'
+        )
         return
     if container["tls"] == "custom" or not container["site"]:
         return
@@ -544,9 +583,11 @@ def docker(host, args):
         if args[0] == "logs":
             print(container.get("logs", ""), end="")
             return
-        fields = {".Config.Image": container["image"], ".State.Running": str(container["running"]).lower(),
-                  'index .Config.Labels "postal-gateway.spec"': container.get("labels", {}).get(
-                      "postal-gateway.spec", "")}
+        fields = {
+            ".Config.Image": container["image"],
+            ".State.Running": str(container["running"]).lower(),
+            'index .Config.Labels "postal-gateway.spec"': container.get("labels", {}).get("postal-gateway.spec", ""),
+        }
         out = args[args.index("--format") + 1]
         for field, value in fields.items():
             out = out.replace("{{" + field + "}}", value)
@@ -557,19 +598,26 @@ def docker(host, args):
         options, _ = run_options(args)
         return caddy_validate(host, options["--volume"], args[-3])
     # readiness probe and backup stream: they only read
-    readiness = args[0] == "exec" and (args[2:4] == ["healthcheck.sh", "--connect"]
-                                       or "mariadb-backup --backup" in args[-1])
+    readiness = args[0] == "exec" and (
+        args[2:4] == ["healthcheck.sh", "--connect"] or "mariadb-backup --backup" in args[-1]
+    )
     (_query if readiness else _change)(host, ["docker", *args])
     if args[0] == "run":
         options, i = run_options(args)
         if "--rm" in options and "--name" not in options:
-            return _one_off(host, options, args[i + 1:])
+            return _one_off(host, options, args[i + 1 :])
         name = options["--name"][0]
         env = dict(e.split("=", 1) for e in options.get("--env", []))
-        container = {"image": args[i], "args": args[i + 1:], "running": True, "env": env,
-                     "volumes": options.get("--volume", []), "network": options.get("--network", [""])[0],
-                     "labels": dict(label.split("=", 1) for label in options.get("--label", [])),
-                     "restart": options.get("--restart", ["no"])[0]}
+        container = {
+            "image": args[i],
+            "args": args[i + 1 :],
+            "running": True,
+            "env": env,
+            "volumes": options.get("--volume", []),
+            "network": options.get("--network", [""])[0],
+            "labels": dict(label.split("=", 1) for label in options.get("--label", [])),
+            "restart": options.get("--restart", ["no"])[0],
+        }
         containers[name] = container
         if "MARIADB_ROOT_PASSWORD_FILE" in env:  # the image initialises an empty data dir with it
             data = host_path(container["volumes"], "/var/lib/mysql")
@@ -605,8 +653,9 @@ def docker(host, args):
                 fail("ERROR 1045 (28000): Access denied for user 'root'@'localhost'")
             container["sql"] = CALL.stdin
         elif "mariadb-backup --backup" in args[-1]:
-            if "MYSQL_PWD=$(cat /run/secrets/mariadb-root-password)" not in args[-1] or \
-                    not root_password_ok(host, container):
+            if "MYSQL_PWD=$(cat /run/secrets/mariadb-root-password)" not in args[-1] or not root_password_ok(
+                host, container
+            ):
                 fail("mariadb-backup: Got error: 1045: Access denied for user 'root'@'localhost'")
             volume = next(v for v in container["volumes"] if v.endswith(":/var/lib/mysql"))
             sys.stdout.write(_mbstream(host, host.path(volume.split(":")[0])))
@@ -623,9 +672,30 @@ def issue_certificate(prefix: str, name: str, ca: str | None = None, days: int =
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
     ext = ["-addext", f"subjectAltName=DNS:{name}"] if ca else ["-addext", "basicConstraints=critical,CA:TRUE"]
     sign = ["-CA", ca + ".crt", "-CAkey", ca + ".key"] if ca else []
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-                    "-keyout", prefix + ".key", "-out", prefix + ".crt", "-days", str(days), "-subj", f"/CN={name}",
-                    *ext, *sign], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            prefix + ".key",
+            "-out",
+            prefix + ".crt",
+            "-days",
+            str(days),
+            "-subj",
+            f"/CN={name}",
+            *ext,
+            *sign,
+        ],
+        check=True,
+        capture_output=True,
+    )
 
 
 def compose(host, args):
@@ -650,8 +720,10 @@ def compose(host, args):
     elif rest[0] == "up":  # `up [options] [service...]`: the named services, or all of them
         named = [a for a in rest[1:] if not a.startswith("-")] or ["web", "smtp", "worker"]
         crashing, running = postal.get("crashing", []), postal.get("running", [])
-        postal.update(running=[s for s in ("web", "smtp", "worker")
-                               if (s in running or s in named) and s not in crashing], version=version)
+        postal.update(
+            running=[s for s in ("web", "smtp", "worker") if (s in running or s in named) and s not in crashing],
+            version=version,
+        )
     elif rest[0] == "restart":  # `restart service...`: only those; a stopped one starts
         for service in rest[1:]:
             if service not in postal.setdefault("running", []):
@@ -770,15 +842,40 @@ def needs_restarting(host, args):
     if args != ["-r"]:
         fail(f"needs-restarting stub: unsupported {args}")
     if host.get("needs_reboot", False):
-        print("Core libraries or services have been updated since boot-up:\n  * kernel\n\n"
-              "Reboot is required to fully utilize these updates.")
+        print(
+            "Core libraries or services have been updated since boot-up:\n  * kernel\n\n"
+            "Reboot is required to fully utilize these updates."
+        )
         return 1
     print("No core libraries or services have been updated since boot-up.\nReboot should not be necessary.")
 
 
-HANDLERS = {"needs-restarting": needs_restarting, "curl": curl, "sleep": lambda h, a: _query(h, ["sleep", *a]), "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
-            "chown": lambda h, a: _change(h, ["chown", *a]), "systemctl": systemctl, "getenforce": getenforce,
-            "setenforce": setenforce, "rpm": rpm, "dnf": dnf, "firewall-cmd": firewall_cmd, "blkid": blkid,
-            "mkfs.xfs": mkfs_xfs, "findmnt": findmnt, "mount": mount, "umount": umount, "blockdev": blockdev,
-            "xfs_info": xfs_info, "xfs_growfs": xfs_growfs, "semanage": semanage, "chmod": chmod, "mv": mv, "ln": ln,
-            "git": git, "postal": postal, "docker": docker, "ss": ss}
+HANDLERS = {
+    "needs-restarting": needs_restarting,
+    "curl": curl,
+    "sleep": lambda h, a: _query(h, ["sleep", *a]),
+    "restorecon": lambda h, a: _change(h, ["restorecon", *a]),
+    "chown": lambda h, a: _change(h, ["chown", *a]),
+    "systemctl": systemctl,
+    "getenforce": getenforce,
+    "setenforce": setenforce,
+    "rpm": rpm,
+    "dnf": dnf,
+    "firewall-cmd": firewall_cmd,
+    "blkid": blkid,
+    "mkfs.xfs": mkfs_xfs,
+    "findmnt": findmnt,
+    "mount": mount,
+    "umount": umount,
+    "blockdev": blockdev,
+    "xfs_info": xfs_info,
+    "xfs_growfs": xfs_growfs,
+    "semanage": semanage,
+    "chmod": chmod,
+    "mv": mv,
+    "ln": ln,
+    "git": git,
+    "postal": postal,
+    "docker": docker,
+    "ss": ss,
+}

@@ -11,12 +11,12 @@ import base64
 import copy
 import hashlib
 import runpy
+import shlex
 import shutil
 import sys
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pulumi
 from pulumi.runtime import mocks, rpc
@@ -28,10 +28,12 @@ PROJECT, STACK = "postal-gateway", "prod"
 SECRET = {rpc._special_sig_key: rpc._special_secret_sig}
 FAKE_IP = "203.0.113.10"
 # What relay_preflight.py prints when the second domain's sender is refused (tests/test_preflight.py runs it)
-PREFLIGHT_STDOUT = ("relay-domain: rdo-dev.com allowlisted accepted MAIL FROM:<relay-preflight@psrp.rdo-dev.com>\n"
-                    "relay-domain: rdo-studio.net not-allowlisted RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid "
-                    "credentials for relay\n"
-                    "relay-status: not-allowlisted rdo-studio.net: RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid\n")
+PREFLIGHT_STDOUT = (
+    "relay-domain: rdo-dev.com allowlisted accepted MAIL FROM:<relay-preflight@psrp.rdo-dev.com>\n"
+    "relay-domain: rdo-studio.net not-allowlisted RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid "
+    "credentials for relay\n"
+    "relay-status: not-allowlisted rdo-studio.net: RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid\n"
+)
 
 
 def tool(name: str) -> str:
@@ -39,6 +41,7 @@ def tool(name: str) -> str:
     found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     assert found, f"{name} is missing: install requirements-dev.txt (or run .ci/run)"
     return found
+
 
 BASE_CONFIG: dict[str, Any] = {
     "gcp:project": "acme-mail",
@@ -85,8 +88,11 @@ class Registered:
 
 def _fake_key(name: str, bits: int = 2048) -> dict:
     body = hashlib.sha256(name.encode()).hexdigest() * 6
-    public = "-----BEGIN PUBLIC KEY-----\n" + "\n".join(body[i:i + 64] for i in range(0, len(body), 64)) \
+    public = (
+        "-----BEGIN PUBLIC KEY-----\n"
+        + "\n".join(body[i : i + 64] for i in range(0, len(body), 64))
         + "\n-----END PUBLIC KEY-----\n"
+    )
     return {
         "publicKeyPem": public,
         "publicKeyOpenssh": f"ssh-ed25519 AAAAC3{body[:40]}\n",
@@ -111,8 +117,7 @@ UPTIME_CHECK_IPS = [
 class Mocks(pulumi.runtime.Mocks):
     """Deterministic provider answers; records every invoke."""
 
-    def __init__(self, txt_records: Optional[dict] = None, missing_zones: tuple = (),
-                 dns_records: Optional[list] = None):
+    def __init__(self, txt_records: dict | None = None, missing_zones: tuple = (), dns_records: list | None = None):
         self.invokes: list[tuple[str, dict]] = []
         # Existing Cloudflare records: dicts with name, type, content and comment.
         self.dns_records = [dict(r, name=name, type="TXT") for name, rs in (txt_records or {}).items() for r in rs]
@@ -143,7 +148,9 @@ class Mocks(pulumi.runtime.Mocks):
             out["uptimeCheckId"] = f"{name}-0123abcd"
             out["name"] = f"projects/{args.inputs['project']}/uptimeCheckConfigs/{out['uptimeCheckId']}"
         elif typ == "gcp:monitoring/notificationChannel:NotificationChannel":
-            out["name"] = f"projects/{args.inputs['project']}/notificationChannels/{int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)}"
+            out["name"] = (
+                f"projects/{args.inputs['project']}/notificationChannels/{int(hashlib.sha256(name.encode()).hexdigest()[:12], 16)}"
+            )
         elif typ == "command:remote:Command":
             step = name.rsplit("-", 1)[-1]
             out["stdout"] = PREFLIGHT_STDOUT if step == "preflight" else f"[postal-gateway:{step}] done"
@@ -176,11 +183,23 @@ class Mocks(pulumi.runtime.Mocks):
                 continue  # another zone's record
             if (name and stored != name) or (query.get("type") and record["type"] != query["type"]):
                 continue
-            results.append({"id": f"record-{i}", "name": stored, "type": record["type"],
-                            "content": record["content"], "comment": record.get("comment"), "ttl": 1,
-                            "proxied": False, "proxiable": record["type"] in ("A", "AAAA", "CNAME"),
-                            "priority": record.get("priority"), "tags": [], "meta": "{}",
-                            "createdOn": "2026-01-01T00:00:00Z", "modifiedOn": "2026-01-01T00:00:00Z"})
+            results.append(
+                {
+                    "id": f"record-{i}",
+                    "name": stored,
+                    "type": record["type"],
+                    "content": record["content"],
+                    "comment": record.get("comment"),
+                    "ttl": 1,
+                    "proxied": False,
+                    "proxiable": record["type"] in ("A", "AAAA", "CNAME"),
+                    "priority": record.get("priority"),
+                    "tags": [],
+                    "meta": "{}",
+                    "createdOn": "2026-01-01T00:00:00Z",
+                    "modifiedOn": "2026-01-01T00:00:00Z",
+                }
+            )
         return results
 
 
@@ -200,14 +219,24 @@ class RecordingMonitor(mocks.MockMonitor):
         for key in secret_outputs & set(state):
             state[key] = {**SECRET, "value": state[key]}
         obj = mocks._sync_await(rpc.serialize_properties(state, {}))
-        self.registered.append(Registered(
-            urn=response.urn, type=request.type, name=request.name, inputs=inputs,
-            secret_inputs={k for k, v in raw_inputs.items() if unwrap(v)[1]}, parent=request.parent,
-            protect=request.protect, ignore_changes=list(request.ignoreChanges),
-            depends_on=list(request.dependencies), secret_outputs=secret_outputs, custom=request.custom,
-            delete_before_replace=request.deleteBeforeReplace,
-            retain_on_delete=request.retainOnDelete,
-            timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update}))
+        self.registered.append(
+            Registered(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                inputs=inputs,
+                secret_inputs={k for k, v in raw_inputs.items() if unwrap(v)[1]},
+                parent=request.parent,
+                protect=request.protect,
+                ignore_changes=list(request.ignoreChanges),
+                depends_on=list(request.dependencies),
+                secret_outputs=secret_outputs,
+                custom=request.custom,
+                delete_before_replace=request.deleteBeforeReplace,
+                retain_on_delete=request.retainOnDelete,
+                timeouts={"create": request.customTimeouts.create, "update": request.customTimeouts.update},
+            )
+        )
         return resource_pb2.RegisterResourceResponse(urn=response.urn, id=response.id, object=obj)
 
 
@@ -216,7 +245,7 @@ class Run:
     resources: list[Registered]
     invokes: list[tuple[str, dict]]
     outputs: dict[str, tuple[Any, bool]]  # name -> (value, is_secret)
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
@@ -230,8 +259,14 @@ class Run:
         return match
 
 
-def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Optional[dict] = None,
-        missing_zones: tuple = (), replace: bool = False, dns_records: Optional[list] = None) -> Run:
+def run(
+    config: dict | None = None,
+    secret_keys: tuple = (),
+    txt_records: dict | None = None,
+    missing_zones: tuple = (),
+    replace: bool = False,
+    dns_records: list | None = None,
+) -> Run:
     """Run __main__.py with BASE_CONFIG updated by `config` (None values remove keys)."""
     merged = dict(config or {}) if replace else {**copy.deepcopy(BASE_CONFIG), **(config or {})}
     merged = {k: v for k, v in merged.items() if v is not None}
@@ -262,10 +297,11 @@ def run(config: Optional[dict] = None, secret_keys: tuple = (), txt_records: Opt
     return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None)
 
 
-def lookup(config: Optional[dict] = None, dns_records: Optional[list] = None):
+def lookup(config: dict | None = None, dns_records: list | None = None):
     """config.load and dns.lookup_zones alone (what __main__.py runs before any resource), under the
     same mocks: (zone ids or None, the error or None, invokes)."""
-    from components import config as config_module, dns
+    from components import config as config_module
+    from components import dns
 
     mock = Mocks(dns_records=dns_records)
     pulumi.runtime.set_mocks(mock, project=PROJECT, stack=STACK, preview=False)
@@ -285,9 +321,11 @@ def commands(run):
 def env_of(command):
     words = shlex.split(command.inputs["create"])
     assert words[:2] == ["sudo", "env"]
-    return dict(w.split("=", 1) for w in words[2:words.index("bash")])
+    return dict(w.split("=", 1) for w in words[2 : words.index("bash")])
 
 
 def payload_of(command):
-    return {name: base64.b64decode(data).decode()
-            for name, data in (line.split() for line in (command.inputs.get("stdin") or "").splitlines())}
+    return {
+        name: base64.b64decode(data).decode()
+        for name, data in (line.split() for line in (command.inputs.get("stdin") or "").splitlines())
+    }

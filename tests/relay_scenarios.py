@@ -37,13 +37,25 @@ def client_timeout(scenario: dict) -> float:
 
 def record_postal(relay) -> dict:
     """{scenario id: delivery} as Postal 3.3.6 records it, one Ruby run over every scenario."""
-    ports = [{"id": sid, "port": relay.serve(s["relay"]), "ssl_mode": POSTAL_SSL_MODE[s.get("mode", "starttls")],
-              "timeout": client_timeout(s)} for sid, s in SCENARIOS.items()]
+    ports = [
+        {
+            "id": sid,
+            "port": relay.serve(s["relay"]),
+            "ssl_mode": POSTAL_SSL_MODE[s.get("mode", "starttls")],
+            "timeout": client_timeout(s),
+        }
+        for sid, s in SCENARIOS.items()
+    ]
     # Postal's SSL context trusts OpenSSL's default store, which SSL_CERT_FILE points at the fake's CA
     env = {**os.environ, "SSL_CERT_FILE": str(relay.ca_file)}
-    result = subprocess.run(["ruby", "-I", str(HERE / "vendor" / "net-smtp-0.4.0.1" / "lib"),
-                             str(HERE / "postal_delivery.rb")], input=json.dumps(ports), env=env,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["ruby", "-I", str(HERE / "vendor" / "net-smtp-0.4.0.1" / "lib"), str(HERE / "postal_delivery.rb")],
+        input=json.dumps(ports),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -57,7 +69,7 @@ def source_url(source: str) -> str:
     if source in SOURCES:
         repo, _, path = SOURCES[source].partition(" ")
         if repo.startswith("github:"):  # github:<owner>/<repo>@<tag> <path>
-            name, _, tag = repo[len("github:"):].partition("@")
+            name, _, tag = repo[len("github:") :].partition("@")
             return f"https://github.com/{name}/blob/{tag}/{path.split(',')[0].split()[0]}"
         return repo
     path, _, line = source.split()[0].partition(":")
@@ -67,12 +79,18 @@ def source_url(source: str) -> str:
 def answer_text(scenario: dict) -> str:
     """The reply a scenario plays (unwrapped to one line), or its title when it is a connection behaviour."""
     from fake_relay import MUST_STARTTLS
+
     from scripts.remote.relay_preflight import unwrap
+
     relay = scenario.get("relay", {})
     if relay.get("require_tls"):
         return MUST_STARTTLS
-    said = [v for k, v in relay.items() if k in ("banner", "ehlo", "ehlo_tls", "mail", "rcpt", "data", "eom")
-            and v not in ("refused", "blackhole", "hang", "reset", "drop")]
+    said = [
+        v
+        for k, v in relay.items()
+        if k in ("banner", "ehlo", "ehlo_tls", "mail", "rcpt", "data", "eom")
+        and v not in ("refused", "blackhole", "hang", "reset", "drop")
+    ]
     if said:
         return unwrap("\n".join(said[0]) if isinstance(said[0], list) else said[0])
     return scenario.get("title") or scenario["delivery"]["details"]
@@ -81,6 +99,7 @@ def answer_text(scenario: dict) -> str:
 def troubleshooting_table() -> str:
     """Markdown: each answer with relayStatus, Postal's status and the diagnosis; then each diagnosis's fix."""
     from scripts import smoke_test
+
     names = {"publicIp": "`publicIp`", "hostname": "`hostname`"}
     rows = ["| answer | `relayStatus` | Postal | diagnosis |", "|---|---|---|---|"]
     for s in TABLE["scenarios"] + TABLE["postal_only"]:
@@ -88,12 +107,16 @@ def troubleshooting_table() -> str:
             text = answer_text(s).replace("|", "/")
             text = text if len(text) <= 110 else text[:109] + "…"
             diagnosis = f"`{s['diagnosis']}`" if "diagnosis" in s else "— (delivered)"
-            rows.append(f"| {text} ([source]({source_url(s['source'])})) | {s.get('preflight', '—')} | "
-                        f"{s.get('postal') or s['delivery']['status']} | {diagnosis} |")
+            rows.append(
+                f"| {text} ([source]({source_url(s['source'])})) | {s.get('preflight', '—')} | "
+                f"{s.get('postal') or s['delivery']['status']} | {diagnosis} |"
+            )
     rows += ["", "| diagnosis | the smoke test says | fix | waits for Postal's retry |", "|---|---|---|---|"]
     for key, d in smoke_test.DIAGNOSES.items():
-        rows.append(f"| `{key}` | {d.headline.format(**names)} | {d.fix.format(**names)} | "
-                    f"{'no' if d.stop else 'yes, until `--timeout`'} |")
+        rows.append(
+            f"| `{key}` | {d.headline.format(**names)} | {d.fix.format(**names)} | "
+            f"{'no' if d.stop else 'yes, until `--timeout`'} |"
+        )
     return "\n".join(rows)
 
 
@@ -105,5 +128,6 @@ def render_doc(current: str) -> str:
 
 if __name__ == "__main__":
     import sys
+
     sys.path[:0] = [str(HERE), str(HERE.parent)]
     DOC.write_text(render_doc(DOC.read_text()))

@@ -69,8 +69,12 @@ def missing_apis(resources):
 
 def test_every_gcp_resource_waits_for_its_api(run):
     types = {r.type for r in run.resources if r.type.startswith("gcp:")}
-    assert {"gcp:compute/instance:Instance", "gcp:serviceaccount/account:Account",
-            "gcp:projects/iAMMember:IAMMember", SERVICE} <= types  # the check really covers them
+    assert {
+        "gcp:compute/instance:Instance",
+        "gcp:serviceaccount/account:Account",
+        "gcp:projects/iAMMember:IAMMember",
+        SERVICE,
+    } <= types  # the check really covers them
     assert missing_apis(run.resources) == []
 
 
@@ -87,14 +91,17 @@ def test_the_check_fails_for_a_resource_that_does_not_wait(run):
     services = {s.urn for s in run.of_type(SERVICE)}
 
     def without_services(*names):
-        return [dataclasses.replace(r, depends_on=[u for u in r.depends_on if u not in services])
-                if r.name in names else r for r in run.resources]
+        return [
+            dataclasses.replace(r, depends_on=[u for u in r.depends_on if u not in services]) if r.name in names else r
+            for r in run.resources
+        ]
 
     # the subnet still waits through its VPC (network=vpc.id): transitively ordered, so accepted
     assert missing_apis(without_services("postal-subnet")) == []
     assert missing_apis(without_services("postal-vpc", "postal-subnet")) == [
         f"{name} (gcp:compute/{typ}) does not wait for ['compute.googleapis.com']"
-        for name, typ in (("postal-vpc", "network:Network"), ("postal-subnet", "subnetwork:Subnetwork"))]
+        for name, typ in (("postal-vpc", "network:Network"), ("postal-subnet", "subnetwork:Subnetwork"))
+    ]
 
 
 def test_a_component_dependency_does_not_count_for_its_children(run):
@@ -111,12 +118,12 @@ def test_an_unmapped_gcp_type_fails(run):
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     bucket = dataclasses.replace(vm, name="logs", type="gcp:storage/bucket:Bucket", urn=vm.urn + "-bucket")
     assert missing_apis(run.resources + [bucket]) == [
-        "logs: no API known for gcp:storage/bucket:Bucket: add it to API_BY_TYPE"]
+        "logs: no API known for gcp:storage/bucket:Bucket: add it to API_BY_TYPE"
+    ]
 
 
 def test_iam_member_needs_both_apis():
-    assert apis_for("gcp:projects/iAMMember:IAMMember") == (
-        "cloudresourcemanager.googleapis.com", "iam.googleapis.com")
+    assert apis_for("gcp:projects/iAMMember:IAMMember") == ("cloudresourcemanager.googleapis.com", "iam.googleapis.com")
     assert apis_for("gcp:projects/iAMBinding:IAMBinding") is None  # not mapped: fails until someone decides
 
 

@@ -3,11 +3,11 @@
 import json
 import shlex
 
-import pytest
-
 import certs
 import program
+import pytest
 from program import commands, env_of, payload_of
+
 from components import render
 
 NS = "postal-gateway:"
@@ -72,21 +72,29 @@ def test_step_settings(run):
     assert "smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS" in payload_of(steps["postal"])["postal_yml"]
     caddy = env_of(steps["caddy"])
     assert caddy["PG_TLS"] == "letsencrypt" and caddy["PG_CADDYFILE"] == render.caddyfile(
-        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com")
+        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com"
+    )
     preflight = env_of(steps["preflight"])
     assert (preflight["PG_RELAY_HOST"], preflight["PG_RELAY_PORT"], preflight["PG_HOSTNAME"]) == (
-        "smtp-relay.gmail.com", "587", "postal.rdo-dev.com")
+        "smtp-relay.gmail.com",
+        "587",
+        "postal.rdo-dev.com",
+    )
     # Postal's envelope sender once return paths check OK: one per sending domain
-    assert preflight["PG_SENDERS"] == ("rdo-dev.com=relay-preflight@psrp.rdo-dev.com "
-                                       "rdo-studio.net=relay-preflight@psrp.rdo-studio.net")
+    assert preflight["PG_SENDERS"] == (
+        "rdo-dev.com=relay-preflight@psrp.rdo-dev.com rdo-studio.net=relay-preflight@psrp.rdo-studio.net"
+    )
 
 
 def test_provisioning_uses_the_pulumi_keys(run):
     spec = json.loads(payload_of(commands(run)["provision"])["provision_json"])
     assert [d["name"] for d in spec["domains"]] == ["rdo-dev.com", "rdo-studio.net"]
     assert all(d["dkim_private_key"].startswith("-----BEGIN RSA PRIVATE KEY-----") for d in spec["domains"])
-    dkim_names = {r.inputs["name"] for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")
-                  if "._domainkey." in r.inputs["name"] and not r.inputs["name"].startswith("postal._")}
+    dkim_names = {
+        r.inputs["name"]
+        for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")
+        if "._domainkey." in r.inputs["name"] and not r.inputs["name"].startswith("postal._")
+    }
     assert dkim_names == {f"postal-{d['dkim_selector']}._domainkey.{d['name']}" for d in spec["domains"]}
     keys = {c["type"]: c["key"] for c in spec["credentials"]}
     assert keys == {"API": run.outputs["apiKey"][0], "SMTP": run.outputs["smtpPassword"][0], "SMTP-IP": "127.0.0.1"}
@@ -102,9 +110,10 @@ def test_a_new_data_disk_reruns_the_os_step_only(run):
     assert env_of(steps["os"])["PG_DATA_DISK_GB"] == "50"
 
 
-@pytest.mark.parametrize("tls, issuers", [("letsencrypt", ["acme-v02.api.letsencrypt.org-directory",
-                                                             "acme.zerossl.com-v2-dv90"]),
-                                          ("internal", ["local"])])
+@pytest.mark.parametrize(
+    "tls, issuers",
+    [("letsencrypt", ["acme-v02.api.letsencrypt.org-directory", "acme.zerossl.com-v2-dv90"]), ("internal", ["local"])],
+)
 def test_smtp_tls_watches_caddys_certificate_of_the_mode(tls, issuers):
     run = program.run({NS + "tls": tls})
     env = env_of(commands(run)["smtp-tls"])
@@ -117,8 +126,10 @@ def test_smtp_tls_watches_caddys_certificate_of_the_mode(tls, issuers):
 
 def test_relay_status_output_comes_from_the_preflight(run):
     assert run.outputs["relayStatus"] == ("not-allowlisted", False)
-    assert run.outputs["relayStatusByDomain"] == ({"rdo-dev.com": "allowlisted", "rdo-studio.net": "not-allowlisted"},
-                                                  False)
+    assert run.outputs["relayStatusByDomain"] == (
+        {"rdo-dev.com": "allowlisted", "rdo-studio.net": "not-allowlisted"},
+        False,
+    )
     assert run.outputs["smtpUsername"] == ("postal-gateway/gateway", False)  # <org>/<server> for CRAM-MD5
 
 
@@ -128,23 +139,31 @@ def changed(before, after):
     return {r.name for r in after.resources if old.get(r.name, (None,))[0] != r.inputs}
 
 
-@pytest.mark.parametrize("overrides,expected", [
-    ({}, set()),
-    ({NS + "tls": "internal"}, {"postal-caddy", "postal-smtp-tls", "postal-uptime-https"}),  # the check stops validating TLS
-    ({NS + "postalVersion": "3.3.5"}, {"postal-postal"}),
-    ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
-    ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
-    ({NS + "selinux": "permissive"}, {"postal-os"}),
-    ({NS + "dataDiskSizeGb": "80"}, {"postal-data", "postal-os"}),  # the disk grows, os runs xfs_growfs
-    ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
-    ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
-    ({NS + "adminEmail": "platform@rdo-dev.com"}, {"postal-caddy", "postal-provision", "postal-preflight",
-                                                  "postal-alert-email"}),  # alertEmail defaults to it
-    ({NS + "mariadbImage": "mariadb:11.8"}, {"postal-database"}),
-    ({NS + "caddyImage": "caddy:2.11"}, {"postal-caddy"}),
-    ({NS + "maintenanceWindow": "Sat 01:00"}, {"postal-ops"}),
-    ({NS + "backupRetentionDays": "7"}, {"postal-ops"}),
-])
+@pytest.mark.parametrize(
+    "overrides,expected",
+    [
+        ({}, set()),
+        (
+            {NS + "tls": "internal"},
+            {"postal-caddy", "postal-smtp-tls", "postal-uptime-https"},
+        ),  # the check stops validating TLS
+        ({NS + "postalVersion": "3.3.5"}, {"postal-postal"}),
+        ({NS + "relayHost": "relay.example.net"}, {"postal-postal", "postal-preflight"}),
+        ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
+        ({NS + "selinux": "permissive"}, {"postal-os"}),
+        ({NS + "dataDiskSizeGb": "80"}, {"postal-data", "postal-os"}),  # the disk grows, os runs xfs_growfs
+        ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
+        ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
+        (
+            {NS + "adminEmail": "platform@rdo-dev.com"},
+            {"postal-caddy", "postal-provision", "postal-preflight", "postal-alert-email"},
+        ),  # alertEmail defaults to it
+        ({NS + "mariadbImage": "mariadb:11.8"}, {"postal-database"}),
+        ({NS + "caddyImage": "caddy:2.11"}, {"postal-caddy"}),
+        ({NS + "maintenanceWindow": "Sat 01:00"}, {"postal-ops"}),
+        ({NS + "backupRetentionDays": "7"}, {"postal-ops"}),
+    ],
+)
 def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):
     assert changed(run, program.run(overrides)) == expected
 

@@ -1,15 +1,15 @@
 """Config contract: defaults, normalisation, and every bad value stopping the run before any resource."""
 
 import json
+import pathlib
 import re
-from datetime import timedelta
 
+import certs
+import program
 import pulumi
 import pytest
 import yaml
 
-import certs
-import program
 from components import certificate, config
 
 NS = "postal-gateway:"
@@ -74,13 +74,22 @@ BAD = [
     ("tlsCertificate", custom(KEY, CERT), "no PEM CERTIFICATE block"),
     ("tlsCertificate", custom(CERT + KEY, KEY), "holds a PEM EC PRIVATE KEY block besides the CERTIFICATE"),
     ("tlsPrivateKey", custom(KEY, CERT), "no PEM PRIVATE KEY block"),
-    ("tlsCertificate", custom("-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n", KEY),
-     "does not parse as an X.509 certificate"),
-    ("tlsPrivateKey", custom(CERT, "-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n"),
-     "does not parse as a private key"),
+    (
+        "tlsCertificate",
+        custom("-----BEGIN CERTIFICATE-----\nQ0VSVA==\n-----END CERTIFICATE-----\n", KEY),
+        "does not parse as an X.509 certificate",
+    ),
+    (
+        "tlsPrivateKey",
+        custom(CERT, "-----BEGIN PRIVATE KEY-----\nS0VZ\n-----END PRIVATE KEY-----\n"),
+        "does not parse as a private key",
+    ),
     ("tlsPrivateKey", custom(CERT, OTHER_KEY), "does not belong to any certificate"),
-    ("tlsPrivateKey", custom(CERT, certs.encrypted(KEY)),
-     "encrypted with a passphrase, which Caddy cannot use. Fix: openssl pkey"),
+    (
+        "tlsPrivateKey",
+        custom(CERT, certs.encrypted(KEY)),
+        "encrypted with a passphrase, which Caddy cannot use. Fix: openssl pkey",
+    ),
     ("tlsCertificate", custom(*certs.issue("www.rdo-dev.com")), "does not cover hostname"),
     ("tlsCertificate", custom(*certs.issue("*.postal.rdo-dev.com")), "does not cover hostname"),
     ("tlsCertificate", custom(*certs.common_name_only()), "the common name is ignored"),
@@ -185,8 +194,11 @@ BAD = [
     ("labels", {"labels": '{"team": {"name": "mail"}}'}, "GCP's rules"),
     ("labels", {"labels": "team=platform"}, "not a map"),
     ("dataDiskSnapshot", {"dataDiskSnapshot": "s" * 64}, "not a snapshot name"),
-    ("dataDiskSnapshot", {"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/x/global/snapshots/s1"},
-     "not a snapshot name"),
+    (
+        "dataDiskSnapshot",
+        {"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/x/global/snapshots/s1"},
+        "not a snapshot name",
+    ),
     ("postalVersion", {"postalVersion": "v3.3.6"}, "not X.Y.Z"),
     ("postalVersion", {"postalVersion": "3.3"}, "not X.Y.Z"),
     ("postalVersion", {"postalVersion": "3.2.9"}, "3.3.1"),
@@ -200,10 +212,16 @@ BAD = [
     ("relayTls", {"relayTls": "STARTLS"}, "not one of starttls, tls, none"),  # Postal's spelling
     ("dmarcPolicy", {"dmarcPolicy": "p=reject"}, "not one of none, quarantine, reject"),
     ("cloudflareZone", {"cloudflareZone": "com"}, "not a fully qualified domain name"),
-    ("tlsPrivateKey", custom(CERT, KEY.replace("EC PRIVATE KEY", "OPENSSH PRIVATE KEY")),
-     "does not parse as a private key"),
-    ("tlsCertificate", custom(CERT.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), KEY),
-     "does not parse as an X.509 certificate"),
+    (
+        "tlsPrivateKey",
+        custom(CERT, KEY.replace("EC PRIVATE KEY", "OPENSSH PRIVATE KEY")),
+        "does not parse as a private key",
+    ),
+    (
+        "tlsCertificate",
+        custom(CERT.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), KEY),
+        "does not parse as an X.509 certificate",
+    ),
 ]
 
 
@@ -212,7 +230,7 @@ def key_of(name: str) -> str:
 
 
 # Text a message may contain whatever the value: the validator's own words.
-VOCABULARY = "".join(open(module.__file__).read() for module in (config, certificate))
+VOCABULARY = "".join(pathlib.Path(module.__file__).read_text() for module in (config, certificate))
 
 
 def fragments(value: str) -> set:
@@ -248,7 +266,7 @@ def test_bad_config_stops_before_any_resource(reported, overrides, expected, sec
     header, *lines = str(run.error).splitlines()
     assert header == "postal-gateway: invalid configuration"
     assert all(re.fullmatch(r"  - (postal-gateway|gcp):\w+: .+\. Fix: .+", line) for line in lines), lines
-    line = next((l for l in lines if l.startswith(f"  - {key_of(reported)}:")), None)
+    line = next((item for item in lines if item.startswith(f"  - {key_of(reported)}:")), None)
     assert line is not None and expected in line, lines
     for key in secret_keys:
         for part in fragments(config_values[key]):
@@ -263,13 +281,15 @@ def test_the_table_covers_every_key_and_at_least_40_configs():
 
 def test_all_problems_reported_together():
     run = program.run({NS + "tls": "acme", NS + "relayPort": "0", NS + "adminEmail": None})
-    lines = [l for l in str(run.error).splitlines() if l.strip().startswith("- ")]
-    assert sorted(l.split(":")[1] for l in lines) == ["adminEmail", "relayPort", "tls"]
+    lines = [item for item in str(run.error).splitlines() if item.strip().startswith("- ")]
+    assert sorted(item.split(":")[1] for item in lines) == ["adminEmail", "relayPort", "tls"]
 
 
 def test_custom_tls_pair_must_be_secret():
-    run = program.run({NS + "tls": "custom", NS + "tlsCertificate": CERT, NS + "tlsPrivateKey": KEY},
-                      secret_keys=(NS + "tlsPrivateKey",))
+    run = program.run(
+        {NS + "tls": "custom", NS + "tlsCertificate": CERT, NS + "tlsPrivateKey": KEY},
+        secret_keys=(NS + "tlsPrivateKey",),
+    )
     assert "postal-gateway:tlsCertificate: is stored in plain text" in str(run.error)
     assert "tlsPrivateKey: is stored" not in str(run.error)
     assert not any(line in str(run.error) for line in CERT.splitlines()[1:-1])
@@ -277,6 +297,7 @@ def test_custom_tls_pair_must_be_secret():
 
 def load(overrides=None, secret_keys=()):
     import pulumi
+
     pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=program.STACK)
     merged = {**program.BASE_CONFIG, **(overrides or {})}
     pulumi.runtime.set_all_config({k: v for k, v in merged.items() if v is not None}, list(secret_keys))
@@ -284,7 +305,7 @@ def load(overrides=None, secret_keys=()):
 
 
 def test_defaults_match_pulumi_yaml():
-    declared = yaml.safe_load(open(program.ROOT / "Pulumi.yaml"))["config"]
+    declared = yaml.safe_load((program.ROOT / "Pulumi.yaml").read_text())["config"]
     for key, default in config.DEFAULTS.items():
         if key in declared:
             assert declared[key].get("default") == default, key
@@ -292,26 +313,35 @@ def test_defaults_match_pulumi_yaml():
     assert set(declared) <= set(config.KEYS)
 
 
-@pytest.mark.parametrize("project,stack", [("Pulumi.yaml", "Pulumi.prod.yaml"),
-                                           ("examples/consumer/Pulumi.yaml", None)])
+@pytest.mark.parametrize(
+    "project,stack", [("Pulumi.yaml", "Pulumi.prod.yaml"), ("examples/consumer/Pulumi.yaml", None)]
+)
 def test_the_cli_would_find_every_required_key(project, stack):
     """Pulumi refuses to run a stack that lacks a declared key without a default."""
-    declared = yaml.safe_load(open(program.ROOT / project))["config"]
-    required = {f"{yaml.safe_load(open(program.ROOT / project))['name']}:{k}"
-                for k, v in declared.items() if "default" not in v}
-    provided = set(yaml.safe_load(open(program.ROOT / stack))["config"]) if stack else set()
+    declared = yaml.safe_load((program.ROOT / project).read_text())["config"]
+    required = {
+        f"{yaml.safe_load((program.ROOT / project).read_text())['name']}:{k}"
+        for k, v in declared.items()
+        if "default" not in v
+    }
+    provided = set(yaml.safe_load((program.ROOT / stack).read_text())["config"]) if stack else set()
     assert required <= provided
 
 
 def test_defaults_and_normalisation():
-    cfg = load({NS + "hostname": "Postal.RDO-dev.com.", NS + "sshSourceRanges": '["203.0.113.7"]',
-                NS + "relayTls": "STARTTLS"})
+    cfg = load(
+        {NS + "hostname": "Postal.RDO-dev.com.", NS + "sshSourceRanges": '["203.0.113.7"]', NS + "relayTls": "STARTTLS"}
+    )
     assert cfg.hostname == "postal.rdo-dev.com"
     assert cfg.cloudflare_zone == "rdo-dev.com"
     assert cfg.ssh_source_ranges == ("203.0.113.7/32",)
     assert cfg.web_source_ranges == ("10.0.0.0/8", "198.51.100.0/24", "203.0.113.7/32")  # SMTP + SSH ranges
     assert (cfg.tls, cfg.machine_type, cfg.postal_version, cfg.selinux) == (
-        "letsencrypt", "e2-medium", "3.3.6", "enforcing")
+        "letsencrypt",
+        "e2-medium",
+        "3.3.6",
+        "enforcing",
+    )
     assert (cfg.boot_disk_size_gb, cfg.data_disk_size_gb, cfg.snapshot_retention_days) == (20, 50, 14)
     assert cfg.relay_url == "smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS"
     assert cfg.dmarc_policy is None and cfg.manage_spf is True
@@ -324,30 +354,40 @@ def test_defaults_and_normalisation():
     assert (custom.alert_email, custom.maintenance_window) == ("oncall@rdo-dev.com", "Sat 01:30")
 
 
-@pytest.mark.parametrize("mode,port,expected", [("starttls", 587, "STARTLS"), ("tls", 465, "TLS"),
-                                               ("none", 25, "None"), ("none", 587, "None"),
-                                               ("starttls", 2525, "STARTLS")])
+@pytest.mark.parametrize(
+    "mode,port,expected",
+    [
+        ("starttls", 587, "STARTLS"),
+        ("tls", 465, "TLS"),
+        ("none", 25, "None"),
+        ("none", 587, "None"),
+        ("starttls", 2525, "STARTLS"),
+    ],
+)
 def test_relay_tls_renders_postals_spelling(mode, port, expected):
     cfg = load({NS + "relayTls": mode, NS + "relayPort": str(port)})
     assert cfg.relay_url == f"smtp://smtp-relay.gmail.com:{port}?ssl_mode={expected}"
 
 
 def test_prod_stack_file_is_valid():
-    stack = yaml.safe_load(open(program.ROOT / "Pulumi.prod.yaml"))["config"]
+    stack = yaml.safe_load((program.ROOT / "Pulumi.prod.yaml").read_text())["config"]
     values = {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in stack.items()}
     cfg = load(values)
     assert cfg.hostname == "postal.rdo-dev.com" and cfg.sending_domains == ("rdo-dev.com",)
     assert not any("secure" in k.lower() or "token" in k.lower() for k in stack)
 
 
-@pytest.mark.parametrize("ranges, world", [
-    ('["0.0.0.0/0"]', True),
-    ('["0.0.0.0/1", "128.0.0.0/1"]', True),  # the whole Internet in two rules
-    ('["0.0.0.0/2", "64.0.0.0/2", "10.0.0.0/8"]', True),  # exactly half, merged
-    ('["0.0.0.0/2", "128.0.0.0/3"]', False),  # three eighths
-    ('["128.0.0.0/1"]', True),
-    ('["10.0.0.0/8", "198.51.100.0/24"]', False),
-])
+@pytest.mark.parametrize(
+    "ranges, world",
+    [
+        ('["0.0.0.0/0"]', True),
+        ('["0.0.0.0/1", "128.0.0.0/1"]', True),  # the whole Internet in two rules
+        ('["0.0.0.0/2", "64.0.0.0/2", "10.0.0.0/8"]', True),  # exactly half, merged
+        ('["0.0.0.0/2", "128.0.0.0/3"]', False),  # three eighths
+        ('["128.0.0.0/1"]', True),
+        ('["10.0.0.0/8", "198.51.100.0/24"]', False),
+    ],
+)
 def test_443_open_to_most_of_the_internet_is_a_warning(ranges, world):
     notes = config.warnings(load({NS + "webSourceRanges": ranges}))
     assert any("webSourceRanges opens port 443" in n for n in notes) == world, notes
@@ -360,29 +400,50 @@ def test_default_443_ranges_are_not_world_open_and_follow_the_smtp_and_ssh_range
 
 
 def test_warnings_for_open_ports_and_foreign_hostname():
-    cfg = load({NS + "smtpSourceRanges": '["0.0.0.0/0"]', NS + "hostname": "postal.other-zone.org",
-                NS + "cloudflareZone": "other-zone.org"})
+    cfg = load(
+        {
+            NS + "smtpSourceRanges": '["0.0.0.0/0"]',
+            NS + "hostname": "postal.other-zone.org",
+            NS + "cloudflareZone": "other-zone.org",
+        }
+    )
     notes = " ".join(config.warnings(cfg))
     assert "smtpSourceRanges opens port 25" in notes and "not under a sending domain" in notes
     assert "webSourceRanges opens port 443" in notes  # derived from the SMTP ranges, so world-open too
 
 
-@pytest.mark.parametrize("machine", ["e2-medium", "e2-highcpu-4", "n1-standard-2", "n2-highcpu-4", "n4-highcpu-2",
-                                     "c4-highcpu-2", "c2d-highcpu-2", "t2d-standard-1", "custom-2-4096",
-                                     "e2-custom-medium-4096", "n2-custom-2-8192-ext"])
+@pytest.mark.parametrize(
+    "machine",
+    [
+        "e2-medium",
+        "e2-highcpu-4",
+        "n1-standard-2",
+        "n2-highcpu-4",
+        "n4-highcpu-2",
+        "c4-highcpu-2",
+        "c2d-highcpu-2",
+        "t2d-standard-1",
+        "custom-2-4096",
+        "e2-custom-medium-4096",
+        "n2-custom-2-8192-ext",
+    ],
+)
 def test_machine_types_with_4_gb_are_accepted(machine):
     assert load({NS + "machineType": machine}).machine_type == machine
 
 
-@pytest.mark.parametrize("pattern,host,covered", [
-    ("postal.rdo-dev.com", "postal.rdo-dev.com", True),
-    ("POSTAL.rdo-dev.com.", "postal.rdo-dev.com", True),
-    ("*.rdo-dev.com", "postal.rdo-dev.com", True),
-    ("*.rdo-dev.com", "rdo-dev.com", False),  # a wildcard never covers its own parent
-    ("*.rdo-dev.com", "a.postal.rdo-dev.com", False),  # one label only
-    ("*.com", "rdo-dev.com", False),  # no wildcard over a top-level domain
-    ("p*.rdo-dev.com", "postal.rdo-dev.com", False),  # partial wildcards: Go does not match them
-])
+@pytest.mark.parametrize(
+    "pattern,host,covered",
+    [
+        ("postal.rdo-dev.com", "postal.rdo-dev.com", True),
+        ("POSTAL.rdo-dev.com.", "postal.rdo-dev.com", True),
+        ("*.rdo-dev.com", "postal.rdo-dev.com", True),
+        ("*.rdo-dev.com", "rdo-dev.com", False),  # a wildcard never covers its own parent
+        ("*.rdo-dev.com", "a.postal.rdo-dev.com", False),  # one label only
+        ("*.com", "rdo-dev.com", False),  # no wildcard over a top-level domain
+        ("p*.rdo-dev.com", "postal.rdo-dev.com", False),  # partial wildcards: Go does not match them
+    ],
+)
 def test_certificate_name_matching(pattern, host, covered):
     assert certificate.covers(pattern, host) is covered
 
@@ -427,13 +488,16 @@ def test_a_certificate_expiring_within_14_days_is_a_warning(days, warned):
         assert f"expires on {cfg.tls_certificate_expires:%Y-%m-%d}" in notes[0] and "renew it" in notes[0]
 
 
-@pytest.mark.parametrize("ranges,flagged", [
-    ('["203.0.113.7/32"]', "203.0.113.7/32"),
-    ('["10.0.0.0/8", "198.51.100.0/28"]', "198.51.100.0/28"),
-    ('["192.0.2.0/24"]', "192.0.2.0/24"),
-    ('["203.0.0.0/16"]', None),  # contains a documentation range but is not inside one
-    ('["34.90.1.7/32"]', None),
-])
+@pytest.mark.parametrize(
+    "ranges,flagged",
+    [
+        ('["203.0.113.7/32"]', "203.0.113.7/32"),
+        ('["10.0.0.0/8", "198.51.100.0/28"]', "198.51.100.0/28"),
+        ('["192.0.2.0/24"]', "192.0.2.0/24"),
+        ('["203.0.0.0/16"]', None),  # contains a documentation range but is not inside one
+        ('["34.90.1.7/32"]', None),
+    ],
+)
 def test_documentation_ranges_are_a_warning(ranges, flagged):
     notes = [n for n in config.warnings(load({NS + "sshSourceRanges": ranges})) if "RFC 5737" in n]
     ssh = [n for n in notes if n.startswith(NS + "sshSourceRanges")]
@@ -443,9 +507,14 @@ def test_documentation_ranges_are_a_warning(ranges, flagged):
 
 
 def test_warnings_never_show_a_secret_value():
-    cfg = load({NS + "sshSourceRanges": '["203.0.113.7/32"]', NS + "hostname": "postal.other-zone.org",
-                NS + "cloudflareZone": "other-zone.org"},
-               secret_keys=(NS + "sshSourceRanges", NS + "hostname"))
+    cfg = load(
+        {
+            NS + "sshSourceRanges": '["203.0.113.7/32"]',
+            NS + "hostname": "postal.other-zone.org",
+            NS + "cloudflareZone": "other-zone.org",
+        },
+        secret_keys=(NS + "sshSourceRanges", NS + "hostname"),
+    )
     notes = " ".join(config.warnings(cfg))
     assert "sshSourceRanges lists RFC 5737" in notes and "hostname is not under a sending domain" in notes
     assert "203.0.113.7" not in notes and "other-zone" not in notes
@@ -480,14 +549,24 @@ CADDY_ACCEPTED = [
 def adapted(tmp_path, key, value):
     """(Caddy's JSON or None when Caddy refuses the file) for the Caddyfile rendered with `value`."""
     import subprocess
+
     from components import render
-    fields = {"hostname": certs.HOST, "admin_email": "ops@rdo-dev.com",
-              {"adminEmail": "admin_email", "hostname": "hostname"}[key]: value}
+
+    fields = {
+        "hostname": certs.HOST,
+        "admin_email": "ops@rdo-dev.com",
+        {"adminEmail": "admin_email", "hostname": "hostname"}[key]: value,
+    }
     path = tmp_path / "Caddyfile"
     path.write_text(render.caddyfile(tls="letsencrypt", **fields))
-    result = subprocess.run([program.tool("caddy"), "adapt", "--config", str(path), "--adapter", "caddyfile"],
-                            capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                            env={"HOME": "/home/caddy", "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [program.tool("caddy"), "adapt", "--config", str(path), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"HOME": "/home/caddy", "PATH": "/usr/bin:/bin"},
+    )
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
@@ -519,24 +598,41 @@ def test_accepted_values_render_unchanged_in_caddy(key, value, tmp_path):
 # Caddy want one spelling (a false refusal is as bad as a miss).
 ACCEPTED = [
     ({"hostname": "xn--pstal-mua.rdo-dev.com"}, "hostname", "xn--pstal-mua.rdo-dev.com"),
-    ({"sendingDomains": '["RDO-DEV.COM.", "mail.rdo-dev.com"]'}, "sending_domains", ("rdo-dev.com", "mail.rdo-dev.com")),
+    (
+        {"sendingDomains": '["RDO-DEV.COM.", "mail.rdo-dev.com"]'},
+        "sending_domains",
+        ("rdo-dev.com", "mail.rdo-dev.com"),
+    ),
     ({"adminEmail": "Ops.Team@RDO-dev.com."}, "admin_email", "Ops.Team@rdo-dev.com"),
     ({"sshSourceRanges": '["34.90.0.0/255.255.255.0"]'}, "ssh_source_ranges", ("34.90.0.0/24",)),
-    ({"smtpSourceRanges": '["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]'}, "smtp_source_ranges",
-     ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")),
+    (
+        {"smtpSourceRanges": '["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]'},
+        "smtp_source_ranges",
+        ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"),
+    ),
     ({"manageSpf": "False"}, "manage_spf", False),
-    ({"labels": '{"cost": 42, "critical": true, "tier": ""}'}, "labels",  # YAML numbers and booleans
-     (("cost", "42"), ("critical", "true"), ("tier", ""))),
+    (
+        {"labels": '{"cost": 42, "critical": true, "tier": ""}'},
+        "labels",  # YAML numbers and booleans
+        (("cost", "42"), ("critical", "true"), ("tier", "")),
+    ),
     ({"dataDiskSnapshot": "global/snapshots/postal-data-1"}, "data_disk_snapshot", "global/snapshots/postal-data-1"),
-    ({"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1"},
-     "data_disk_snapshot", "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1"),
+    (
+        {"dataDiskSnapshot": "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1"},
+        "data_disk_snapshot",
+        "https://www.googleapis.com/compute/v1/projects/acme-mail/global/snapshots/postal-data-1",
+    ),
     ({"machineType": "E2-Medium"}, "machine_type", "e2-medium"),
     ({"machineType": "e2-standard-2"}, "machine_type", "e2-standard-2"),
     ({"machineType": "custom-1-4096-ext"}, "machine_type", "custom-1-4096-ext"),
     ({"relayHost": "SMTP-Relay.Gmail.com."}, "relay_host", "smtp-relay.gmail.com"),
     ({"relayTls": "TLS", "relayPort": "465"}, "relay_url", "smtp://smtp-relay.gmail.com:465?ssl_mode=TLS"),
     ({"dmarcPolicy": "Reject"}, "dmarc_policy", "reject"),
-    ({"cloudflareZone": "RDO-dev.com.", "sendingDomains": '["rdo-studio.net"]'}, "zones", ("rdo-dev.com", "rdo-studio.net")),
+    (
+        {"cloudflareZone": "RDO-dev.com.", "sendingDomains": '["rdo-studio.net"]'},
+        "zones",
+        ("rdo-dev.com", "rdo-studio.net"),
+    ),
 ]
 
 
@@ -579,9 +675,18 @@ def test_caddy_loads_the_accepted_pairs_as_delivered(tmp_path):
         folder.mkdir()
         (folder / "cert.pem").write_text(chain)
         (folder / "key.pem").write_text(key)
-        (folder / "Caddyfile").write_text(f"{certs.HOST} {{\n\ttls {folder}/cert.pem {folder}/key.pem\n\trespond ok\n}}\n")
-        return subprocess.run([program.tool("caddy"), "validate", "--config", str(folder / "Caddyfile"), "--adapter",
-                               "caddyfile"], capture_output=True, text=True, timeout=60).returncode == 0
+        (folder / "Caddyfile").write_text(
+            f"{certs.HOST} {{\n\ttls {folder}/cert.pem {folder}/key.pem\n\trespond ok\n}}\n"
+        )
+        return (
+            subprocess.run(
+                [program.tool("caddy"), "validate", "--config", str(folder / "Caddyfile"), "--adapter", "caddyfile"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).returncode
+            == 0
+        )
 
     for name, (chain, key) in PAIRS_ACCEPTED.items():
         pair, problems = certificate.check_pair(chain, key, certs.HOST, certs.NOW)
@@ -600,13 +705,15 @@ def test_ssh_from_private_ranges_only_is_a_warning():
     def warned(ranges):
         notes = config.warnings(load({NS + "sshSourceRanges": ranges}))
         return any("sshSourceRanges holds private (RFC 1918) ranges only" in n for n in notes)
+
     assert warned('["10.0.0.0/8", "192.168.1.0/24"]')
     assert not warned('["10.0.0.0/8", "34.90.1.7/32"]') and not warned('["203.0.113.7/32"]')
 
 
 def test_short_secret_values_are_not_echoed():
-    run = program.run({NS + "relayPort": "465", NS + "relayTls": "none"},
-                      secret_keys=(NS + "relayPort", NS + "relayTls"))
+    run = program.run(
+        {NS + "relayPort": "465", NS + "relayTls": "none"}, secret_keys=(NS + "relayPort", NS + "relayTls")
+    )
     assert "relayPort: the secret relayPort is the implicit TLS port" in str(run.error)
     assert "465 " not in str(run.error) and "none " not in str(run.error)
 
@@ -616,10 +723,16 @@ SECRET_NAMES = {NS + "hostname": "postal.secret-co.com", NS + "sendingDomains": 
 
 @pytest.mark.parametrize("problem", ["missing-zone", "conflict"])
 def test_the_zone_lookup_never_shows_secret_names(problem):
-    records = [{"name": "spf.postal.secret-co.com", "type": "TXT", "content": "v=spf1 -all"},
-               {"name": "Postal.secret-co.com", "type": "CNAME", "content": "old.secret-co.com"}]
-    run = program.run(SECRET_NAMES, secret_keys=tuple(SECRET_NAMES), dns_records=records,
-                      missing_zones=("secret-co.com",) if problem == "missing-zone" else ())
+    records = [
+        {"name": "spf.postal.secret-co.com", "type": "TXT", "content": "v=spf1 -all"},
+        {"name": "Postal.secret-co.com", "type": "CNAME", "content": "old.secret-co.com"},
+    ]
+    run = program.run(
+        SECRET_NAMES,
+        secret_keys=tuple(SECRET_NAMES),
+        dns_records=records,
+        missing_zones=("secret-co.com",) if problem == "missing-zone" else (),
+    )
     assert run.resources == [] and "secret-co" not in str(run.error).lower()
     if problem == "missing-zone":
         assert "Cloudflare zone '<cloudflareZone>' could not be read" in str(run.error)

@@ -10,11 +10,11 @@ zone-file parser (RFC 1035 presentation format).
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+import program
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-import program
 from components import dns as mail_dns
 from components.render import dkim_txt
 
@@ -67,11 +67,14 @@ def guard(existing):
     return program.run(txt_records={"rdo-dev.com": existing})
 
 
-@pytest.mark.parametrize("content", [
-    '"v=spf1 include:_spf.google.com ~all"',  # how Cloudflare returns it
-    '"v=spf1 include:_spf.google.com" " include:mailgun.org ~all"',  # a long one, split
-    "V=SPF1 -all",  # the version tag is case-insensitive (RFC 7208 4.5 / RFC 5234)
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        '"v=spf1 include:_spf.google.com ~all"',  # how Cloudflare returns it
+        '"v=spf1 include:_spf.google.com" " include:mailgun.org ~all"',  # a long one, split
+        "V=SPF1 -all",  # the version tag is case-insensitive (RFC 7208 4.5 / RFC 5234)
+    ],
+)
 def test_a_foreign_spf_record_is_found_however_it_is_quoted(content):
     run = guard([{"content": content, "comment": None}])
     assert isinstance(run.error, mail_dns.DnsConflictError) and run.resources == []
@@ -79,11 +82,14 @@ def test_a_foreign_spf_record_is_found_however_it_is_quoted(content):
 
 
 def test_quoted_records_that_are_not_spf_or_ours_pass_the_guard():
-    spec = mail_dns.RecordSpec("rdo-dev.com-spf", "rdo-dev.com", "TXT", "v=spf1 include:spf.postal.rdo-dev.com ~all",
-                               "rdo-dev.com")
-    existing = [{"type": "TXT", "content": '"google-site-verification=abc"', "comment": None},
-                {"type": "TXT", "content": '"v=spf10 is not spf"', "comment": None},
-                {"type": "TXT", "content": '"v=spf1 include:spf.postal.rdo-dev.com ~all"', "comment": OURS}]
+    spec = mail_dns.RecordSpec(
+        "rdo-dev.com-spf", "rdo-dev.com", "TXT", "v=spf1 include:spf.postal.rdo-dev.com ~all", "rdo-dev.com"
+    )
+    existing = [
+        {"type": "TXT", "content": '"google-site-verification=abc"', "comment": None},
+        {"type": "TXT", "content": '"v=spf10 is not spf"', "comment": None},
+        {"type": "TXT", "content": '"v=spf1 include:spf.postal.rdo-dev.com ~all"', "comment": OURS},
+    ]
     assert mail_dns.find_conflicts([spec], {"rdo-dev.com": existing}, OURS) == []
     foreign = existing + [{"type": "TXT", "content": '"v=spf1 -all"', "comment": None}]
     (problem,) = mail_dns.find_conflicts([spec], {"rdo-dev.com": foreign}, OURS)

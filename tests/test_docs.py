@@ -10,15 +10,19 @@ import re
 import shlex
 from pathlib import Path
 
+import program
 import pytest
 import yaml
 
-import program
 from components import config
 
 ROOT = program.ROOT
-DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "bench" / "README.md",
-        ROOT / "examples" / "consumer" / "README.md"]
+DOCS = [
+    ROOT / "README.md",
+    *sorted((ROOT / "docs").glob("*.md")),
+    ROOT / "bench" / "README.md",
+    ROOT / "examples" / "consumer" / "README.md",
+]
 NS = "postal-gateway:"
 
 
@@ -110,7 +114,7 @@ def test_documented_containers_are_the_ones_the_scripts_start():
 def step_inputs(command) -> tuple[set, set]:
     """The `PG_*` settings in a step's command line and the file names in its stdin payload."""
     tokens = shlex.split(command.inputs["create"])
-    settings = {t.split("=", 1)[0] for t in tokens[tokens.index("env") + 1:tokens.index("bash")]} - {"PG_STEP"}
+    settings = {t.split("=", 1)[0] for t in tokens[tokens.index("env") + 1 : tokens.index("bash")]} - {"PG_STEP"}
     files = {line.split()[0] for line in (command.inputs.get("stdin") or "").splitlines() if line.strip()}
     return settings, files
 
@@ -123,8 +127,10 @@ def test_step_tables_list_every_step_and_all_its_inputs(run):
         cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("| `") else []
         if len(cells) == 3:
             settings, _, files = cells[2].partition("·")
-            documented[cells[0].strip("`")] = (set(re.findall(r"`(PG_\w+)`", settings)),
-                                               set(re.findall(r"`(\w+)`", files)))
+            documented[cells[0].strip("`")] = (
+                set(re.findall(r"`(PG_\w+)`", settings)),
+                set(re.findall(r"`(\w+)`", files)),
+            )
     commands = {r.name.removeprefix("postal-"): r for r in run.of_type("command:remote:Command")}
     assert set(documented) == set(commands)
     assert set(commands) <= table_keys(body)  # and each has a "does" row
@@ -152,6 +158,7 @@ def test_pulumi_yaml_declares_nothing_the_cli_would_reject_first():
 
 def load(values: dict):
     import pulumi
+
     pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=program.STACK)
     pulumi.runtime.set_all_config({k: v for k, v in {**program.BASE_CONFIG, **values}.items() if v is not None})
     return config.load()
@@ -164,13 +171,18 @@ def test_a_list_set_as_one_json_string_is_accepted():
     assert cfg.ssh_source_ranges == ("203.0.113.7/32", "192.0.2.1/32")
 
 
-@pytest.mark.parametrize("values,expected", [
-    ({NS + "sshSourceRanges": "203.0.113.7/32"},
-     "postal-gateway:sshSourceRanges: '203.0.113.7/32' is not valid (not a list)"),
-    ({NS + "hostname": None}, "postal-gateway:hostname: is required"),
-    ({NS + "sshSourceRange": '["203.0.113.7/32"]'}, "did you mean sshSourceRanges?"),
-    ({NS + "bootDiskSizeGb": "big"}, "postal-gateway:bootDiskSizeGb: 'big' is not valid"),
-])
+@pytest.mark.parametrize(
+    "values,expected",
+    [
+        (
+            {NS + "sshSourceRanges": "203.0.113.7/32"},
+            "postal-gateway:sshSourceRanges: '203.0.113.7/32' is not valid (not a list)",
+        ),
+        ({NS + "hostname": None}, "postal-gateway:hostname: is required"),
+        ({NS + "sshSourceRange": '["203.0.113.7/32"]'}, "did you mean sshSourceRanges?"),
+        ({NS + "bootDiskSizeGb": "big"}, "postal-gateway:bootDiskSizeGb: 'big' is not valid"),
+    ],
+)
 def test_first_errors_name_the_key_and_the_fix(values, expected):
     with pytest.raises(config.ConfigError) as err:
         load(values)

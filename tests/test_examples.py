@@ -9,15 +9,19 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import program
 import pulumi
 import pytest
 from pulumi.runtime import settings
 
-import program
-
 CONSUMER = program.ROOT / "examples" / "consumer"
-GATEWAY = {"publicIp": program.FAKE_IP, "apiUrl": "https://postal.rdo-dev.com/api/v1/send/message",
-           "apiKey": "k3y-from-gateway", "sendingDomains": ["rdo-dev.com"], "hostname": "postal.rdo-dev.com"}
+GATEWAY = {
+    "publicIp": program.FAKE_IP,
+    "apiUrl": "https://postal.rdo-dev.com/api/v1/send/message",
+    "apiKey": "k3y-from-gateway",
+    "sendingDomains": ["rdo-dev.com"],
+    "hostname": "postal.rdo-dev.com",
+}
 
 
 class GatewayMocks(pulumi.runtime.Mocks):
@@ -28,8 +32,11 @@ class GatewayMocks(pulumi.runtime.Mocks):
         assert args.typ == "pulumi:pulumi:StackReference", args.typ
         self.references.append(args.inputs["name"])
         # what the engine answers for a stack reference: plain outputs plus the names of the secret ones
-        return args.name, {"name": args.inputs["name"], "outputs": dict(GATEWAY),
-                           "secretOutputNames": self.secret_names}
+        return args.name, {
+            "name": args.inputs["name"],
+            "outputs": dict(GATEWAY),
+            "secretOutputNames": self.secret_names,
+        }
 
     def call(self, args):
         return {}
@@ -68,14 +75,21 @@ def run_consumer(config=None, secret_names=("apiKey",)):
 def test_consumer_reads_the_gateway_outputs_and_keeps_the_key_secret(secret_names):
     outputs, references = run_consumer(secret_names=secret_names)  # mailEnv is secret even if the gateway forgot
     assert references == ["organization/postal-gateway/prod"]
-    assert outputs["mailEnv"] == ({"POSTAL_API_URL": GATEWAY["apiUrl"], "POSTAL_API_KEY": "k3y-from-gateway",
-                                   "POSTAL_FROM": "noreply@rdo-dev.com"}, True)
+    assert outputs["mailEnv"] == (
+        {
+            "POSTAL_API_URL": GATEWAY["apiUrl"],
+            "POSTAL_API_KEY": "k3y-from-gateway",
+            "POSTAL_FROM": "noreply@rdo-dev.com",
+        },
+        True,
+    )
     assert outputs["allowlistCidr"] == (f"{program.FAKE_IP}/32", False)
 
 
 def test_consumer_config_picks_the_stack_and_the_sender():
-    outputs, references = run_consumer({"gatewayStack": "acme/postal-gateway/staging",
-                                        "fromAddress": "renders@rdo-dev.com"})
+    outputs, references = run_consumer(
+        {"gatewayStack": "acme/postal-gateway/staging", "fromAddress": "renders@rdo-dev.com"}
+    )
     assert references == ["acme/postal-gateway/staging"]
     assert outputs["mailEnv"][0]["POSTAL_FROM"] == "renders@rdo-dev.com" and outputs["mailEnv"][1]
 
@@ -94,6 +108,7 @@ API_KEY = "good-key"
 
 class FakePostal(BaseHTTPRequestHandler):
     """Postal's send API: HTTP 200 for everything, the verdict is in the JSON `status`."""
+
     received: list = []
 
     def do_POST(self):
@@ -103,17 +118,35 @@ class FakePostal(BaseHTTPRequestHandler):
             self.send_error(404)
             return
         if self.headers.get("X-Server-API-Key") != API_KEY:
-            answer = {"status": "error", "time": 0.0, "flags": {}, "data": {
-                "code": "InvalidServerAPIKey",
-                "message": "The API token provided in X-Server-API-Key was not valid."}}
+            answer = {
+                "status": "error",
+                "time": 0.0,
+                "flags": {},
+                "data": {
+                    "code": "InvalidServerAPIKey",
+                    "message": "The API token provided in X-Server-API-Key was not valid.",
+                },
+            }
         elif not body["from"].endswith("@rdo-dev.com"):
-            answer = {"status": "error", "time": 0.01, "flags": {}, "data": {
-                "code": "UnauthenticatedFromAddress",
-                "message": "The From address is not authorised to send mail from this server"}}
+            answer = {
+                "status": "error",
+                "time": 0.01,
+                "flags": {},
+                "data": {
+                    "code": "UnauthenticatedFromAddress",
+                    "message": "The From address is not authorised to send mail from this server",
+                },
+            }
         else:
-            answer = {"status": "success", "time": 0.02, "flags": {}, "data": {
-                "message_id": "0f1e2d3c@rp.postal.rdo-dev.com",
-                "messages": {to: {"id": 37171 + i, "token": "a4udnay1"} for i, to in enumerate(body["to"])}}}
+            answer = {
+                "status": "success",
+                "time": 0.02,
+                "flags": {},
+                "data": {
+                    "message_id": "0f1e2d3c@rp.postal.rdo-dev.com",
+                    "messages": {to: {"id": 37171 + i, "token": "a4udnay1"} for i, to in enumerate(body["to"])},
+                },
+            }
         payload = json.dumps(answer).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -160,14 +193,29 @@ def test_send_prints_the_message_id(send_example, env, capsys):
     assert "sent: 0f1e2d3c@rp.postal.rdo-dev.com" in out and "artist@gmail.com: id 37171" in out
     ((path, key, body),) = FakePostal.received
     assert (path, key) == ("/api/v1/send/message", API_KEY)
-    assert body == {"to": ["artist@gmail.com"], "from": "noreply@rdo-dev.com",
-                    "subject": "Render Complete: Shot 001", "plain_body": "Your render has finished successfully."}
+    assert body == {
+        "to": ["artist@gmail.com"],
+        "from": "noreply@rdo-dev.com",
+        "subject": "Render Complete: Shot 001",
+        "plain_body": "Your render has finished successfully.",
+    }
 
 
 def test_a_refused_sender_exits_non_zero_with_postals_code(env, postal):
     # as a script, the way a developer runs it; HTTP 200 but status "error"
-    result = subprocess.run([sys.executable, str(CONSUMER / "send_example.py"), "--to", "artist@gmail.com",
-                             "--from", "noreply@elsewhere.example"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(CONSUMER / "send_example.py"),
+            "--to",
+            "artist@gmail.com",
+            "--from",
+            "noreply@elsewhere.example",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1, result.stderr
     assert "UnauthenticatedFromAddress" in result.stderr and "not authorised" in result.stderr
     assert "sent:" not in result.stdout
@@ -183,15 +231,16 @@ def test_a_wrong_api_key_is_an_error(send_example, env, monkeypatch, capsys):
 
 def test_stack_outputs_come_from_pulumi_with_secrets(send_example, env, monkeypatch, tmp_path, postal, capsys):
     fake = tmp_path / "pulumi"
-    fake.write_text("#!/bin/sh\n"
-                    f"echo \"$@\" > {tmp_path / 'args'}\n"
-                    f"echo '{json.dumps({**GATEWAY, 'apiUrl': postal, 'apiKey': API_KEY})}'\n")
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > {tmp_path / "args"}\n'
+        f"echo '{json.dumps({**GATEWAY, 'apiUrl': postal, 'apiKey': API_KEY})}'\n"
+    )
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     monkeypatch.delenv("POSTAL_API_URL")
     assert send_example.main(["--stack", "prod", "--to", "artist@gmail.com"]) == 0
-    assert (tmp_path / "args").read_text().split() == ["stack", "output", "--json", "--show-secrets",
-                                                       "--stack", "prod"]
+    assert (tmp_path / "args").read_text().split() == ["stack", "output", "--json", "--show-secrets", "--stack", "prod"]
     assert FakePostal.received[0][2]["from"] == "noreply@rdo-dev.com"
     assert "sent:" in capsys.readouterr().out
 

@@ -2,9 +2,9 @@
 
 import re
 
+import program
 import pytest
 
-import program
 from components import monitoring
 
 NS = "postal-gateway:"
@@ -14,9 +14,16 @@ POLICY = "gcp:monitoring/alertPolicy:AlertPolicy"
 @pytest.fixture(scope="module")
 def tuned():
     """One run with every monitoring setting changed."""
-    result = program.run({NS + "alertEmail": "oncall@rdo-dev.com", NS + "tls": "internal",
-                          NS + "diskAlertPercent": "90", NS + "queueLatencyAlertSeconds": "60",
-                          NS + "workerErrorAlertCount": "20", NS + "relayFailureAlertCount": "30"})
+    result = program.run(
+        {
+            NS + "alertEmail": "oncall@rdo-dev.com",
+            NS + "tls": "internal",
+            NS + "diskAlertPercent": "90",
+            NS + "queueLatencyAlertSeconds": "60",
+            NS + "workerErrorAlertCount": "20",
+            NS + "relayFailureAlertCount": "30",
+        }
+    )
     assert result.error is None, result.error
     return result
 
@@ -26,8 +33,10 @@ def policies(run) -> dict:
 
 
 def checks(run) -> dict:
-    return {r.name.removeprefix("postal-uptime-"): r.inputs
-            for r in run.of_type("gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig")}
+    return {
+        r.name.removeprefix("postal-uptime-"): r.inputs
+        for r in run.of_type("gcp:monitoring/uptimeCheckConfig:UptimeCheckConfig")
+    }
 
 
 def test_alerts_go_to_alert_email_defaulting_to_admin_email(run, tuned):
@@ -41,8 +50,10 @@ def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run, tuned):
     found = checks(run)
     assert set(found) == {"https", "smtp"}
     for check in found.values():
-        assert check["monitoredResource"] == {"type": "uptime_url",
-                                              "labels": {"project_id": "acme-mail", "host": "postal.rdo-dev.com"}}
+        assert check["monitoredResource"] == {
+            "type": "uptime_url",
+            "labels": {"project_id": "acme-mail", "host": "postal.rdo-dev.com"},
+        }
     https = found["https"]
     assert https["httpCheck"]["path"] == "/login" and https["httpCheck"]["port"] == 443
     assert https["httpCheck"]["useSsl"] is True and https["httpCheck"]["validateSsl"] is True
@@ -59,8 +70,12 @@ def test_uptime_checkers_reach_exactly_443_and_25(run):
     assert rule.inputs["allows"] == [{"protocol": "tcp", "ports": ["443", "25"]}]
     assert rule.inputs["direction"] == "INGRESS"
     # IPv4 only (the VM has no IPv6), one /32 per checker, each once
-    assert rule.inputs["sourceRanges"] == ["34.94.157.51/32", "35.186.144.97/32", "35.187.242.246/32",
-                                           "35.198.221.49/32"]
+    assert rule.inputs["sourceRanges"] == [
+        "34.94.157.51/32",
+        "35.186.144.97/32",
+        "35.187.242.246/32",
+        "35.198.221.49/32",
+    ]
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     assert rule.inputs["targetTags"] == vm.inputs["tags"]
     (vpc,) = run.of_type("gcp:compute/network:Network")
@@ -103,8 +118,10 @@ def test_postal_metric_policies_are_promql_on_postals_own_metric_names(run, tune
     latency is a histogram (its _bucket series), worker errors a counter."""
     found = policies(run)
     latency = found["queue-latency"]["conditions"][0]["conditionPrometheusQueryLanguage"]
-    assert latency["query"] == ('histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket'
-                                '{namespace=~"4242424242/.*"}[15m]))) > 300')
+    assert latency["query"] == (
+        "histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket"
+        '{namespace=~"4242424242/.*"}[15m]))) > 300'
+    )
     errors = found["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]
     assert errors["query"] == 'sum(increase(postal_worker_errors{namespace=~"4242424242/.*"}[15m])) > 5'
     assert latency["disableMetricValidation"] is True and errors["disableMetricValidation"] is True
@@ -135,10 +152,25 @@ def klogger_go(severity: str, message: str, **tags) -> str:
 
 
 RELAY_LINES = [  # app/senders/smtp_sender.rb at 3.3.6, logger tagged log_id
-    (klogger_go("error", "Cannot connect to 142.250.102.28:587 (Net::OpenTimeout: execution expired)",
-                log_id="K3J9QZ1A", component="worker", thread="work0"), True),
-    (klogger_go("error", "Net::SMTPFatalError: 550-5.7.1 Invalid credentials for relay [34.90.1.7].",
-                log_id="K3J9QZ1A", component="worker"), True),
+    (
+        klogger_go(
+            "error",
+            "Cannot connect to 142.250.102.28:587 (Net::OpenTimeout: execution expired)",
+            log_id="K3J9QZ1A",
+            component="worker",
+            thread="work0",
+        ),
+        True,
+    ),
+    (
+        klogger_go(
+            "error",
+            "Net::SMTPFatalError: 550-5.7.1 Invalid credentials for relay [34.90.1.7].",
+            log_id="K3J9QZ1A",
+            component="worker",
+        ),
+        True,
+    ),
     (klogger_go("error", "Net::SMTPServerBusy: 421-4.7.0 Try again later", log_id="ABCDEFGH"), True),
     (klogger_go("error", "SSL error (SSL_connect returned=1), retrying without SSL", log_id="ABCDEFGH"), False),
     (klogger_go("info", "Sending message 1::42 to ops@rdo-dev.com", log_id="ABCDEFGH"), False),
@@ -155,5 +187,7 @@ def test_relay_error_filter_counts_only_failed_relay_talk(line, counted):
 
 
 def test_monitoring_url_is_the_projects_alert_list(run):
-    assert run.outputs["monitoringUrl"] == ("https://console.cloud.google.com/monitoring/alerting?project=acme-mail",
-                                            False)
+    assert run.outputs["monitoringUrl"] == (
+        "https://console.cloud.google.com/monitoring/alerting?project=acme-mail",
+        False,
+    )

@@ -11,16 +11,16 @@ import shlex
 import subprocess
 from types import SimpleNamespace
 
+import fakehost
 import jsonschema
+import program
 import pytest
 import yaml
-
-import fakehost
-import program
-from components import operations, render
-from components.host import SNAPSHOT_START_UTC
 from program import commands, env_of
 from test_scripts import Machine, index
+
+from components import operations, render
+from components.host import SNAPSHOT_START_UTC
 
 NS = "postal-gateway:"
 SCHEMA = program.ROOT / "tests" / "ops_agent.schema.json"
@@ -31,8 +31,10 @@ def units_of(command) -> dict[str, str]:
 
 
 def units_from(create: str) -> dict[str, str]:
-    return {path: base64.b64decode(data).decode()
-            for path, data in (line.split() for line in env_from(create)["PG_UNITS"].splitlines())}
+    return {
+        path: base64.b64decode(data).decode()
+        for path, data in (line.split() for line in env_from(create)["PG_UNITS"].splitlines())
+    }
 
 
 def unit_value(text: str, key: str) -> str:
@@ -48,8 +50,13 @@ def steps(run):
 @pytest.fixture(scope="module")
 def changed():
     """One run with the ops and image settings changed: step -> (command line, stdin)."""
-    result = program.run({NS + "maintenanceWindow": "wed 23:30", NS + "mariadbImage": "registry.example.com/db/mariadb:11.8",
-                          NS + "caddyImage": "caddy:2.11@sha256:" + "a" * 64})
+    result = program.run(
+        {
+            NS + "maintenanceWindow": "wed 23:30",
+            NS + "mariadbImage": "registry.example.com/db/mariadb:11.8",
+            NS + "caddyImage": "caddy:2.11@sha256:" + "a" * 64,
+        }
+    )
     assert result.error is None, result.error
     return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(result).items()}
 
@@ -77,18 +84,24 @@ def fresh(tmp_path, host):
 
 
 def sbin(machine: Machine, tool: str, *args: str, **env: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(machine.file(f"/usr/local/sbin/{tool}")), *args], capture_output=True, text=True,
-                          env={**machine.fake_env, "PATH": "/usr/bin:/bin", "PG_ROOT": str(machine.root), **env},
-                          timeout=60)
+    return subprocess.run(
+        [str(machine.file(f"/usr/local/sbin/{tool}")), *args],
+        capture_output=True,
+        text=True,
+        env={**machine.fake_env, "PATH": "/usr/bin:/bin", "PG_ROOT": str(machine.root), **env},
+        timeout=60,
+    )
 
 
 # --- what the program renders ---
 
+
 def test_agent_config_passes_the_agents_schema(tmp_path):
     rendered = tmp_path / "config.yaml"
     rendered.write_text(operations.ops_agent_config())
-    result = subprocess.run([program.tool("check-jsonschema"), "--schemafile", str(SCHEMA), str(rendered)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [program.tool("check-jsonschema"), "--schemafile", str(SCHEMA), str(rendered)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     broken = yaml.safe_load(rendered.read_text())
     broken["metrics"]["receivers"]["postal"]["config"]["scrape_configs"][0]["honor_labels"] = True
@@ -108,7 +121,9 @@ def test_agent_ships_the_journal_host_metrics_and_postals_prometheus_metrics():
     scrapes = config["metrics"]["receivers"]["postal"]["config"]["scrape_configs"]
     # Postal's worker and SMTP health servers (postal.yml defaults 9090 / 9091) serve /metrics
     assert {(s["metrics_path"], s["static_configs"][0]["targets"][0]) for s in scrapes} == {
-        ("/metrics", "127.0.0.1:9090"), ("/metrics", "127.0.0.1:9091")}
+        ("/metrics", "127.0.0.1:9090"),
+        ("/metrics", "127.0.0.1:9091"),
+    }
     assert config["metrics"]["service"]["pipelines"]["default_pipeline"] == {"receivers": ["hostmetrics"]}
 
 
@@ -125,11 +140,14 @@ def test_security_updates_daily_reboots_only_in_the_window(run, changed):
     units = units_of(ops)
     reboot = units["/etc/systemd/system/postal-gateway-reboot.timer"]
     assert unit_value(reboot, "OnCalendar") == "Sun *-*-* 02:00:00 UTC"  # default: early Sunday UTC
-    assert unit_value(units["/etc/systemd/system/postal-gateway-reboot.service"], "ExecStart") == \
-        "/usr/local/sbin/postal-gateway-reboot"
+    assert (
+        unit_value(units["/etc/systemd/system/postal-gateway-reboot.service"], "ExecStart")
+        == "/usr/local/sbin/postal-gateway-reboot"
+    )
     custom = units_from(changed["ops"][0])
-    assert unit_value(custom["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == \
-        "Wed *-*-* 23:30:00 UTC"
+    assert (
+        unit_value(custom["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == "Wed *-*-* 23:30:00 UTC"
+    )
 
 
 def test_backup_runs_daily_before_the_snapshot(run):
@@ -151,9 +169,14 @@ def test_timer_calendars_are_valid_systemd_calendars(units):
 
 # --- on the fake host ---
 
+
 def test_composed_ops_step_passes_shellcheck():
-    result = subprocess.run([program.tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
-                            input=render.step_script("ops"), capture_output=True, text=True)
+    result = subprocess.run(
+        [program.tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
+        input=render.step_script("ops"),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -173,8 +196,9 @@ def test_a_new_image_recreates_only_that_container(fresh, changed):
     start = len(fresh.calls())
     fresh.up(changed, ("database",))
     calls = fresh.changes(start)
-    assert index(calls, r"^docker rm -f postal-mariadb$") < \
-        index(calls, r"^docker run .*--name postal-mariadb .*registry.example.com/db/mariadb:11.8")
+    assert index(calls, r"^docker rm -f postal-mariadb$") < index(
+        calls, r"^docker run .*--name postal-mariadb .*registry.example.com/db/mariadb:11.8"
+    )
     assert fresh.state()["containers"]["postal-mariadb"]["image"] == "registry.example.com/db/mariadb:11.8"
     assert not any("postal-caddy" in c or "compose" in c for c in calls)
     start = len(fresh.calls())
@@ -184,15 +208,22 @@ def test_a_new_image_recreates_only_that_container(fresh, changed):
     assert fresh.state()["containers"]["postal-caddy"]["image"] == "caddy:2.11@sha256:" + "a" * 64
     assert not any("postal-mariadb" in c or "compose" in c for c in calls)
 
+
 def test_ops_step_installs_and_enables_everything(host, units):
     state = host.state()
     assert {"google-cloud-ops-agent", "dnf-automatic", "yum-utils"} <= set(state["packages"])
-    for unit in ("google-cloud-ops-agent", "dnf-automatic.timer", "postal-gateway-reboot.timer",
-                 "postal-gateway-backup.timer"):
+    for unit in (
+        "google-cloud-ops-agent",
+        "dnf-automatic.timer",
+        "postal-gateway-reboot.timer",
+        "postal-gateway-backup.timer",
+    ):
         assert state["units"][unit] == {"is-enabled": True, "is-active": True}, unit
     assert host.file(operations.AGENT_CONFIG).read_text() == operations.ops_agent_config()
-    assert "packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all" in \
-        host.file("/etc/yum.repos.d/google-cloud-ops-agent.repo").read_text()
+    assert (
+        "packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all"
+        in host.file("/etc/yum.repos.d/google-cloud-ops-agent.repo").read_text()
+    )
     for tool in ("postal-gateway-reboot", "postal-gateway-backup", "postal-gateway-restore-db"):
         assert host.file(f"/usr/local/sbin/{tool}").stat().st_mode & 0o777 == 0o755
     for path, text in units.items():
@@ -212,8 +243,9 @@ def test_new_window_rewrites_the_timer_and_restarts_it_only(fresh, changed):
     assert "systemctl daemon-reload" in calls
     assert "systemctl restart postal-gateway-reboot.timer postal-gateway-backup.timer" in calls
     assert not any("ops-agent" in c for c in calls)  # the agent's config did not change
-    assert "OnCalendar=Wed *-*-* 23:30:00 UTC" in \
-        fresh.file("/etc/systemd/system/postal-gateway-reboot.timer").read_text()
+    assert (
+        "OnCalendar=Wed *-*-* 23:30:00 UTC" in fresh.file("/etc/systemd/system/postal-gateway-reboot.timer").read_text()
+    )
 
 
 @pytest.mark.parametrize("needed", [False, True])
@@ -235,8 +267,13 @@ def test_everything_comes_back_after_a_reboot(fresh):
     fakehost.boot(fresh.root)
     state = fresh.state()
     assert state["mounts"]["/opt/postal"][0] == "/dev/disk/by-id/google-postal-data"
-    for unit in ("docker", "google-cloud-ops-agent", "dnf-automatic.timer", "postal-gateway-reboot.timer",
-                 "postal-gateway-backup.timer"):
+    for unit in (
+        "docker",
+        "google-cloud-ops-agent",
+        "dnf-automatic.timer",
+        "postal-gateway-reboot.timer",
+        "postal-gateway-backup.timer",
+    ):
         assert state["units"][unit]["is-active"], unit
     assert state["containers"]["postal-mariadb"]["running"] and state["containers"]["postal-caddy"]["running"]
     assert state["postal"]["running"] == before["postal"]["running"] == ["web", "smtp", "worker"]
@@ -275,8 +312,7 @@ def test_backup_streams_mariadb_onto_the_data_disk_and_keeps_n_days(fresh, units
     (name,) = backups(fresh)  # the old one is past backupRetentionDays
     archive = gzip.decompress((fresh.file(operations.BACKUP_DIR) / name).read_bytes()).decode()
     assert archive.startswith("MBSTREAM1\n") and "ibdata1" in archive
-    assert any(c.startswith("Q docker exec postal-mariadb sh -c ") and "--stream=xbstream" in c
-               for c in fresh.calls())
+    assert any(c.startswith("Q docker exec postal-mariadb sh -c ") and "--stream=xbstream" in c for c in fresh.calls())
     assert "MARIADB_ROOT_PASSWORD=" not in "\n".join(fresh.calls())  # no secret on a command line
 
 
@@ -298,10 +334,14 @@ def test_restore_drill_puts_the_backup_back(fresh, units):
     result = sbin(fresh, "postal-gateway-restore-db")
     assert result.returncode == 0, result.stderr
     calls = fresh.changes(start)
-    assert index(calls, r"^docker compose -p postal stop$") < index(calls, r"^docker stop postal-mariadb$") < \
-        index(calls, r"^docker run --rm --interactive .* mbstream -x$") < \
-        index(calls, r"mariadb-backup --prepare --target-dir=/restore$") < \
-        index(calls, r"^docker start postal-mariadb$") < index(calls, r"^docker compose -p postal start$")
+    assert (
+        index(calls, r"^docker compose -p postal stop$")
+        < index(calls, r"^docker stop postal-mariadb$")
+        < index(calls, r"^docker run --rm --interactive .* mbstream -x$")
+        < index(calls, r"mariadb-backup --prepare --target-dir=/restore$")
+        < index(calls, r"^docker start postal-mariadb$")
+        < index(calls, r"^docker compose -p postal start$")
+    )
     assert fresh.file("/opt/postal/mariadb/ibdata1").read_text() == "good pages"
     assert fresh.file(f"/opt/postal/mariadb/{fakehost.CHECKPOINTS}").read_text() == "backup_type = log-applied\n"
     (kept,) = fresh.file("/opt/postal").glob("mariadb.before-restore-*")
@@ -319,8 +359,9 @@ def test_restore_without_a_backup_stops_before_touching_anything(fresh):
 
 # --- the staging stack ---
 
+
 def stack_values(name: str) -> dict[str, str]:
-    stack = yaml.safe_load(open(program.ROOT / f"Pulumi.{name}.yaml"))["config"]
+    stack = yaml.safe_load((program.ROOT / f"Pulumi.{name}.yaml").read_text())["config"]
     return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in stack.items()}
 
 
@@ -335,8 +376,11 @@ def test_staging_stack_is_valid_and_apart_from_prod():
     # none of its DNS names is one prod publishes
     prod_run = program.run(prod, replace=True)
     names = {(r.inputs["name"], r.inputs["type"]) for r in run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
-    prod_names = {(r.inputs["name"], r.inputs["type"]) for r in prod_run.of_type("cloudflare:index/dnsRecord:DnsRecord")}
+    prod_names = {
+        (r.inputs["name"], r.inputs["type"]) for r in prod_run.of_type("cloudflare:index/dnsRecord:DnsRecord")
+    }
     assert names and not names & prod_names
     units = units_of(commands(run)["ops"])  # staging reboots for updates a day before prod
-    assert unit_value(units["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == \
-        "Sat *-*-* 02:00:00 UTC"
+    assert (
+        unit_value(units["/etc/systemd/system/postal-gateway-reboot.timer"], "OnCalendar") == "Sat *-*-* 02:00:00 UTC"
+    )

@@ -13,14 +13,19 @@ import random
 import shlex
 import string
 
-import pytest
-import yaml
-from pulumi_policy import (EnforcementLevel, PolicyCustomTimeouts, PolicyResourceOptions, ResourceValidationArgs,
-                           ResourceValidationPolicy)
-from pulumi_policy.proxy import unknown_checking_proxy
-
 import certs
 import program
+import pytest
+import yaml
+from pulumi_policy import (
+    EnforcementLevel,
+    PolicyCustomTimeouts,
+    PolicyResourceOptions,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+)
+from pulumi_policy.proxy import unknown_checking_proxy
+
 from policy.policies import POLICIES, policy_named
 
 NS = "postal-gateway:"
@@ -32,11 +37,18 @@ PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----E
 
 def args_for(res: program.Registered) -> ResourceValidationArgs:
     """What the analyzer hands a policy for this resource."""
-    opts = PolicyResourceOptions(protect=res.protect, ignore_changes=list(res.ignore_changes),
-                                 delete_before_replace=None, aliases=[], custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
-                                 additional_secret_outputs=sorted(res.secret_outputs), parent=res.parent or None)
-    return ResourceValidationArgs(res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name,
-                                  opts, None)
+    opts = PolicyResourceOptions(
+        protect=res.protect,
+        ignore_changes=list(res.ignore_changes),
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=sorted(res.secret_outputs),
+        parent=res.parent or None,
+    )
+    return ResourceValidationArgs(
+        res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name, opts, None
+    )
 
 
 def violations(resources, policies=POLICIES):
@@ -44,8 +56,9 @@ def violations(resources, policies=POLICIES):
     found = []
     for res in resources:
         for policy in policies:
-            result = policy.validate(args_for(res), lambda message, urn=None, p=policy.name: found.append(
-                (p, urn, message)))
+            result = policy.validate(
+                args_for(res), lambda message, urn=None, p=policy.name: found.append((p, urn, message))
+            )
             assert result is None  # all checks are synchronous
     return found
 
@@ -67,7 +80,8 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
     found = violations(bad.resources)
     # 443 defaults to the SMTP and SSH ranges, so it is world-open too (advisory)
     assert {(p, urn) for p, urn, _ in found if p != "no-open-ssh-smtp"} == {
-        ("web-ui-not-world-open", bad.named("postal-allow-https").urn)}
+        ("web-ui-not-world-open", bad.named("postal-allow-https").urn)
+    }
     by_urn = {urn: message for p, urn, message in found if p == "no-open-ssh-smtp"}
     assert set(by_urn) == {bad.named("postal-allow-ssh").urn, bad.named("postal-allow-smtp").urn}
     ssh, smtp = by_urn[bad.named("postal-allow-ssh").urn], by_urn[bad.named("postal-allow-smtp").urn]
@@ -75,22 +89,25 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
     assert "'postal-allow-smtp'" in smtp and "port 25" in smtp and "postal-gateway:smtpSourceRanges" in smtp
 
 
-@pytest.mark.parametrize("changes, flagged", [
-    ({"allows": [{"protocol": "tcp", "ports": ["20-30"]}]}, True),  # a range containing 22
-    ({"allows": [{"protocol": "all"}]}, True),  # every protocol and port
-    ({"allows": [{"protocol": "tcp"}]}, True),  # no ports: every port
-    ({"allows": [{"protocol": "6", "ports": [25]}]}, True),  # protocol number, integer port
-    ({"sourceRanges": ["10.0.0.0/8", "::/0"]}, True),
-    ({"sourceRanges": []}, True),  # no source at all: GCP applies 0.0.0.0/0
-    ({"sourceRanges": [], "sourceTags": ["bastion"]}, False),
-    ({"direction": "EGRESS"}, False),
-    ({"allows": [{"protocol": "udp", "ports": ["22"]}]}, False),
-    ({"allows": [{"protocol": "tcp", "ports": ["80", "443", "26-1000"]}]}, False),
-    ({"sourceRanges": ["203.0.113.7/32"]}, False),
-    ({"sourceRanges": ["0.0.0.0/1", "128.0.0.0/1"]}, True),  # the whole Internet in two ranges
-    ({"sourceRanges": ["0.0.0.0/2", "64.0.0.0/2"]}, True),  # half of it
-    ({"sourceRanges": ["0.0.0.0/2", "128.0.0.0/3", "10.0.0.0/8"]}, False),  # three eighths
-])
+@pytest.mark.parametrize(
+    "changes, flagged",
+    [
+        ({"allows": [{"protocol": "tcp", "ports": ["20-30"]}]}, True),  # a range containing 22
+        ({"allows": [{"protocol": "all"}]}, True),  # every protocol and port
+        ({"allows": [{"protocol": "tcp"}]}, True),  # no ports: every port
+        ({"allows": [{"protocol": "6", "ports": [25]}]}, True),  # protocol number, integer port
+        ({"sourceRanges": ["10.0.0.0/8", "::/0"]}, True),
+        ({"sourceRanges": []}, True),  # no source at all: GCP applies 0.0.0.0/0
+        ({"sourceRanges": [], "sourceTags": ["bastion"]}, False),
+        ({"direction": "EGRESS"}, False),
+        ({"allows": [{"protocol": "udp", "ports": ["22"]}]}, False),
+        ({"allows": [{"protocol": "tcp", "ports": ["80", "443", "26-1000"]}]}, False),
+        ({"sourceRanges": ["203.0.113.7/32"]}, False),
+        ({"sourceRanges": ["0.0.0.0/1", "128.0.0.0/1"]}, True),  # the whole Internet in two ranges
+        ({"sourceRanges": ["0.0.0.0/2", "64.0.0.0/2"]}, True),  # half of it
+        ({"sourceRanges": ["0.0.0.0/2", "128.0.0.0/3", "10.0.0.0/8"]}, False),  # three eighths
+    ],
+)
 def test_firewall_rule_shapes(run, changes, flagged):
     rule = with_inputs(run.named("postal-allow-ssh"), sourceRanges=["0.0.0.0/0"])
     found = violations([with_inputs(rule, **changes)], [policy_named("no-open-ssh-smtp")])
@@ -116,8 +133,10 @@ def test_static_ip_and_data_disk_must_be_protected(run):
     assert address.protect and data.protect and not boot.protect  # the program's own choice
     unprotected = [dataclasses.replace(r, protect=False) for r in (address, data, boot)]
     found = violations(unprotected)
-    assert [(p, urn) for p, urn, _ in found] == [("static-ip-protected", address.urn),
-                                                  ("data-disk-protected", data.urn)]
+    assert [(p, urn) for p, urn, _ in found] == [
+        ("static-ip-protected", address.urn),
+        ("data-disk-protected", data.urn),
+    ]
     assert all("protect=True" in message for _, _, message in found)
     # a blank disk under another name is still data; one built from an image is not
     renamed = dataclasses.replace(data, name="postal-spare", protect=False)
@@ -132,13 +151,16 @@ def test_proxied_dns_record_is_flagged(run):
     assert "proxied=False" in found[0][2]
 
 
-@pytest.mark.parametrize("field, text", [
-    ("create", "sudo env PG_STEP=database PG_DB_PASSWORD=hunter2 bash -c true postal-gateway-database"),
-    ("create", f"sudo env PG_STEP=caddy {shlex.quote('PG_KEY=' + PEM_KEY)} bash -c true x"),
-    ("create", "printf %s " + shlex.quote(PEM_KEY) + " > /tmp/key"),
-    ("update", "export API_TOKEN='tok-123'; ./rotate"),
-    ("delete", "mysql --password=hunter2 -e 'DROP DATABASE postal'"),
-])
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("create", "sudo env PG_STEP=database PG_DB_PASSWORD=hunter2 bash -c true postal-gateway-database"),
+        ("create", f"sudo env PG_STEP=caddy {shlex.quote('PG_KEY=' + PEM_KEY)} bash -c true x"),
+        ("create", "printf %s " + shlex.quote(PEM_KEY) + " > /tmp/key"),
+        ("update", "export API_TOKEN='tok-123'; ./rotate"),
+        ("delete", "mysql --password=hunter2 -e 'DROP DATABASE postal'"),
+    ],
+)
 def test_plain_secret_in_a_command_is_flagged(run, field, text):
     command = run.named("postal-database")
     found = violations([with_inputs(command, **{field: text})], [policy_named("no-plain-secrets-in-commands")])
@@ -158,19 +180,22 @@ TOKEN = "".join(_RNG.choice(string.ascii_letters + string.digits) for _ in range
 CERT_PEM = certs.pair()[0]  # a certificate: public, never a secret
 
 
-@pytest.mark.parametrize("field, text", [
-    ("create", "echo " + _b64(PEM_KEY) + " | base64 -d > /root/.ssh/id"),  # base64 of a PEM private key
-    ("create", "printf %s x" + _b64("x" + PEM_KEY)[4:] + " | base64 -d"),  # ... not at a quantum boundary
-    ("create", f"curl -H 'Authorization: Bearer {TOKEN}' https://api.example.com/v1"),  # a token by its looks
-    ("create", "git clone https://deploy:s3cr3t-pass@git.example.com/mail.git /opt/x"),  # user:pass@
-    ("update", "mysql --password hunter2 -e 'SELECT 1'"),  # --password <value>
-    ("create", "docker exec postal-mariadb mariadb -uroot -phunter2 -e 'SELECT 1'"),  # -p<password>
-    ("create", "tool -pHunter2x --sync"),  # -p with a value that is no word
-    ("create", """echo '{"password": "hunter2"}' > /etc/app.json"""),  # JSON field
-    ("create", "printf 'smtp:\\n  password: hunter2\\n' > /etc/app.yml"),  # YAML field
-    ("create", "cat > /etc/app.yml <<EOF\nsmtp:\n  api_key: 'hunter2-key'\nEOF"),  # YAML field, quoted
-    ("delete", "echo " + _b64("smtp:\n  password: hunter2\n") + " | base64 -d > app.yml"),  # base64 of a field
-])
+@pytest.mark.parametrize(
+    "field, text",
+    [
+        ("create", "echo " + _b64(PEM_KEY) + " | base64 -d > /root/.ssh/id"),  # base64 of a PEM private key
+        ("create", "printf %s x" + _b64("x" + PEM_KEY)[4:] + " | base64 -d"),  # ... not at a quantum boundary
+        ("create", f"curl -H 'Authorization: Bearer {TOKEN}' https://api.example.com/v1"),  # a token by its looks
+        ("create", "git clone https://deploy:s3cr3t-pass@git.example.com/mail.git /opt/x"),  # user:pass@
+        ("update", "mysql --password hunter2 -e 'SELECT 1'"),  # --password <value>
+        ("create", "docker exec postal-mariadb mariadb -uroot -phunter2 -e 'SELECT 1'"),  # -p<password>
+        ("create", "tool -pHunter2x --sync"),  # -p with a value that is no word
+        ("create", """echo '{"password": "hunter2"}' > /etc/app.json"""),  # JSON field
+        ("create", "printf 'smtp:\\n  password: hunter2\\n' > /etc/app.yml"),  # YAML field
+        ("create", "cat > /etc/app.yml <<EOF\nsmtp:\n  api_key: 'hunter2-key'\nEOF"),  # YAML field, quoted
+        ("delete", "echo " + _b64("smtp:\n  password: hunter2\n") + " | base64 -d > app.yml"),  # base64 of a field
+    ],
+)
 def test_secret_material_is_found_by_what_it_is(run, field, text):
     command = run.named("postal-database")
     found = violations([with_inputs(command, **{field: text})], [policy_named("no-plain-secrets-in-commands")])
@@ -181,12 +206,15 @@ def test_secret_material_is_found_by_what_it_is(run, field, text):
         assert secret not in message  # never echo the secret
 
 
-@pytest.mark.parametrize("environment", [
-    {"API_TOKEN": "tok-123"},  # by name
-    {"UPSTREAM": f"{TOKEN}"},  # by its looks
-    {"DATABASE_URL": "mysql://postal:hunter2@127.0.0.1/postal"},  # user:pass@
-    {"TLS_KEY": PEM_KEY},  # PEM, under any name
-])
+@pytest.mark.parametrize(
+    "environment",
+    [
+        {"API_TOKEN": "tok-123"},  # by name
+        {"UPSTREAM": f"{TOKEN}"},  # by its looks
+        {"DATABASE_URL": "mysql://postal:hunter2@127.0.0.1/postal"},  # user:pass@
+        {"TLS_KEY": PEM_KEY},  # PEM, under any name
+    ],
+)
 def test_secret_material_in_a_commands_environment_is_flagged(run, environment):
     command = run.named("postal-database")
     found = violations([with_inputs(command, environment=environment)], [policy_named("no-plain-secrets-in-commands")])
@@ -195,20 +223,23 @@ def test_secret_material_in_a_commands_environment_is_flagged(run, environment):
     assert all(v not in found[0][2] for v in environment.values())
 
 
-@pytest.mark.parametrize("text", [
-    "mkdir -p /opt/postal/config && ssh -p 2222 host && nc -p22 host 25",
-    "find /var/backups -maxdepth 1 -print -delete; openssl x509 -noout -pubkey -in c.pem",
-    f"git -C /opt/postal/install checkout {'c82658da7fa16615a2fba9bae2d02c860816fdb3'}",
-    "echo " + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" + " | sha256sum -c",
-    "docker pull mariadb@sha256:4b0e7f5c1e2d3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
-    "password=$(cat /run/payload/db_password); echo \"password: $PASSWORD\" > app.yml",
-    """echo '{"password": "$DB_PASSWORD", "token": null}'""",
-    "curl https://ops@postal.example.com/health",  # a user without a password
-    "printf %s " + shlex.quote(CERT_PEM) + " > /certs/cert.pem",  # a certificate
-    "echo " + _b64(CERT_PEM) + " | base64 -d > /certs/cert.pem",  # base64 of a certificate
-    "echo " + _b64("[Unit]\nDescription=postal-gateway: hourly check\n") + " | base64 -d > unit",
-    "sudo env PG_STEP=caddy PG_TLS=letsencrypt PG_HOSTNAME=postal.rdo-dev.com bash -c true postal-gateway-caddy",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "mkdir -p /opt/postal/config && ssh -p 2222 host && nc -p22 host 25",
+        "find /var/backups -maxdepth 1 -print -delete; openssl x509 -noout -pubkey -in c.pem",
+        f"git -C /opt/postal/install checkout {'c82658da7fa16615a2fba9bae2d02c860816fdb3'}",
+        "echo " + "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08" + " | sha256sum -c",
+        "docker pull mariadb@sha256:4b0e7f5c1e2d3a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3",
+        'password=$(cat /run/payload/db_password); echo "password: $PASSWORD" > app.yml',
+        """echo '{"password": "$DB_PASSWORD", "token": null}'""",
+        "curl https://ops@postal.example.com/health",  # a user without a password
+        "printf %s " + shlex.quote(CERT_PEM) + " > /certs/cert.pem",  # a certificate
+        "echo " + _b64(CERT_PEM) + " | base64 -d > /certs/cert.pem",  # base64 of a certificate
+        "echo " + _b64("[Unit]\nDescription=postal-gateway: hourly check\n") + " | base64 -d > unit",
+        "sudo env PG_STEP=caddy PG_TLS=letsencrypt PG_HOSTNAME=postal.rdo-dev.com bash -c true postal-gateway-caddy",
+    ],
+)
 def test_ordinary_command_lines_are_not_flagged(run, text):
     command = run.named("postal-database")
     assert violations([with_inputs(command, create=text)], [policy_named("no-plain-secrets-in-commands")]) == []
@@ -225,11 +256,16 @@ def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):
 def test_pack_entry_point_uses_every_policy():
     names = [p.name for p in POLICIES]
     assert len(names) == len(set(names)) == 6
-    assert set(names) == {"no-open-ssh-smtp", "web-ui-not-world-open", "static-ip-protected",
-                          "data-disk-protected", "mail-records-unproxied", "no-plain-secrets-in-commands"}
+    assert set(names) == {
+        "no-open-ssh-smtp",
+        "web-ui-not-world-open",
+        "static-ip-protected",
+        "data-disk-protected",
+        "mail-records-unproxied",
+        "no-plain-secrets-in-commands",
+    }
     assert all(isinstance(p, ResourceValidationPolicy) and p.description for p in POLICIES)
-    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES
-               if p.name != "web-ui-not-world-open")
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES if p.name != "web-ui-not-world-open")
     # __main__.py is parsed, not imported: building a PolicyPack waits for the engine
     tree = ast.parse((POLICY_DIR / "__main__.py").read_text())
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}

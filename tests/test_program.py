@@ -1,14 +1,30 @@
 """The real program under mocks: resources, properties, parenting, zones, outputs and secrecy."""
 
+import program
 import pytest
 
-import program
 from components import dns
 
 NS = "postal-gateway:"
-CONTRACT = {"publicIp", "hostname", "webUrl", "apiUrl", "smtpHost", "smtpPort", "sendingDomains", "dnsRecords",
-            "apiKey", "smtpUsername", "smtpPassword", "adminEmail", "adminPassword", "sshUser", "sshPrivateKey",
-            "relayStatus", "relayStatusByDomain"}
+CONTRACT = {
+    "publicIp",
+    "hostname",
+    "webUrl",
+    "apiUrl",
+    "smtpHost",
+    "smtpPort",
+    "sendingDomains",
+    "dnsRecords",
+    "apiKey",
+    "smtpUsername",
+    "smtpPassword",
+    "adminEmail",
+    "adminPassword",
+    "sshUser",
+    "sshPrivateKey",
+    "relayStatus",
+    "relayStatusByDomain",
+}
 SECRET_OUTPUTS = {"apiKey", "smtpPassword", "adminPassword", "sshPrivateKey"}
 COMPONENT_PREFIX = "postal-gateway:index:"
 
@@ -30,7 +46,10 @@ def test_one_protected_static_ip_used_by_one_rocky_vm(run):
     assert vm.inputs["bootDisk"]["autoDelete"] is False
     assert vm.inputs["machineType"] == "e2-medium" and vm.inputs["zone"] == "europe-west1-b"
     assert vm.inputs["shieldedInstanceConfig"] == {
-        "enableSecureBoot": True, "enableVtpm": True, "enableIntegrityMonitoring": True}
+        "enableSecureBoot": True,
+        "enableVtpm": True,
+        "enableIntegrityMonitoring": True,
+    }
     meta = vm.inputs["metadata"]
     assert meta["block-project-ssh-keys"] == "true"
     assert meta["ssh-keys"].startswith("postal-ops:ssh-ed25519 ") and meta["ssh-keys"].endswith(" postal-ops")
@@ -105,8 +124,12 @@ def test_dns_records_in_the_right_zones(run):
     for domain in ("rdo-dev.com", "rdo-studio.net"):
         assert by_name[(domain, "TXT")][0]["content"] == "v=spf1 include:spf.postal.rdo-dev.com ~all"
         assert by_name[(f"psrp.{domain}", "CNAME")][0]["content"] == "rp.postal.rdo-dev.com"
-        (dkim,) = [r for (n, t), rs in by_name.items() for r in rs
-                   if n.startswith("postal-") and n.endswith(f"._domainkey.{domain}")]
+        (dkim,) = [
+            r
+            for (n, t), rs in by_name.items()
+            for r in rs
+            if n.startswith("postal-") and n.endswith(f"._domainkey.{domain}")
+        ]
         dkim_text = dns.txt_text(dkim["content"])  # published as quoted 255-byte strings (tests/test_dns.py)
         assert dkim_text.startswith("v=DKIM1; t=s; h=sha256; p=") and dkim_text.endswith(";")
         assert len(dkim["name"].split(".")[0]) == len("postal-ABCDEF")
@@ -117,15 +140,16 @@ def test_dns_records_in_the_right_zones(run):
 
 def test_components_parent_everything(run):
     components = {r.urn: r for r in run.resources if r.type.startswith(COMPONENT_PREFIX)}
-    assert {r.type for r in components.values()} >= {COMPONENT_PREFIX + t for t in (
-        "MailNetwork", "MailHost", "MailSecrets", "MailDns", "PostalBootstrap")}
+    assert {r.type for r in components.values()} >= {
+        COMPONENT_PREFIX + t for t in ("MailNetwork", "MailHost", "MailSecrets", "MailDns", "PostalBootstrap")
+    }
     for resource in run.resources:
         if resource.custom:
             assert resource.parent in components, resource.name
 
 
 def test_every_output_of_the_contract_and_secrets_stay_secret(run):
-    assert CONTRACT <= set(run.outputs)
+    assert set(run.outputs) >= CONTRACT
     assert {name for name, (_, secret) in run.outputs.items() if secret} == SECRET_OUTPUTS
     assert run.outputs["publicIp"][0] == program.FAKE_IP
     assert run.outputs["apiUrl"][0] == "https://postal.rdo-dev.com/api/v1/send/message"
@@ -149,8 +173,9 @@ def test_generated_secrets_never_appear_in_plain_inputs_or_outputs(run):
 
 
 def test_foreign_spf_record_stops_before_any_resource():
-    run = program.run(txt_records={"rdo-dev.com": [{"content": "v=spf1 include:_spf.google.com ~all",
-                                                    "comment": None}]})
+    run = program.run(
+        txt_records={"rdo-dev.com": [{"content": "v=spf1 include:_spf.google.com ~all", "comment": None}]}
+    )
     assert isinstance(run.error, dns.DnsConflictError)
     assert "rdo-dev.com already has 'v=spf1 include:_spf.google.com ~all'" in str(run.error)
     assert "manageSpf false" in str(run.error)
@@ -176,8 +201,10 @@ def test_dmarc_is_published_when_configured_and_guarded():
     run = program.run({NS + "dmarcPolicy": "quarantine"})
     dmarc = {r["name"]: r["content"] for r in records(run) if r["name"].startswith("_dmarc.")}
     assert dmarc == {"_dmarc.rdo-dev.com": "v=DMARC1; p=quarantine", "_dmarc.rdo-studio.net": "v=DMARC1; p=quarantine"}
-    clash = program.run({NS + "dmarcPolicy": "reject"},
-                        txt_records={"_dmarc.rdo-studio.net": [{"content": "v=DMARC1; p=none", "comment": ""}]})
+    clash = program.run(
+        {NS + "dmarcPolicy": "reject"},
+        txt_records={"_dmarc.rdo-studio.net": [{"content": "v=DMARC1; p=none", "comment": ""}]},
+    )
     assert isinstance(clash.error, dns.DnsConflictError) and clash.resources == []
 
 
@@ -188,8 +215,14 @@ def test_unknown_cloudflare_zone_is_a_clear_error():
 
 
 def test_sizes_and_labels_flow_to_resources():
-    run = program.run({NS + "machineType": "n2-standard-2", NS + "dataDiskSizeGb": "200",
-                       NS + "snapshotRetentionDays": "30", NS + "labels": '{"team": "platform"}'})
+    run = program.run(
+        {
+            NS + "machineType": "n2-standard-2",
+            NS + "dataDiskSizeGb": "200",
+            NS + "snapshotRetentionDays": "30",
+            NS + "labels": '{"team": "platform"}',
+        }
+    )
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     (disk,) = [d for d in run.of_type("gcp:compute/disk:Disk") if d.protect]
     (policy,) = run.of_type("gcp:compute/resourcePolicy:ResourcePolicy")
@@ -206,15 +239,26 @@ COLLISIONS = [
     ({"name": "Postal.RDO-dev.com", "type": "CNAME", "content": "old.example.net"}, "a CNAME excludes"),
     ({"name": "spf.postal.rdo-dev.com", "type": "TXT", "content": "v=spf1 -all"}, "left by an earlier Postal"),
     ({"name": "rp.postal.rdo-dev.com", "type": "MX", "content": "mx.example.net"}, "left by an earlier Postal"),
-    ({"name": "postal._domainkey.rp.postal.rdo-dev.com", "type": "TXT", "content": "v=DKIM1; p=MIIB"},
-     "left by an earlier Postal"),
-    ({"name": "psrp.rdo-studio.net", "type": "CNAME", "content": "rp.old-postal.rdo-studio.net"},
-     "return-path CNAME needs the name"),
+    (
+        {"name": "postal._domainkey.rp.postal.rdo-dev.com", "type": "TXT", "content": "v=DKIM1; p=MIIB"},
+        "left by an earlier Postal",
+    ),
+    (
+        {"name": "psrp.rdo-studio.net", "type": "CNAME", "content": "rp.old-postal.rdo-studio.net"},
+        "return-path CNAME needs the name",
+    ),
     ({"name": "psrp.rdo-dev.com", "type": "TXT", "content": "hello"}, "return-path CNAME needs the name"),
     ({"name": "rdo-dev.com", "type": "TXT", "content": '"v=spf1 include:_spf.google.com ~all"'}, "manageSpf false"),
     ({"name": "rdo-dev.com", "type": "CNAME", "content": "elsewhere.example.net"}, "a CNAME excludes"),
-    ({"name": "postal.rdo-dev.com", "type": "A", "content": "192.0.2.80",
-      "comment": "managed by postal-gateway (staging)"}, "choose another postal-gateway:hostname"),  # another stack's
+    (
+        {
+            "name": "postal.rdo-dev.com",
+            "type": "A",
+            "content": "192.0.2.80",
+            "comment": "managed by postal-gateway (staging)",
+        },
+        "choose another postal-gateway:hostname",
+    ),  # another stack's
 ]
 
 
@@ -230,17 +274,29 @@ def test_a_foreign_record_at_a_name_we_publish_stops_the_run(record, fix):
     assert fix in line
 
 
-@pytest.mark.parametrize("record", [
-    {"name": "postal.rdo-dev.com", "type": "MX", "content": "mx.example.net"},  # no clash with an A record
-    {"name": "postal.rdo-dev.com", "type": "TXT", "content": "google-site-verification=abc"},
-    {"name": "rdo-dev.com", "type": "MX", "content": "aspmx.l.google.com"},
-    {"name": "_dmarc.rdo-dev.com", "type": "TXT", "content": "v=DMARC1; p=none"},  # dmarcPolicy unset
-    {"name": "psrp.rdo-dev.com", "type": "CNAME", "content": "rp.postal.rdo-dev.com",
-     "comment": "managed by postal-gateway (prod)"},  # ours, from the last run
-    {"name": "rp.postal.rdo-dev.com", "type": "TXT", "content": "v=spf1 include:spf.postal.rdo-dev.com ~all",
-     "comment": "managed by postal-gateway (prod)"},
-    {"name": "psrp.rdo-dev.com", "type": "A", "content": "192.0.2.1", "zone": "elsewhere"},
-], ids=lambda r: f"{r['type']}@{r['name']}")
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"name": "postal.rdo-dev.com", "type": "MX", "content": "mx.example.net"},  # no clash with an A record
+        {"name": "postal.rdo-dev.com", "type": "TXT", "content": "google-site-verification=abc"},
+        {"name": "rdo-dev.com", "type": "MX", "content": "aspmx.l.google.com"},
+        {"name": "_dmarc.rdo-dev.com", "type": "TXT", "content": "v=DMARC1; p=none"},  # dmarcPolicy unset
+        {
+            "name": "psrp.rdo-dev.com",
+            "type": "CNAME",
+            "content": "rp.postal.rdo-dev.com",
+            "comment": "managed by postal-gateway (prod)",
+        },  # ours, from the last run
+        {
+            "name": "rp.postal.rdo-dev.com",
+            "type": "TXT",
+            "content": "v=spf1 include:spf.postal.rdo-dev.com ~all",
+            "comment": "managed by postal-gateway (prod)",
+        },
+        {"name": "psrp.rdo-dev.com", "type": "A", "content": "192.0.2.1", "zone": "elsewhere"},
+    ],
+    ids=lambda r: f"{r['type']}@{r['name']}",
+)
 def test_records_that_do_not_collide_pass_the_guard(record):
     zone = record.pop("zone", None)
     if zone:  # the same name in a zone the stack does not use: Cloudflare lists it in that zone only
@@ -250,8 +306,11 @@ def test_records_that_do_not_collide_pass_the_guard(record):
 
 
 def test_the_guard_reads_every_published_name_in_its_zone(run):
-    queries = {(a["zoneId"], a["name"]["exact"]): a for t, a in run.invokes
-               if t == "cloudflare:index/getDnsRecords:getDnsRecords"}
+    queries = {
+        (a["zoneId"], a["name"]["exact"]): a
+        for t, a in run.invokes
+        if t == "cloudflare:index/getDnsRecords:getDnsRecords"
+    }
     assert all("type" not in a for a in queries.values())  # every type at the name
     names = {(r["zoneId"], r["name"]) for r in records(run) if not r["name"].startswith("postal-")}  # DKIM: random
     names.add(("zone-rdo-dev.com", "postal._domainkey.rp.postal.rdo-dev.com"))

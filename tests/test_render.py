@@ -6,40 +6,94 @@ import subprocess
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import program
 import pytest
 import yaml
 
-import program
 from components import render
-
 
 HOST = "postal.rdo-dev.com"
 
 # Postal 3.3.6 lib/postal/config_schema.rb: group -> key -> type ("array" for `array` strings).
 POSTAL_SCHEMA = {
-    "postal": {"web_hostname": str, "web_protocol": str, "smtp_hostname": str, "use_ip_pools": bool,
-               "default_maximum_delivery_attempts": int, "default_maximum_hold_expiry_days": int,
-               "default_suppression_list_automatic_removal_days": int, "default_spam_threshold": int,
-               "default_spam_failure_threshold": int, "use_local_ns_for_domain_verification": bool,
-               "use_resent_sender_header": bool, "signing_key_path": str, "smtp_relays": list,
-               "trusted_proxies": list, "queued_message_lock_stale_days": int, "batch_queued_messages": bool},
+    "postal": {
+        "web_hostname": str,
+        "web_protocol": str,
+        "smtp_hostname": str,
+        "use_ip_pools": bool,
+        "default_maximum_delivery_attempts": int,
+        "default_maximum_hold_expiry_days": int,
+        "default_suppression_list_automatic_removal_days": int,
+        "default_spam_threshold": int,
+        "default_spam_failure_threshold": int,
+        "use_local_ns_for_domain_verification": bool,
+        "use_resent_sender_header": bool,
+        "signing_key_path": str,
+        "smtp_relays": list,
+        "trusted_proxies": list,
+        "queued_message_lock_stale_days": int,
+        "batch_queued_messages": bool,
+    },
     "web_server": {"default_port": int, "default_bind_address": str, "max_threads": int},
     "worker": {"default_health_server_port": int, "default_health_server_bind_address": str, "threads": int},
-    "main_db": {"host": str, "port": int, "username": str, "password": str, "database": str, "pool_size": int,
-                "encoding": str},
-    "message_db": {"host": str, "port": int, "username": str, "password": str, "encoding": str,
-                   "database_name_prefix": str},
+    "main_db": {
+        "host": str,
+        "port": int,
+        "username": str,
+        "password": str,
+        "database": str,
+        "pool_size": int,
+        "encoding": str,
+    },
+    "message_db": {
+        "host": str,
+        "port": int,
+        "username": str,
+        "password": str,
+        "encoding": str,
+        "database_name_prefix": str,
+    },
     "logging": {"rails_log_enabled": bool, "sentry_dsn": str, "enabled": bool, "highlighting_enabled": bool},
-    "smtp_server": {"default_port": int, "default_bind_address": str, "default_health_server_port": int,
-                    "default_health_server_bind_address": str, "tls_enabled": bool, "tls_certificate_path": str,
-                    "tls_private_key_path": str, "tls_ciphers": str, "ssl_version": str, "proxy_protocol": bool,
-                    "log_connections": bool, "max_message_size": int, "log_ip_address_exclusion_matcher": str},
-    "dns": {"mx_records": list, "spf_include": str, "return_path_domain": str, "route_domain": str,
-            "track_domain": str, "helo_hostname": str, "dkim_identifier": str, "domain_verify_prefix": str,
-            "custom_return_path_prefix": str, "timeout": int, "resolv_conf_path": str},
-    "smtp": {"host": str, "port": int, "username": str, "password": str, "authentication_type": str,
-             "enable_starttls": bool, "enable_starttls_auto": bool, "openssl_verify_mode": str, "from_name": str,
-             "from_address": str},
+    "smtp_server": {
+        "default_port": int,
+        "default_bind_address": str,
+        "default_health_server_port": int,
+        "default_health_server_bind_address": str,
+        "tls_enabled": bool,
+        "tls_certificate_path": str,
+        "tls_private_key_path": str,
+        "tls_ciphers": str,
+        "ssl_version": str,
+        "proxy_protocol": bool,
+        "log_connections": bool,
+        "max_message_size": int,
+        "log_ip_address_exclusion_matcher": str,
+    },
+    "dns": {
+        "mx_records": list,
+        "spf_include": str,
+        "return_path_domain": str,
+        "route_domain": str,
+        "track_domain": str,
+        "helo_hostname": str,
+        "dkim_identifier": str,
+        "domain_verify_prefix": str,
+        "custom_return_path_prefix": str,
+        "timeout": int,
+        "resolv_conf_path": str,
+    },
+    "smtp": {
+        "host": str,
+        "port": int,
+        "username": str,
+        "password": str,
+        "authentication_type": str,
+        "enable_starttls": bool,
+        "enable_starttls_auto": bool,
+        "openssl_verify_mode": str,
+        "from_name": str,
+        "from_address": str,
+    },
     "rails": {"environment": str, "secret_key": str},
 }
 SSL_MODES = {"Auto", "STARTLS", "TLS", "None"}  # app/lib/smtp_client/ssl_modes.rb
@@ -53,8 +107,15 @@ def postal_relay(value: str) -> dict:
 
 
 def rendered_yml(relay="smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS"):
-    return yaml.safe_load(render.postal_yml(hostname=HOST, relay_url=relay, db_password="db'pw: #x",
-                                            rails_secret_key="k" * 64, from_address="postal@rdo-dev.com"))
+    return yaml.safe_load(
+        render.postal_yml(
+            hostname=HOST,
+            relay_url=relay,
+            db_password="db'pw: #x",
+            rails_secret_key="k" * 64,
+            from_address="postal@rdo-dev.com",
+        )
+    )
 
 
 def test_postal_yml_matches_postals_v2_schema():
@@ -82,6 +143,7 @@ def test_postal_yml_sets_what_the_google_relay_needs():
 @pytest.mark.parametrize("mode,expected", [("starttls", "STARTLS"), ("tls", "TLS"), ("none", "None")])
 def test_every_relay_tls_mode_parses_to_a_postal_ssl_mode(mode, expected):
     from components.config import RELAY_TLS_MODES
+
     url = f"smtp://relay.example.com:2525?ssl_mode={RELAY_TLS_MODES[mode]}"
     parsed = postal_relay(url)
     assert parsed["ssl_mode"] == expected and parsed["ssl_mode"] in SSL_MODES and parsed["port"] == 2525
@@ -95,17 +157,39 @@ def test_misspelled_starttls_would_not_be_a_postal_mode():
 def caddy_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
     path = tmp_path / "Caddyfile"
     path.write_text(text)
-    return subprocess.run([program.tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
-                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
-                          env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [program.tool("caddy"), "validate", "--config", str(path), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+    )
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     path = tmp_path_factory.mktemp("certs")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-subj", f"/CN={HOST}", "-keyout", str(path / "key.pem"), "-out", str(path / "cert.pem")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN={HOST}",
+            "-keyout",
+            str(path / "key.pem"),
+            "-out",
+            str(path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return path
 
 
@@ -117,8 +201,13 @@ def test_caddyfile_validates_for_every_tls_mode(tls, tmp_path, certs):
     assert "reverse_proxy 127.0.0.1:5000" in text
     assert ("ops@rdo-dev.com" in text) == (tls == "letsencrypt")
     # Caddy's admin API on a unix socket inside the container, not on TCP 2019 of the host network
-    adapted = subprocess.run([program.tool("caddy"), "adapt", "--config", str(tmp_path / "Caddyfile"),
-                              "--adapter", "caddyfile"], capture_output=True, text=True, timeout=60, check=True)
+    adapted = subprocess.run(
+        [program.tool("caddy"), "adapt", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert json.loads(adapted.stdout)["admin"] == {"listen": render.CADDY_ADMIN}
     assert render.CADDY_ADMIN == "unix//run/caddy-admin.sock"
 
@@ -144,6 +233,7 @@ def test_command_line_quotes_settings_and_keeps_secrets_out():
     line = render.command_line("caddy", {"PG_CADDYFILE": "a b\n'c'", "PG_TLS": "internal"})
     assert line.startswith("sudo env PG_STEP=caddy ") and line.endswith(" postal-gateway-caddy")
     import shlex
+
     words = shlex.split(line)
     assert "PG_CADDYFILE=a b\n'c'" in words and words[words.index("-c") - 1] == "bash"
     assert words[words.index("-c") + 1] == render.step_script("caddy")
@@ -158,4 +248,6 @@ def test_postal_yml_turns_on_smtp_tls_with_the_files_the_smtp_tls_step_installs(
     smtp = rendered_yml()["smtp_server"]
     assert smtp["tls_enabled"] is True  # Postal then advertises STARTTLS (app/lib/smtp_server/client.rb)
     assert (smtp["tls_certificate_path"], smtp["tls_private_key_path"]) == (
-        "/config/smtp-tls/cert.pem", "/config/smtp-tls/key.pem")  # config/smtp-tls on the data disk
+        "/config/smtp-tls/cert.pem",
+        "/config/smtp-tls/key.pem",
+    )  # config/smtp-tls on the data disk

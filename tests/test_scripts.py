@@ -19,14 +19,14 @@ import textwrap
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-import yaml
-
 import certs
 import fakehost
 import program
-from components import render
+import pytest
+import yaml
 from program import commands
+
+from components import render
 
 STEPS = ("os", "database", "postal", "caddy", "smtp-tls", "provision")  # preflight: tests/test_preflight.py
 SCRIPTS = render.SCRIPTS
@@ -36,20 +36,30 @@ CERT, KEY = certs.pair()
 @pytest.fixture(scope="module")
 def registered():
     """Step -> (command line, stdin) from the program under mocks, for the default and variant configs."""
+
     def steps(config=None, secret_keys=()):
         run = program.run(config, secret_keys)
         assert run.error is None, run.error
         return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(run).items()}
-    return {"base": steps(), "upgrade": steps({"postal-gateway:postalVersion": "3.3.7"}),
-            "permissive": steps({"postal-gateway:selinux": "permissive"}),
-            "internal": steps({"postal-gateway:tls": "internal"}),
-            "custom": steps({"postal-gateway:tls": "custom", "postal-gateway:tlsCertificate": CERT,
-                             "postal-gateway:tlsPrivateKey": KEY},
-                            secret_keys=("postal-gateway:tlsCertificate", "postal-gateway:tlsPrivateKey"))}
+
+    return {
+        "base": steps(),
+        "upgrade": steps({"postal-gateway:postalVersion": "3.3.7"}),
+        "permissive": steps({"postal-gateway:selinux": "permissive"}),
+        "internal": steps({"postal-gateway:tls": "internal"}),
+        "custom": steps(
+            {
+                "postal-gateway:tls": "custom",
+                "postal-gateway:tlsCertificate": CERT,
+                "postal-gateway:tlsPrivateKey": KEY,
+            },
+            secret_keys=("postal-gateway:tlsCertificate", "postal-gateway:tlsPrivateKey"),
+        ),
+    }
 
 
 class Machine:
-    def __init__(self, tmp: Path, fake_env: dict, like: "Machine | None" = None):
+    def __init__(self, tmp: Path, fake_env: dict, like: Machine | None = None):
         self.root, self.fake_env = tmp / "root", fake_env
         if like is not None:
             shutil.copytree(like.root, self.root, symlinks=True)
@@ -63,10 +73,15 @@ class Machine:
 
     def run(self, command: tuple[str, str], fail: str = "", **extra: str) -> subprocess.CompletedProcess:
         create, stdin = command
-        env = {"PATH": os.environ["PATH"], **self.fake_env, "PG_ROOT": str(self.root),
-               "TMPDIR": str(self.root / "tmp"), "STUB_FAIL": fail, **extra}
-        return subprocess.run(["bash", "-c", create], input=stdin, env=env, capture_output=True, text=True,
-                              timeout=60)
+        env = {
+            "PATH": os.environ["PATH"],
+            **self.fake_env,
+            "PG_ROOT": str(self.root),
+            "TMPDIR": str(self.root / "tmp"),
+            "STUB_FAIL": fail,
+            **extra,
+        }
+        return subprocess.run(["bash", "-c", create], input=stdin, env=env, capture_output=True, text=True, timeout=60)
 
     def up(self, steps: dict, names=STEPS) -> str:
         """Runs the steps in order; returns everything they printed."""
@@ -137,17 +152,25 @@ def fresh(tmp_path, stubs, provisioned):
 
 # --- static checks with the real tools ---
 
+
 @pytest.mark.parametrize("step", [*STEPS, "preflight"])
 def test_composed_step_script_passes_shellcheck(step):
-    result = subprocess.run([program.tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
-                            input=render.step_script(step), capture_output=True, text=True)
+    result = subprocess.run(
+        [program.tool("shellcheck"), "--shell=bash", "--severity=style", "-"],
+        input=render.step_script(step),
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout
 
 
 def test_every_shell_file_passes_shellcheck():
     files = [*SCRIPTS.glob("*.sh"), program.ROOT / ".ci/run", program.ROOT / ".ci/check-stack"]
-    result = subprocess.run([program.tool("shellcheck"), "--shell=bash", "--exclude=SC2154", *map(str, files)],
-                            capture_output=True, text=True)  # SC2154: steps use lib.sh's variables
+    result = subprocess.run(
+        [program.tool("shellcheck"), "--shell=bash", "--exclude=SC2154", *map(str, files)],
+        capture_output=True,
+        text=True,
+    )  # SC2154: steps use lib.sh's variables
     assert result.returncode == 0, result.stdout
 
 
@@ -166,29 +189,51 @@ def test_provision_rb_is_valid_ruby():
 
 # --- a fresh host, then a rerun ---
 
+
 def test_fresh_host_runs_every_step_in_order(fresh):
     calls = fresh.changes()
     assert index(calls, r"^dnf .*install .*docker-ce ") < index(calls, r"^systemctl enable docker$")
-    assert index(calls, r"^dnf config-manager --add-repo https://download.docker.com/") < \
-        index(calls, r"^dnf .*install .*docker-compose-plugin")
-    assert index(calls, r"^mkfs.xfs -q -L postal-data .*/dev/disk/by-id/google-postal-data$") < \
-        index(calls, r"^mount .*/opt/postal$") < index(calls, r"^semanage fcontext --add --type container_file_t")
-    assert index(calls, r"^mount ") < index(calls, r"^systemctl enable docker$") < \
-        index(calls, r"^docker run .*--name postal-mariadb")
+    assert index(calls, r"^dnf config-manager --add-repo https://download.docker.com/") < index(
+        calls, r"^dnf .*install .*docker-compose-plugin"
+    )
+    assert (
+        index(calls, r"^mkfs.xfs -q -L postal-data .*/dev/disk/by-id/google-postal-data$")
+        < index(calls, r"^mount .*/opt/postal$")
+        < index(calls, r"^semanage fcontext --add --type container_file_t")
+    )
+    assert (
+        index(calls, r"^mount ")
+        < index(calls, r"^systemctl enable docker$")
+        < index(calls, r"^docker run .*--name postal-mariadb")
+    )
     assert index(calls, r"^docker exec --interactive postal-mariadb") < index(calls, r"^git clone ")
-    assert index(calls, r"^git .* checkout --quiet --force " + render.INSTALL_COMMIT) < \
-        index(calls, r"^postal set-version 3.3.6$") < index(calls, r"^docker compose -p postal pull") < \
-        index(calls, r"runner postal initialize$") < index(calls, r"^docker compose -p postal up ")
-    assert index(calls, r"^docker compose -p postal up ") < index(calls, r"^docker run .*--name postal-caddy") < \
-        index(calls, r"rails runner /config/provision.rb$")
+    assert (
+        index(calls, r"^git .* checkout --quiet --force " + render.INSTALL_COMMIT)
+        < index(calls, r"^postal set-version 3.3.6$")
+        < index(calls, r"^docker compose -p postal pull")
+        < index(calls, r"runner postal initialize$")
+        < index(calls, r"^docker compose -p postal up ")
+    )
+    assert (
+        index(calls, r"^docker compose -p postal up ")
+        < index(calls, r"^docker run .*--name postal-caddy")
+        < index(calls, r"rails runner /config/provision.rb$")
+    )
     assert not any("postal upgrade" in c for c in calls)
     queries = fresh.calls()
-    assert index(queries, r"^M docker compose -p postal up ") < index(queries, r"^Q curl .*5000/login") < \
-        index(queries, r"^M docker run .*--name postal-caddy")
+    assert (
+        index(queries, r"^M docker compose -p postal up ")
+        < index(queries, r"^Q curl .*5000/login")
+        < index(queries, r"^M docker run .*--name postal-caddy")
+    )
     # Postal's SMTP server starts only after Caddy's certificate reached it (smtp-tls step)
     assert "smtp" not in calls[index(calls, r"^docker compose -p postal up ")]
-    assert index(calls, r"^docker run .*--name postal-caddy") < index(calls, r"^chown 999:999 .*/smtp-tls/key.pem") < \
-        index(calls, r"^docker compose -p postal up --detach smtp$") < index(calls, r"rails runner")
+    assert (
+        index(calls, r"^docker run .*--name postal-caddy")
+        < index(calls, r"^chown 999:999 .*/smtp-tls/key.pem")
+        < index(calls, r"^docker compose -p postal up --detach smtp$")
+        < index(calls, r"rails runner")
+    )
     assert index(queries, r"^M docker compose -p postal up --detach smtp$") < index(queries, r"^Q curl .*9091/")
 
 
@@ -197,16 +242,19 @@ def test_fresh_host_ends_in_the_configured_state(fresh, registered):
     assert state["selinux"] == "Enforcing"
     assert sorted(state["firewall"]) == ["25/tcp", "http", "https"]
     assert state["units"]["docker"] == {"is-enabled": True, "is-active": True}
-    assert "UUID=" + fakehost.DISK_UUID + " /opt/postal xfs defaults,nofail 0 2" in \
-        fresh.file("/etc/fstab").read_text()
-    assert "RequiresMountsFor=/opt/postal" in \
-        fresh.file("/etc/systemd/system/docker.service.d/postal-gateway.conf").read_text()
+    assert "UUID=" + fakehost.DISK_UUID + " /opt/postal xfs defaults,nofail 0 2" in fresh.file("/etc/fstab").read_text()
+    assert (
+        "RequiresMountsFor=/opt/postal"
+        in fresh.file("/etc/systemd/system/docker.service.d/postal-gateway.conf").read_text()
+    )
     assert '"selinux-enabled": true' in fresh.file("/etc/docker/daemon.json").read_text()
     mariadb = state["containers"]["postal-mariadb"]
     assert mariadb["image"] == render.MARIADB_IMAGE and mariadb["network"] == "host"
     assert {"--bind-address=127.0.0.1", "--innodb-log-file-size=512M"} <= set(mariadb["args"])
-    assert mariadb["volumes"] == ["/opt/postal/mariadb:/var/lib/mysql",
-                                  "/opt/postal/secrets/mariadb-root-password:/run/secrets/mariadb-root-password:ro"]
+    assert mariadb["volumes"] == [
+        "/opt/postal/mariadb:/var/lib/mysql",
+        "/opt/postal/secrets/mariadb-root-password:/run/secrets/mariadb-root-password:ro",
+    ]
     caddy = state["containers"]["postal-caddy"]
     assert caddy["image"] == render.CADDY_IMAGE and caddy["network"] == "host"
     assert "/opt/postal/caddy/live:/etc/caddy:ro" in caddy["volumes"]
@@ -223,8 +271,9 @@ def test_files_on_the_host_are_what_the_program_rendered(fresh, registered):
         assert stat.S_IMODE(fresh.file(f"/opt/postal/config/{name}").stat().st_mode) == 0o640
     assert "chown 999:999" in " ".join(fresh.changes())  # owned by the container user (uid 999)
     caddyfile = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
-    assert caddyfile == render.caddyfile(hostname="postal.rdo-dev.com", tls="letsencrypt",
-                                         admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"])
+    assert caddyfile == render.caddyfile(
+        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"]
+    )
     assert fresh.file("/opt/postal/config/provision.rb").read_text() == render.script_text("provision.rb")
     assert fresh.file("/usr/bin/postal").is_symlink()
     assert fresh.file("/etc/selinux/config").read_text().startswith("SELINUX=enforcing\n")
@@ -252,6 +301,7 @@ def test_provisioning_reruns_with_the_same_input(fresh, registered):
 
 # --- secrets ---
 
+
 def secret_values(steps: dict) -> set[str]:
     values = set()
     for _, stdin in steps.values():
@@ -259,8 +309,7 @@ def secret_values(steps: dict) -> set[str]:
             if name in ("db_root_password", "db_password", "signing_key", "tls_private_key"):
                 values.add(text.strip())
     provision = json.loads(decode(steps["provision"][1])["provision_json"])
-    values |= {provision["admin"]["password"],
-               *(c["key"] for c in provision["credentials"] if c["type"] != "SMTP-IP")}
+    values |= {provision["admin"]["password"], *(c["key"] for c in provision["credentials"] if c["type"] != "SMTP-IP")}
     values |= {d["dkim_private_key"].strip() for d in provision["domains"]}
     return {v for v in values if v}
 
@@ -301,12 +350,17 @@ def test_a_step_without_its_payload_fails_before_doing_anything(machine, registe
 
 # --- reruns caused by one setting ---
 
+
 def test_new_postal_version_upgrades_in_place(fresh, registered):
     start = len(fresh.calls())
     fresh.up(registered["upgrade"], ["postal"])
     calls = fresh.changes(start)
-    assert index(calls, r"^postal set-version 3.3.7$") < index(calls, r"pull") < \
-        index(calls, r"runner postal upgrade$") < index(calls, r"up --detach --remove-orphans --force-recreate smtp web worker$")
+    assert (
+        index(calls, r"^postal set-version 3.3.7$")
+        < index(calls, r"pull")
+        < index(calls, r"runner postal upgrade$")
+        < index(calls, r"up --detach --remove-orphans --force-recreate smtp web worker$")
+    )
     assert not any("initialize" in c or "git clone" in c for c in calls)
     state = fresh.state()["postal"]
     assert state["tasks"] == ["initialize 3.3.6", "upgrade 3.3.7"] and state["version"] == "3.3.7"
@@ -318,13 +372,18 @@ def test_tls_change_is_validated_then_reloaded_gracefully(fresh, registered, var
     start = len(fresh.calls())
     fresh.up(registered[variant], ["caddy"])
     calls = fresh.changes(start)
-    reload = "docker exec postal-caddy caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile " \
+    reload = (
+        "docker exec postal-caddy caddy reload --config /etc/caddy/Caddyfile --adapter caddyfile "
         "--address unix//run/caddy-admin.sock"
+    )
     assert reload in calls and not any(re.match("docker (run|restart|rm)", c) for c in calls)
     queries = fresh.calls()[start:]
-    assert index(queries, r"^Q docker run --rm .* caddy validate --config /etc/caddy/Caddyfile") < \
-        index(queries, r"^M mv -f /opt/postal/caddy/live/Caddyfile\.") < index(queries, "^M " + re.escape(reload)) < \
-        index(queries, r"^Q curl .*--resolve postal.rdo-dev.com:443:127.0.0.1 https://postal.rdo-dev.com/login$")
+    assert (
+        index(queries, r"^Q docker run --rm .* caddy validate --config /etc/caddy/Caddyfile")
+        < index(queries, r"^M mv -f /opt/postal/caddy/live/Caddyfile\.")
+        < index(queries, "^M " + re.escape(reload))
+        < index(queries, r"^Q curl .*--resolve postal.rdo-dev.com:443:127.0.0.1 https://postal.rdo-dev.com/login$")
+    )
     assert fresh.state()["containers"]["postal-caddy"]["reloads"] == 1
     caddyfile = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
     certs = fresh.file("/opt/postal/caddy/live/certs")
@@ -357,13 +416,27 @@ def on_host(container_path: str) -> str:
 
 def systemd_starts(machine: Machine, service: str) -> subprocess.CompletedProcess:
     """What systemd does for the oneshot service: its ExecStart with its EnvironmentFile's variables."""
-    unit = dict(line.split("=", 1) for line in machine.file(f"/etc/systemd/system/{service}").read_text()
-                .splitlines() if "=" in line)
-    env = dict(shlex.split(line)[0].split("=", 1) for line in machine.file(unit["EnvironmentFile"]).read_text()
-               .splitlines())
-    return subprocess.run([str(machine.file(unit["ExecStart"]))], capture_output=True, text=True, timeout=60,
-                          env={"PATH": os.environ["PATH"], **machine.fake_env, "PG_ROOT": str(machine.root),
-                               "TMPDIR": str(machine.root / "tmp"), **env})
+    unit = dict(
+        line.split("=", 1)
+        for line in machine.file(f"/etc/systemd/system/{service}").read_text().splitlines()
+        if "=" in line
+    )
+    env = dict(
+        shlex.split(line)[0].split("=", 1) for line in machine.file(unit["EnvironmentFile"]).read_text().splitlines()
+    )
+    return subprocess.run(
+        [str(machine.file(unit["ExecStart"]))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={
+            "PATH": os.environ["PATH"],
+            **machine.fake_env,
+            "PG_ROOT": str(machine.root),
+            "TMPDIR": str(machine.root / "tmp"),
+            **env,
+        },
+    )
 
 
 @pytest.mark.parametrize("variant,tls", [("base", "letsencrypt"), ("internal", "internal"), ("custom", "custom")])
@@ -380,8 +453,11 @@ def test_postal_smtp_server_offers_the_web_certificate_in_every_tls_mode(fresh, 
     if tls == "custom":
         assert cert.read_text() == CERT and key.read_text() == KEY
     if tls == "internal":  # clients trust Caddy's local root (docs/security.md)
-        verify = subprocess.run(["openssl", "verify", "-CAfile", str(fresh.file(render.CADDY_ROOT_CA)), str(cert)],
-                                capture_output=True, text=True)
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(fresh.file(render.CADDY_ROOT_CA)), str(cert)],
+            capture_output=True,
+            text=True,
+        )
         assert verify.returncode == 0, verify.stderr
     postal = fresh.state()["postal"]
     assert postal["running"] == ["web", "smtp", "worker"]
@@ -410,7 +486,8 @@ def test_a_renewed_certificate_restarts_only_postals_smtp_container(fresh):
     renewed = systemd_starts(fresh, f"{SMTP_TLS}.service")
     assert renewed.returncode == 0, renewed.stderr
     assert [c for c in fresh.changes(start) if c.startswith(("docker", "systemctl"))] == [
-        "docker compose -p postal restart smtp"]
+        "docker compose -p postal restart smtp"
+    ]
     assert fresh.file("/opt/postal/config/smtp-tls/cert.pem").read_text() == fresh.file(cert).read_text()
     assert fresh.file("/opt/postal/config/smtp-tls/key.pem").read_text() == new_key
     state = fresh.state()
@@ -423,7 +500,7 @@ def test_a_renewed_certificate_restarts_only_postals_smtp_container(fresh):
 
 def test_smtp_tls_step_fails_when_caddy_has_no_certificate(fresh, registered):
     fresh.up(registered["internal"], ["caddy"])
-    (cert, key), = render.web_certificates(hostname="postal.rdo-dev.com", tls="internal")
+    ((cert, key),) = render.web_certificates(hostname="postal.rdo-dev.com", tls="internal")
     fresh.file(cert).unlink()  # e.g. Caddy still obtaining it, or storage elsewhere
     start = len(fresh.calls())
     result = fresh.run(registered["internal"]["smtp-tls"], PG_WAIT_TRIES="2")
@@ -442,8 +519,13 @@ def test_smtp_tls_step_fails_when_another_process_holds_the_smtp_health_port(fre
     assert "127.0.0.1:9091 is held by a process that is not Postal's smtp service" in result.stderr
 
 
-@pytest.mark.parametrize("variant,step,applied", [("internal", "caddy", r"^docker exec postal-caddy caddy reload "),
-                                                  ("upgrade", "postal", r" up --detach .*--force-recreate smtp web worker$")])
+@pytest.mark.parametrize(
+    "variant,step,applied",
+    [
+        ("internal", "caddy", r"^docker exec postal-caddy caddy reload "),
+        ("upgrade", "postal", r" up --detach .*--force-recreate smtp web worker$"),
+    ],
+)
 def test_a_change_written_by_a_failed_run_is_applied_by_the_next(fresh, registered, variant, step, applied):
     failed = fresh.run(registered[variant][step], fail="docker")
     assert failed.returncode != 0
@@ -465,8 +547,14 @@ def test_permissive_selinux_is_set_now_and_persistently(fresh, registered):
 
 def test_an_existing_data_disk_is_mounted_not_formatted(machine, registered):
     host = fakehost.Host(machine.root)
-    host.state["disks"] = {"/dev/disk/by-id/google-postal-data": {"TYPE": "xfs", "UUID": fakehost.DISK_UUID,
-                                                                  "SIZE": 50 << 30, "FS_BYTES": 50 << 30}}
+    host.state["disks"] = {
+        "/dev/disk/by-id/google-postal-data": {
+            "TYPE": "xfs",
+            "UUID": fakehost.DISK_UUID,
+            "SIZE": 50 << 30,
+            "FS_BYTES": 50 << 30,
+        }
+    }
     host.save()
     machine.up(registered["base"], ["os"])
     assert not any(c.startswith("mkfs") for c in machine.changes())
@@ -494,13 +582,16 @@ def test_postal_step_fails_when_postal_never_becomes_healthy(fresh, registered):
     assert "Postal's worker service did not answer http://127.0.0.1:9090/ in 5 minutes" in result.stderr
 
 
-@pytest.mark.parametrize("step,stub,not_after", [
-    ("os", "dnf", r"^systemctl enable docker"),
-    ("os", "mkfs.xfs", r"^mount "),
-    ("database", "docker", r"^docker exec --interactive"),
-    ("postal", "git", r"^docker compose"),
-    ("caddy", "docker", r"^docker run"),
-])
+@pytest.mark.parametrize(
+    "step,stub,not_after",
+    [
+        ("os", "dnf", r"^systemctl enable docker"),
+        ("os", "mkfs.xfs", r"^mount "),
+        ("database", "docker", r"^docker exec --interactive"),
+        ("postal", "git", r"^docker compose"),
+        ("caddy", "docker", r"^docker run"),
+    ],
+)
 def test_a_failing_command_fails_the_step_with_its_message(machine, fresh, registered, step, stub, not_after):
     machine = machine if step == "os" else fresh  # a later step fails on a host the earlier ones prepared
     start = len(machine.calls())
@@ -508,11 +599,11 @@ def test_a_failing_command_fails_the_step_with_its_message(machine, fresh, regis
     assert result.returncode != 0
     assert f"{stub}: simulated failure" in result.stderr
     assert f"[postal-gateway:{step}] ERROR" in result.stderr
-    assert not any(re.search(not_after, c) for c in
-                   machine.changes(start))
+    assert not any(re.search(not_after, c) for c in machine.changes(start))
 
 
 # --- provision.rb against Postal's models (tests/fake_postal.rb) ---
+
 
 class FakePostal:
     def __init__(self, tmp: Path):
@@ -527,10 +618,20 @@ class FakePostal:
     def ruby(self, script: str, stdin: str = "", **env: str) -> subprocess.CompletedProcess:
         """A script (or `-e` code) with Postal's fake models loaded and kept in this database."""
         args = ["-e", script[3:]] if script.startswith("-e ") else [script]
-        return subprocess.run([program.tool("ruby"), "-r", str(program.ROOT / "tests/fake_postal.rb"), *args],
-                              input=stdin, capture_output=True, text=True, timeout=60,
-                              env={**os.environ, "FAKE_POSTAL_DB": str(self.db), "FAKE_POSTAL_LOG": str(self.log),
-                                   "PG_DNS_CHECK_INTERVAL": "0", **env})
+        return subprocess.run(
+            [program.tool("ruby"), "-r", str(program.ROOT / "tests/fake_postal.rb"), *args],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "FAKE_POSTAL_DB": str(self.db),
+                "FAKE_POSTAL_LOG": str(self.log),
+                "PG_DNS_CHECK_INTERVAL": "0",
+                **env,
+            },
+        )
 
     def writes(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log.exists() else []
@@ -560,10 +661,13 @@ def test_provision_creates_everything_with_the_stacks_keys(tmp_path, provision_s
         assert domain["dkim_private_key"] == spec["dkim_private_key"]  # not Postal's generated key
         assert domain["dkim_identifier_string"] == spec["dkim_selector"]
     credentials = postal.records("Credential")
-    assert {c["name"]: (c["type"], c["key"]) for c in credentials.values()} == \
-        {c["name"]: (c["type"], c["key"]) for c in provision_spec["credentials"]}
-    secrets = [provision_spec["admin"]["password"],
-               *(c["key"] for c in provision_spec["credentials"] if c["type"] != "SMTP-IP")]
+    assert {c["name"]: (c["type"], c["key"]) for c in credentials.values()} == {
+        c["name"]: (c["type"], c["key"]) for c in provision_spec["credentials"]
+    }
+    secrets = [
+        provision_spec["admin"]["password"],
+        *(c["key"] for c in provision_spec["credentials"] if c["type"] != "SMTP-IP"),
+    ]
     assert credentials["postal-gateway-localhost"]["key"] == "127.0.0.1"  # Postal's own mail may relay
     assert not any(s in out for s in secrets)
     assert "domain rdo-dev.com: spf OK, dkim OK, return path OK" in out
@@ -585,7 +689,8 @@ def test_provision_applies_a_rotated_key_and_password_only(tmp_path, provision_s
     out = postal.run(rotated)
     assert [w for w in postal.writes() if not w.startswith("check_dns")] == [
         "update User ops@rdo-dev.com password_digest",
-        "update_column Credential API/postal-gateway-api key"]
+        "update_column Credential API/postal-gateway-api key",
+    ]
     assert postal.records("Credential")["postal-gateway-api"]["key"] == "rotated-api-key-0123456789"
     assert "reset the admin password" in out
 
@@ -605,8 +710,7 @@ def grow_disk(host: Machine) -> None:
 def restore_disk(host: Machine) -> None:
     """A disk made from a snapshot replaced the mounted one: same data, new filesystem UUID."""
     state = fakehost.Host(host.root)
-    state.state["disks"][DATA_DEVICE] = {"TYPE": "xfs", "UUID": RESTORED_UUID, "SIZE": 50 << 30,
-                                         "FS_BYTES": 50 << 30}
+    state.state["disks"][DATA_DEVICE] = {"TYPE": "xfs", "UUID": RESTORED_UUID, "SIZE": 50 << 30, "FS_BYTES": 50 << 30}
     state.save()
 
 
@@ -627,13 +731,19 @@ def before_step(tmp_path_factory, stubs, registered, provisioned):
     return hosts
 
 
-FAULT_CASES = [*((step, "first deploy") for step in (*STEPS, "ops")), ("os", "grown disk"), ("os", "restored disk"),
-               ("postal", "upgrade"), ("caddy", "internal")]
+FAULT_CASES = [
+    *((step, "first deploy") for step in (*STEPS, "ops")),
+    ("os", "grown disk"),
+    ("os", "restored disk"),
+    ("postal", "upgrade"),
+    ("caddy", "internal"),
+]
 
 
 @pytest.mark.parametrize("step,change", FAULT_CASES)
-def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(tmp_path, stubs, registered,
-                                                                           before_step, step, change):
+def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(
+    tmp_path, stubs, registered, before_step, step, change
+):
     """The changes are the `M` lines of a successful run, so a new action is covered by itself; a
     change to a deployed host tries those a first deploy does not make."""
     command = registered[{"upgrade": "upgrade", "internal": "internal"}.get(change, "base")][step]
@@ -642,8 +752,11 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(tmp_p
     ok = Machine(tmp_path / "ok", stubs, like=base)
     ok.up({step: command}, [step])
     actions = ok.changes(calls_before)
-    tried = [k for k, a in enumerate(actions)
-             if change == "first deploy" or fakehost.action(a) not in before_step[step, "first deploy"].actions]
+    tried = [
+        k
+        for k, a in enumerate(actions)
+        if change == "first deploy" or fakehost.action(a) not in before_step[step, "first deploy"].actions
+    ]
     assert tried
 
     def inject(k: int) -> tuple[str, subprocess.CompletedProcess, list[str], list[str]]:
@@ -664,6 +777,7 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(tmp_p
 
 
 # --- disks, versions, ports, Caddy ---
+
 
 def test_a_grown_data_disk_grows_the_filesystem_and_nothing_else(fresh, registered):
     grow_disk(fresh)
@@ -686,9 +800,13 @@ def test_a_restored_data_disk_is_remounted_and_postal_comes_back(fresh, register
     start = len(fresh.calls())
     fresh.up(registered["base"], ["os"])
     calls = fresh.changes(start)
-    assert index(calls, r"^systemctl stop docker$") < index(calls, r"^umount --lazy /opt/postal$") < \
-        index(calls, r"^mount /opt/postal$") < index(calls, r"^restorecon -R /opt/postal$") < \
-        index(calls, r"^systemctl start docker$")
+    assert (
+        index(calls, r"^systemctl stop docker$")
+        < index(calls, r"^umount --lazy /opt/postal$")
+        < index(calls, r"^mount /opt/postal$")
+        < index(calls, r"^restorecon -R /opt/postal$")
+        < index(calls, r"^systemctl start docker$")
+    )
     assert f"UUID={RESTORED_UUID} /opt/postal xfs defaults,nofail 0 2" in fresh.file("/etc/fstab").read_text()
     assert fakehost.DISK_UUID not in fresh.file("/etc/fstab").read_text()
     state = fresh.state()
@@ -705,8 +823,9 @@ def test_a_lower_postal_version_is_refused(fresh, registered):
     start = len(fresh.calls())
     result = fresh.run(registered["base"]["postal"])
     assert result.returncode != 0
-    assert "postalVersion 3.3.6 is lower than 3.3.7, which the data disk was initialised or upgraded with" \
-        in result.stderr
+    assert (
+        "postalVersion 3.3.6 is lower than 3.3.7, which the data disk was initialised or upgraded with" in result.stderr
+    )
     assert fresh.changes(start) == []
 
 
@@ -765,8 +884,10 @@ def test_provision_waits_for_dns_until_every_domain_checks_ok(tmp_path, provisio
 def test_provision_reports_a_domain_whose_dns_never_passes_without_failing(tmp_path, provision_spec):
     postal = FakePostal(tmp_path)
     out = postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": -1}', PG_DNS_WAIT_SECONDS="0")
-    assert "WARNING dns-pending rdo-studio.net: No SPF record exists for this domain; No TXT records were " \
+    assert (
+        "WARNING dns-pending rdo-studio.net: No SPF record exists for this domain; No TXT records were "
         "returned for postal-" in out
+    )
     assert "dns-pending rdo-dev.com" not in out and "[postal-gateway:provision] done" in out
     assert postal.records("Domain")["rdo-studio.net"]["dkim_status"] == "Missing"
 
@@ -786,17 +907,22 @@ def test_a_new_admin_email_renames_the_stacks_admin(tmp_path, provision_spec):
 def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_path, provision_spec):
     postal = FakePostal(tmp_path)
     postal.run(provision_spec)
-    made = postal.ruby('-e User.create!(email_address: "platform@rdo-dev.com", first_name: "P", last_name: "O", '
-                       'password: "someone-elses", admin: false)')
+    made = postal.ruby(
+        '-e User.create!(email_address: "platform@rdo-dev.com", first_name: "P", last_name: "O", '
+        'password: "someone-elses", admin: false)'
+    )
     assert made.returncode == 0, made.stderr
     changed = json.loads(json.dumps(provision_spec))
     changed["admin"]["email"] = "platform@rdo-dev.com"
     out = postal.run(changed)
     assert "previous admin ops@rdo-dev.com: admin rights and password removed" in out
     password = provision_spec["admin"]["password"]
-    check = postal.ruby(f'-e u = User.find_by(email_address: "ops@rdo-dev.com"); n = User.find_by(email_address: '
-                        f'"platform@rdo-dev.com"); p = $stdin.read; print [u.admin?, !!u.authenticate(p), n.admin?, '
-                        f'!!n.authenticate(p)].inspect', password)
+    check = postal.ruby(
+        '-e u = User.find_by(email_address: "ops@rdo-dev.com"); n = User.find_by(email_address: '
+        '"platform@rdo-dev.com"); p = $stdin.read; print [u.admin?, !!u.authenticate(p), n.admin?, '
+        "!!n.authenticate(p)].inspect",
+        password,
+    )
     assert check.stdout == "[false, false, true, true]"
     assert postal.records("Organization")["postal-gateway"]["owner"] == "platform@rdo-dev.com"
 
@@ -804,8 +930,10 @@ def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_p
 def test_a_soft_deleted_organization_and_server_are_restored(tmp_path, provision_spec):
     postal = FakePostal(tmp_path)
     postal.run(provision_spec)
-    deleted = postal.ruby('-e o = Organization.find_by(permalink: "postal-gateway"); o.attributes[:deleted_at] = '
-                          'Time.now; o.servers.find_by(permalink: "gateway").attributes[:deleted_at] = Time.now')
+    deleted = postal.ruby(
+        '-e o = Organization.find_by(permalink: "postal-gateway"); o.attributes[:deleted_at] = '
+        'Time.now; o.servers.find_by(permalink: "gateway").attributes[:deleted_at] = Time.now'
+    )
     assert deleted.returncode == 0, deleted.stderr
     out = postal.run(provision_spec)
     assert "restored the deleted organization postal-gateway" in out
@@ -815,10 +943,13 @@ def test_a_soft_deleted_organization_and_server_are_restored(tmp_path, provision
     assert not any(w.startswith("create ") for w in postal.writes())
 
 
-@pytest.mark.parametrize("fault,shown", [
-    ({"FAKE_POSTAL_FAIL": "Domain#update!"}, "ERROR: ActiveRecord::StatementInvalid (its message is withheld"),
-    ({}, "ERROR: ActiveRecord::RecordInvalid: Mode is not included in the list"),
-])
+@pytest.mark.parametrize(
+    "fault,shown",
+    [
+        ({"FAKE_POSTAL_FAIL": "Domain#update!"}, "ERROR: ActiveRecord::StatementInvalid (its message is withheld"),
+        ({}, "ERROR: ActiveRecord::RecordInvalid: Mode is not included in the list"),
+    ],
+)
 def test_provision_errors_show_the_class_never_sql_or_keys(tmp_path, provision_spec, fault, shown):
     spec = json.loads(json.dumps(provision_spec))
     if not fault:
@@ -826,12 +957,15 @@ def test_provision_errors_show_the_class_never_sql_or_keys(tmp_path, provision_s
     err = FakePostal(tmp_path).run(spec, ok=False, **fault)
     assert shown in err
     assert "UPDATE" not in err and "Traceback" not in err and ".rb:" not in err
-    for value in secret_values({"provision": ("", f"provision_json {base64.b64encode(json.dumps(spec).encode()).decode()}")}):
+    for value in secret_values(
+        {"provision": ("", f"provision_json {base64.b64encode(json.dumps(spec).encode()).decode()}")}
+    ):
         for line in value.splitlines():
             assert len(line) <= 8 or line not in err
 
 
 # --- the bootstrap log on the VM ---
+
 
 def test_every_steps_output_is_kept_in_a_root_only_bootstrap_log(fresh, registered):
     log = fresh.file("/opt/postal/log/bootstrap.log")
@@ -850,7 +984,7 @@ def test_every_steps_output_is_kept_in_a_root_only_bootstrap_log(fresh, register
 def test_a_line_holding_a_secret_is_withheld_from_the_bootstrap_log(fresh, registered):
     create, stdin = registered["base"]["database"]
     password = decode(stdin)["db_password"]
-    leaky = create.replace("pg_need db_password", "pg_need db_password; cat \"$PG_PAYLOAD/db_password\"; echo", 1)
+    leaky = create.replace("pg_need db_password", 'pg_need db_password; cat "$PG_PAYLOAD/db_password"; echo', 1)
     assert leaky != create
     result = fresh.run((leaky, stdin))
     assert result.returncode == 0 and password in result.stdout
@@ -880,12 +1014,14 @@ def test_the_restore_drill_unmounted_disk_comes_back_without_a_reboot(fresh, reg
 
 # --- lib.sh: no action is ever masked ---
 
+
 def test_no_script_masks_a_command_with_or_true():
     for path in SCRIPTS.glob("*.sh"):
         for number, line in enumerate(path.read_text().splitlines(), 1):
             assert not re.search(r"\|\|\s*true\b", line), f"{path.name}:{number}: {line.strip()}"
-            assert not re.search(r"\b(pg_install|pg_install_text|pg_mark_applied|pg_dir|pg_container)\b.*(\|\||&&)",
-                                 line) or line.lstrip().startswith("#"), f"{path.name}:{number}: {line.strip()}"
+            assert not re.search(
+                r"\b(pg_install|pg_install_text|pg_mark_applied|pg_dir|pg_container)\b.*(\|\||&&)", line
+            ) or line.lstrip().startswith("#"), f"{path.name}:{number}: {line.strip()}"
 
 
 @pytest.mark.parametrize("broken", ["cat", "chmod", "chown", "mv"])
@@ -899,9 +1035,13 @@ def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
         echo "not reached"
         """)
     (tmp_path / "tmp").mkdir()
-    result = subprocess.run(["bash", "-c", script, "lib"], capture_output=True, text=True, timeout=30,
-                            env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"),
-                                 "PG_STEP": "lib"})
+    result = subprocess.run(
+        ["bash", "-c", script, "lib"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"), "PG_STEP": "lib"},
+    )
     assert result.returncode != 0 and "not reached" not in result.stdout
     assert f"{broken}: No space left on device" in result.stderr and "[postal-gateway:lib] ERROR" in result.stderr
     assert not (tmp_path / "var/lib/postal-gateway/example.applied").exists()

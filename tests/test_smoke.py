@@ -16,10 +16,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import pytest
-
 from fake_postal_smtp import FakePostalSMTP
 from fake_relay import FakeRelay, closed_port
 from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, record_postal, render_doc
+
 from scripts import smoke_test
 
 KEY = "k3y-0f-the-stack"
@@ -45,12 +45,16 @@ class Resolver:
         self.add("example.com", "TXT", "google-site-verification=abc")
 
     def add(self, name, rdtype, content):
-        text = " ".join(f'"{content[i:i + 255]}"' for i in range(0, len(content), 255)) if rdtype == "TXT" \
+        text = (
+            " ".join(f'"{content[i : i + 255]}"' for i in range(0, len(content), 255))
+            if rdtype == "TXT"
             else content + ("." if rdtype in ("MX", "CNAME") and not content.endswith(".") else "")
+        )
         if rdtype == "MX":
             text = "10 " + text
         self.table.setdefault((name, rdtype), []).append(
-            dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text))
+            dns.rdata.from_text(dns.rdataclass.IN, dns.rdatatype.from_text(rdtype), text)
+        )
 
     def resolve(self, name, rdtype):
         value = self.table.get((name, rdtype))
@@ -85,27 +89,54 @@ class Postal(BaseHTTPRequestHandler):
             return self.reply(403, "Blocked host", "text/plain")
         key = self.headers.get("X-Server-API-Key", "")  # LegacyAPI::BaseController#authenticate_as_server
         if not key.strip():
-            return self.reply(200, {"status": "error", "data": {"code": "AccessDenied",
-                                                               "message": "Must be authenticated as a server."}})
+            return self.reply(
+                200,
+                {"status": "error", "data": {"code": "AccessDenied", "message": "Must be authenticated as a server."}},
+            )
         if key != KEY:
-            return self.reply(200, {"status": "error", "data": {
-                "code": "InvalidServerAPIKey", "token": key,
-                "message": "The API token provided in X-Server-API-Key was not valid."}})
+            return self.reply(
+                200,
+                {
+                    "status": "error",
+                    "data": {
+                        "code": "InvalidServerAPIKey",
+                        "token": key,
+                        "message": "The API token provided in X-Server-API-Key was not valid.",
+                    },
+                },
+            )
         if self.path == "/api/v1/send/message":
             srv.sent.append(body)
             if not body["from"].endswith("@example.com"):
-                return self.reply(200, {"status": "error", "data": {
-                    "code": "UnauthenticatedFromAddress",
-                    "message": "The From address is not authorised to send mail from this server"}})
+                return self.reply(
+                    200,
+                    {
+                        "status": "error",
+                        "data": {
+                            "code": "UnauthenticatedFromAddress",
+                            "message": "The From address is not authorised to send mail from this server",
+                        },
+                    },
+                )
             # keyed by the bare address: Postal::Helpers.strip_name_from_address (lib/postal/helpers.rb)
             bare = re.sub(r"\(.+?\)", "", re.sub(r">.*", "", re.sub(r".*<", "", body["to"][0]))).strip()
-            return self.reply(200, {"status": "success", "data": {
-                "message_id": "abc@rp.postal.example.com", "messages": {bare: {"id": 42, "token": "t"}}}})
+            return self.reply(
+                200,
+                {
+                    "status": "success",
+                    "data": {"message_id": "abc@rp.postal.example.com", "messages": {bare: {"id": 42, "token": "t"}}},
+                },
+            )
         if self.path == "/api/v1/messages/deliveries" and body == {"id": 42}:
             deliveries = srv.deliveries.pop(0) if len(srv.deliveries) > 1 else srv.deliveries[0]
             if isinstance(deliveries, dict):
-                return self.reply(200, {"status": "error", "data": {"code": deliveries["error"],
-                                                                   "message": "No message found matching provided ID"}})
+                return self.reply(
+                    200,
+                    {
+                        "status": "error",
+                        "data": {"code": deliveries["error"], "message": "No message found matching provided ID"},
+                    },
+                )
             return self.reply(200, {"status": "success", "data": deliveries})
         self.reply(404, "not found", "text/plain")
 
@@ -114,15 +145,35 @@ def delivery(status, output, details=""):
     return [{"id": 1, "status": status, "details": details, "output": output, "sent_with_ssl": True}]
 
 
-SENT = delivery("Sent", "250 2.0.0 OK 1700000000 abc - gsmtp",
-                "Message for ops@example.com accepted by smtp-relay.gmail.com:587")
+SENT = delivery(
+    "Sent", "250 2.0.0 OK 1700000000 abc - gsmtp", "Message for ops@example.com accepted by smtp-relay.gmail.com:587"
+)
 
 
 def make_cert(tmp, days):
     cert, key = tmp / f"cert{days}.pem", tmp / f"key{days}.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", str(days), "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            str(days),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
     return cert, key
 
 
@@ -169,11 +220,20 @@ def postal_smtp(certs):
 
 
 def outputs(port, **changes):
-    base = {"publicIp": "203.0.113.10", "hostname": "postal.example.com", "webUrl": f"https://localhost:{port}",
-            "apiUrl": f"https://localhost:{port}/api/v1/send/message", "apiKey": KEY,
-            "sendingDomains": ["example.com"], "adminEmail": "ops@example.com", "dnsRecords": RECORDS,
-            "smtpHost": "localhost", "smtpPort": SMTP["port"], "smtpUsername": "postal-gateway/gateway",
-            "smtpPassword": SMTP_KEY}
+    base = {
+        "publicIp": "203.0.113.10",
+        "hostname": "postal.example.com",
+        "webUrl": f"https://localhost:{port}",
+        "apiUrl": f"https://localhost:{port}/api/v1/send/message",
+        "apiKey": KEY,
+        "sendingDomains": ["example.com"],
+        "adminEmail": "ops@example.com",
+        "dnsRecords": RECORDS,
+        "smtpHost": "localhost",
+        "smtpPort": SMTP["port"],
+        "smtpUsername": "postal-gateway/gateway",
+        "smtpPassword": SMTP_KEY,
+    }
     return {**base, **changes}
 
 
@@ -215,25 +275,34 @@ def test_a_healthy_gateway_passes_and_exits_0(tmp_path, capsys, postal, certs):
     assert sent["to"] == ["ops@example.com"] and sent["from"] == "smoke-test@example.com"
 
 
-def test_smtp_intake_offers_starttls_and_takes_the_stacks_credential_by_cram_md5(tmp_path, capsys, postal, certs,
-                                                                                  postal_smtp):
+def test_smtp_intake_offers_starttls_and_takes_the_stacks_credential_by_cram_md5(
+    tmp_path, capsys, postal, certs, postal_smtp
+):
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs)
     assert code == 0, out
-    assert (f"PASS  smtp      localhost:{postal_smtp.port} STARTTLS, certificate valid for localhost, expires in 8"
-            in out or "expires in 9" in out) and "AUTH CRAM-MD5 as postal-gateway/gateway accepted (235)" in out
+    assert (
+        f"PASS  smtp      localhost:{postal_smtp.port} STARTTLS, certificate valid for localhost, expires in 8" in out
+        or "expires in 9" in out
+    ) and "AUTH CRAM-MD5 as postal-gateway/gateway accepted (235)" in out
     commands = postal_smtp.commands[postal_smtp.port]
     assert [c.split()[0].upper() for c in commands[:4]] == ["EHLO", "STARTTLS", "EHLO", "AUTH"]
 
 
-@pytest.mark.parametrize("changes,line,fix", [
-    ({"smtpUsername": "postal-gateway"}, "AUTH CRAM-MD5 as 'postal-gateway' refused: 535 Denied",
-     "smtpUsername must be <organization>/<server>"),  # the username before <org>/<server>: no server found
-    ({"smtpPassword": "not-the-key"}, "refused: 535 Denied", "rerun the provision step"),
-    ({"smtpPort": 1}, "localhost:1: ", "smtpSourceRanges"),
-])
+@pytest.mark.parametrize(
+    "changes,line,fix",
+    [
+        (
+            {"smtpUsername": "postal-gateway"},
+            "AUTH CRAM-MD5 as 'postal-gateway' refused: 535 Denied",
+            "smtpUsername must be <organization>/<server>",
+        ),  # the username before <org>/<server>: no server found
+        ({"smtpPassword": "not-the-key"}, "refused: 535 Denied", "rerun the provision step"),
+        ({"smtpPort": 1}, "localhost:1: ", "smtpSourceRanges"),
+    ],
+)
 def test_every_smtp_failure_prints_its_fix(tmp_path, capsys, postal, certs, changes, line, fix):
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, **changes)
-    (fail, fix_line), = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
+    ((fail, fix_line),) = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
     assert code == 1 and line in fail and fix in fix_line
     assert "PASS  delivery" in out  # the other checks still ran
 
@@ -247,14 +316,15 @@ def test_smtp_without_starttls_or_with_a_certificate_for_another_name(tmp_path, 
     bundle.write_bytes(certs["good"][0].read_bytes() + other.trusted_ca.cert_pem.bytes())
     try:
         _, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, smtpPort=plain.port)
-        _, out2, _ = smoke(tmp_path, capsys, postal.server_port, certs, smtpPort=other.port,
-                           extra=("--ca-bundle", str(bundle)))
+        _, out2, _ = smoke(
+            tmp_path, capsys, postal.server_port, certs, smtpPort=other.port, extra=("--ca-bundle", str(bundle))
+        )
     finally:
         plain.close()
         other.close()
-    (fail, fix), = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
+    ((fail, fix),) = [f for f in failures(out) if f[0].startswith("FAIL  smtp")]
     assert "offers no STARTTLS" in fail and "smtp_server.tls_enabled" in fix
-    (fail, fix), = [f for f in failures(out2) if f[0].startswith("FAIL  smtp")]
+    ((fail, fix),) = [f for f in failures(out2) if f[0].startswith("FAIL  smtp")]
     assert "certificate not valid for localhost (Hostname mismatch" in fail and "web certificate" in fix
 
 
@@ -264,7 +334,9 @@ def test_skip_smtp_for_a_machine_outside_smtp_source_ranges(tmp_path, capsys, po
 
 
 def test_a_recipient_with_a_display_name(tmp_path, capsys, postal, certs):
-    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, extra=("--recipient", "Ops Team <ops@example.com>"))
+    code, out, _ = smoke(
+        tmp_path, capsys, postal.server_port, certs, extra=("--recipient", "Ops Team <ops@example.com>")
+    )
     assert code == 0 and "PASS  send      accepted as message 42" in out, out
     assert postal.sent[0]["to"] == ["Ops Team <ops@example.com>"]
 
@@ -274,23 +346,48 @@ def mutate(resolver, name, rdtype, value):
     return resolver
 
 
-@pytest.mark.parametrize("setup,line,fix", [
-    (lambda r: mutate(r, "psrp.example.com", "CNAME", []), "CNAME psrp.example.com: missing", "run pulumi up"),
-    (lambda r: mutate(r, "postal.example.com", "A", Resolver([{"name": "x", "type": "A",
-                                                               "content": "198.51.100.1"}]).table[("x", "A")]),
-     "A postal.example.com: '198.51.100.1', want '203.0.113.10'", "remove it and run pulumi up"),
-    (lambda r: (r.add("postal-ABCDEF._domainkey.example.com", "TXT", "v=DKIM1; p=old"), r)[1],
-     "2 TXT records, Postal needs exactly one", "delete the extra TXT records"),
-    (lambda r: mutate(r, "rp.postal.example.com", "MX", "timeout"), "lookup failed (Timeout)", "--nameserver"),
-    (lambda r: mutate(r, "spf.postal.example.com", "TXT", Resolver([{"name": "x", "type": "TXT",
-                                                                     "content": "v=spf1 ip4:203.0.113.10 ~all"}]
-                                                                   ).table[("x", "TXT")]),
-     "SPF never includes _spf.google.com", "add include:spf.postal.example.com"),
-    (lambda r: (r.add("example.com", "TXT", "v=spf1 -all"), r)[1], "example.com has 2 SPF records",
-     "publish exactly one v=spf1 record"),
-    (lambda r: mutate(r, "spf.postal.example.com", "TXT", "timeout"),
-     "example.com: lookup of spf.postal.example.com failed (Timeout)", "--nameserver"),
-])
+@pytest.mark.parametrize(
+    "setup,line,fix",
+    [
+        (lambda r: mutate(r, "psrp.example.com", "CNAME", []), "CNAME psrp.example.com: missing", "run pulumi up"),
+        (
+            lambda r: mutate(
+                r,
+                "postal.example.com",
+                "A",
+                Resolver([{"name": "x", "type": "A", "content": "198.51.100.1"}]).table[("x", "A")],
+            ),
+            "A postal.example.com: '198.51.100.1', want '203.0.113.10'",
+            "remove it and run pulumi up",
+        ),
+        (
+            lambda r: (r.add("postal-ABCDEF._domainkey.example.com", "TXT", "v=DKIM1; p=old"), r)[1],
+            "2 TXT records, Postal needs exactly one",
+            "delete the extra TXT records",
+        ),
+        (lambda r: mutate(r, "rp.postal.example.com", "MX", "timeout"), "lookup failed (Timeout)", "--nameserver"),
+        (
+            lambda r: mutate(
+                r,
+                "spf.postal.example.com",
+                "TXT",
+                Resolver([{"name": "x", "type": "TXT", "content": "v=spf1 ip4:203.0.113.10 ~all"}]).table[("x", "TXT")],
+            ),
+            "SPF never includes _spf.google.com",
+            "add include:spf.postal.example.com",
+        ),
+        (
+            lambda r: (r.add("example.com", "TXT", "v=spf1 -all"), r)[1],
+            "example.com has 2 SPF records",
+            "publish exactly one v=spf1 record",
+        ),
+        (
+            lambda r: mutate(r, "spf.postal.example.com", "TXT", "timeout"),
+            "example.com: lookup of spf.postal.example.com failed (Timeout)",
+            "--nameserver",
+        ),
+    ],
+)
 def test_every_dns_failure_prints_its_fix(tmp_path, capsys, postal, certs, setup, line, fix):
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, resolver=setup(Resolver()))
     assert code == 1
@@ -314,8 +411,9 @@ def test_insecure_skips_verification_only(tmp_path, capsys, postal, certs):
 def test_expiring_certificate(tmp_path, capsys, certs):
     server = serve(*certs["expiring"])
     try:
-        code, out, _ = smoke(tmp_path, capsys, server.server_port, certs,
-                             extra=("--ca-bundle", str(certs["expiring"][0])))
+        code, out, _ = smoke(
+            tmp_path, capsys, server.server_port, certs, extra=("--ca-bundle", str(certs["expiring"][0]))
+        )
     finally:
         server.shutdown()
     assert code == 1 and "certificate expires in 3 days" in failures(out)[0][0]
@@ -332,17 +430,23 @@ def test_unreachable_web(tmp_path, capsys, certs):
 def test_postal_down_behind_caddy(tmp_path, capsys, postal, certs):
     postal.login_status = 502
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs)
-    (fail, fix), = failures(out)
+    ((fail, fix),) = failures(out)
     assert code == 1 and "/login answered 502" in fail and "postal logs web" in fix
 
 
-@pytest.mark.parametrize("changes,code_text,fix", [
-    ({"apiKey": "wrong"}, "InvalidServerAPIKey", "rerun the provision step"),
-    ({"apiKey": " "}, "AccessDenied: Must be authenticated as a server.",
-     "X-Server-API-Key header was missing or blank"),
-    ({"sendingDomains": ["elsewhere.org"]}, "UnauthenticatedFromAddress", "send from one of sendingDomains"),
-    ({"blocked": True}, "HTTP 403: Blocked host", "postal logs web"),
-])
+@pytest.mark.parametrize(
+    "changes,code_text,fix",
+    [
+        ({"apiKey": "wrong"}, "InvalidServerAPIKey", "rerun the provision step"),
+        (
+            {"apiKey": " "},
+            "AccessDenied: Must be authenticated as a server.",
+            "X-Server-API-Key header was missing or blank",
+        ),
+        ({"sendingDomains": ["elsewhere.org"]}, "UnauthenticatedFromAddress", "send from one of sendingDomains"),
+        ({"blocked": True}, "HTTP 403: Blocked host", "postal logs web"),
+    ],
+)
 def test_every_send_failure_prints_its_fix(tmp_path, capsys, postal, certs, changes, code_text, fix):
     postal.blocked = changes.pop("blocked", False)
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, resolver=Resolver(), **changes)
@@ -368,10 +472,13 @@ def test_the_recorded_texts_are_what_postal_stores(recorded):
         assert len(recorded[sid]["output"] or "") <= 250 and len(recorded[sid]["details"]) <= 250
     # Postal's Net::SMTP patch keeps the whole multi-line reply (then cut to 250 characters)
     assert recorded["invalid-credentials"]["output"].startswith(
-        "550-5.7.1 Invalid credentials for relay [203.0.113.10]. The IP address you've\n550-5.7.1 registered")
+        "550-5.7.1 Invalid credentials for relay [203.0.113.10]. The IP address you've\n550-5.7.1 registered"
+    )
     connect = [sid for sid, d in recorded.items() if d["details"].startswith("No SMTP servers were available")]
-    assert all(recorded[sid]["details"] == "No SMTP servers were available for example.com. Tried "
-               "smtp-relay.gmail.com." for sid in connect)
+    assert all(
+        recorded[sid]["details"] == "No SMTP servers were available for example.com. Tried smtp-relay.gmail.com."
+        for sid in connect
+    )
     assert recorded["connect-timeout"]["output"] == "execution expired"
     assert "certificate verify failed" in recorded["untrusted-certificate"]["output"]
     assert recorded["reset-during-handshake"]["output"] == "Connection reset by peer - SSL_connect"
@@ -379,19 +486,32 @@ def test_the_recorded_texts_are_what_postal_stores(recorded):
     assert "421" not in recorded["ehlo-throttled"]["output"]
 
 
-CASES = {**{sid: (s["diagnosis"], None) for sid, s in SCENARIOS.items() if "diagnosis" in s},
-         **{sid: (s["diagnosis"], s["delivery"]) for sid, s in POSTAL_ONLY.items()}}
+CASES = {
+    **{sid: (s["diagnosis"], None) for sid, s in SCENARIOS.items() if "diagnosis" in s},
+    **{sid: (s["diagnosis"], s["delivery"]) for sid, s in POSTAL_ONLY.items()},
+}
 
 
 def poll(deliveries, timeout=300.0):
     """SmokeTest.wait_for_delivery over a scripted deliveries API and a fake clock: (output, polls, seconds)."""
     now, polls, out = [0.0], [], io.StringIO()
-    smoke = smoke_test.SmokeTest(outputs(0), recipient="ops@example.com", sender="smoke-test@example.com",
-                                 timeout=timeout, poll=5, verify=True, resolver=None, out=out,
-                                 progress=io.StringIO(), clock=lambda: now[0],
-                                 sleep=lambda seconds: now.__setitem__(0, now[0] + seconds))
-    smoke.api = lambda path, body: (polls.append(body), {"status": "success",
-                                                        "data": deliveries[min(len(polls), len(deliveries)) - 1]})[1]
+    smoke = smoke_test.SmokeTest(
+        outputs(0),
+        recipient="ops@example.com",
+        sender="smoke-test@example.com",
+        timeout=timeout,
+        poll=5,
+        verify=True,
+        resolver=None,
+        out=out,
+        progress=io.StringIO(),
+        clock=lambda: now[0],
+        sleep=lambda seconds: now.__setitem__(0, now[0] + seconds),
+    )
+    smoke.api = lambda path, body: (
+        polls.append(body),
+        {"status": "success", "data": deliveries[min(len(polls), len(deliveries)) - 1]},
+    )[1]
     smoke.wait_for_delivery(42)
     return out.getvalue(), len(polls), now[0]
 
@@ -402,12 +522,12 @@ def test_every_delivery_postal_records_is_diagnosed_with_its_fix(recorded, sid):
     delivery = {"id": 1, "sent_with_ssl": True, "output": None, **(delivery or recorded[sid])}
     diagnosis = smoke_test.DIAGNOSES[key]
     out, polls, waited = poll([[], [delivery]])
-    (fail, fix_line), = failures(out)
+    ((fail, fix_line),) = failures(out)
     names = smoke_test.names_for(delivery, outputs(0))
     if diagnosis.stop or delivery["status"] != "SoftFail":
         assert fail.startswith(f"FAIL  delivery  {delivery['status']}: ") and polls == 2, fail  # stopped at once
     else:  # temporary: Postal's retry may still deliver it, so the test waits for it until --timeout
-        assert fail.startswith(f"FAIL  delivery  still SoftFail after 300s: ") and waited >= 300, fail
+        assert fail.startswith("FAIL  delivery  still SoftFail after 300s: ") and waited >= 300, fail
     assert diagnosis.headline.format(**names) in fail and diagnosis.fix.format(**names) in fix_line
     said = (delivery["output"] or delivery["details"]).splitlines()[0]
     assert smoke_test.fold(said)[:60] in fail  # what Google or Postal said
@@ -417,7 +537,7 @@ def test_every_delivery_postal_records_is_diagnosed_with_its_fix(recorded, sid):
 
 def test_the_allowlist_fix_names_the_address_google_saw(recorded):
     out, _, _ = poll([[recorded["relay-denied-other-ip"]]])
-    (fail, fix), = failures(out)
+    ((fail, fix),) = failures(out)
     assert "mail relay denied [198.51.100.7]" in fail
     assert "add 198.51.100.7 (the address Google saw; publicIp is 203.0.113.10" in fix
     out, _, _ = poll([[recorded["invalid-credentials"]]])
@@ -437,14 +557,14 @@ def test_every_diagnosis_has_a_scenario():
 def test_an_api_error_while_polling_is_reported_not_waited_out(tmp_path, capsys, postal, certs):
     postal.deliveries = [{"error": "MessageNotFound"}]
     code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs)
-    (fail, fix), = failures(out)
+    ((fail, fix),) = failures(out)
     assert code == 1 and "cannot read the deliveries: MessageNotFound" in fail and "postal logs web" in fix
 
 
 def test_a_message_that_never_leaves_times_out(tmp_path, capsys, postal, certs):
     postal.deliveries = [delivery("SoftFail", "451 4.3.0 Temporary server error")]
     code, out, err = smoke(tmp_path, capsys, postal.server_port, certs, extra=("--timeout", "0.3"))
-    (fail, fix), = failures(out)
+    ((fail, fix),) = failures(out)
     assert code == 1 and "still SoftFail after 0s: the relay deferred the message" in fail
     assert "Postal will retry; Postal recorded: " in fail and "the relay said: 451 4.3.0 Temporary server error" in fail
     assert "Postal retries" in fix
@@ -475,12 +595,16 @@ def test_the_smtplib_example_in_docs_sends_over_starttls_with_the_stack_credenti
     doc = (DOC.parent / "sending.md").read_text()
     code = re.search(r"```python\n(.*?)```", doc, re.S).group(1)
     monkeypatch.setenv("SSL_CERT_FILE", str(certs["good"][0]))  # ssl.create_default_context() trusts it
-    for name, value in {"SMTP_HOST": "localhost", "SMTP_PORT": str(postal_smtp.port),
-                        "SMTP_USERNAME": "postal-gateway/gateway", "SMTP_PASSWORD": SMTP_KEY}.items():
+    for name, value in {
+        "SMTP_HOST": "localhost",
+        "SMTP_PORT": str(postal_smtp.port),
+        "SMTP_USERNAME": "postal-gateway/gateway",
+        "SMTP_PASSWORD": SMTP_KEY,
+    }.items():
         monkeypatch.setenv(name, value)
     before, seen = len(postal_smtp.received), len(postal_smtp.commands[postal_smtp.port])
     exec(compile(code, "docs/sending.md", "exec"), {})
-    (mail_from, rcpt_to, data), = postal_smtp.received[before:]
+    ((mail_from, rcpt_to, data),) = postal_smtp.received[before:]
     assert (mail_from, rcpt_to) == ("<noreply@rdo-dev.com>", ["<artist@example.com>"])
     assert "Subject: Render complete: shot 001" in data
     commands = [c.split()[0].upper() for c in postal_smtp.commands[postal_smtp.port][seen:]]

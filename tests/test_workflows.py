@@ -5,10 +5,9 @@ import re
 import subprocess
 from pathlib import Path
 
+import program
 import pytest
 import yaml
-
-import program
 
 WORKFLOWS = program.ROOT / ".github" / "workflows"
 PREVIEW, DEPLOY = WORKFLOWS / "preview.yml", WORKFLOWS / "deploy.yml"
@@ -16,8 +15,12 @@ REQUIREMENTS = {"requirements.txt", "requirements-dev.txt", "policy/requirements
 
 
 def check_jsonschema(*paths):
-    return subprocess.run([program.tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows",
-                           *map(str, paths)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [program.tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def load(path):
@@ -50,8 +53,13 @@ DEPLOY_ONLY = {"vars.GCP_WORKLOAD_IDENTITY_PROVIDER", "vars.GCP_SERVICE_ACCOUNT"
 
 def actionlint(*paths):
     env = {**os.environ, "PATH": f"{Path(program.tool('shellcheck')).parent}:{os.environ['PATH']}"}
-    return subprocess.run([program.tool("actionlint"), "-no-color", *map(str, paths)], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [program.tool("actionlint"), "-no-color", *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def references(doc) -> set[str]:
@@ -64,10 +72,13 @@ def test_workflows_match_the_github_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("old, new, error", [
-    ("  pull_request:\n", "  pull_requestt:\n", "pull_requestt"),
-    ("runs-on: ubuntu-latest", "runs-on: 5", "runs-on"),
-])
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        ("  pull_request:\n", "  pull_requestt:\n", "pull_requestt"),
+        ("runs-on: ubuntu-latest", "runs-on: 5", "runs-on"),
+    ],
+)
 def test_a_broken_workflow_is_rejected(tmp_path, old, new, error):
     broken = tmp_path / "broken.yml"
     broken.write_text(PREVIEW.read_text().replace(old, new, 1))
@@ -82,7 +93,9 @@ def test_workflows_pass_actionlint():
 
 def test_actionlint_flags_an_action_on_node20(tmp_path):
     old = tmp_path / "old.yml"
-    old.write_text(PREVIEW.read_text().replace(f"actions/checkout@{PINS['actions/checkout'][0]}", "actions/checkout@v4", 1))
+    old.write_text(
+        PREVIEW.read_text().replace(f"actions/checkout@{PINS['actions/checkout'][0]}", "actions/checkout@v4", 1)
+    )
     result = actionlint(old)
     assert result.returncode == 1 and 'runtime "node20" is deprecated' in result.stdout, result.stdout
 
@@ -105,14 +118,16 @@ def test_preview_previews_every_stack_with_its_own_read_only_identity():
     assert step["with"]["comment-on-pr"] is True and job["permissions"]["pull-requests"] == "write"
     assert job["environment"] == "preview" and "test" in job["needs"]
     auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
-    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_PREVIEW_WORKLOAD_IDENTITY_PROVIDER }}",
-                            "service_account": "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}"}
+    assert auth["with"] == {
+        "workload_identity_provider": "${{ vars.GCP_PREVIEW_WORKLOAD_IDENTITY_PROVIDER }}",
+        "service_account": "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}",
+    }
     assert step["env"]["CLOUDFLARE_API_TOKEN"] == "${{ secrets.CLOUDFLARE_API_TOKEN_READONLY }}"
 
 
 def test_the_preview_job_cannot_reach_the_deploy_identity_or_deploy_secrets():
     preview, deploy = load(PREVIEW), load(DEPLOY)
-    assert DEPLOY_ONLY <= references(deploy["jobs"]["deploy"])
+    assert references(deploy["jobs"]["deploy"]) >= DEPLOY_ONLY
     assert references(preview) & DEPLOY_ONLY == set()
     # Secrets live in environments: a job outside `production` (or off main) cannot read the deploy ones,
     # whatever a pull request writes into preview.yml; and the deploy identity's Workload Identity
@@ -146,10 +161,12 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
     assert job["environment"] == "production" and "test" in job["needs"]
     assert job["if"] == "github.ref == 'refs/heads/main'"  # a dispatch from another branch deploys nothing
     auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
-    assert auth["with"] == {"workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
-                            "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}"}
+    assert auth["with"] == {
+        "workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
+        "service_account": "${{ vars.GCP_SERVICE_ACCOUNT }}",
+    }
     runs = [s for s in job["steps"] if "run" in s]
-    after = runs[runs.index(next(s for s in runs if "pulumi stack output" in s["run"])):]
+    after = runs[runs.index(next(s for s in runs if "pulumi stack output" in s["run"])) :]
     assert "--json" in after[0]["run"] and "--show-secrets" not in after[0]["run"]
     smoke = after[1]
     assert smoke["if"] == "vars.SMOKE_TEST_RECIPIENT != ''" and smoke["continue-on-error"] is False
@@ -202,7 +219,7 @@ def test_the_stack_file_is_checked_before_pulumi_runs(path):
         assert check["run"] == ".ci/check-stack prod"  # prod is never optional
     else:
         assert "--optional" in check["run"] and "matrix.stack != 'prod'" in check["run"]
-        gated = [s for s in job["steps"][job["steps"].index(check) + 1:]]
+        gated = [s for s in job["steps"][job["steps"].index(check) + 1 :]]
         assert all(s.get("if") == "steps.stack.outputs.present == 'true'" for s in gated)
 
 
@@ -215,20 +232,32 @@ def stack_dir(tmp_path):
 
 def check_stack(root, *args, backend="gs://state"):
     out = root / "github_output"
-    result = subprocess.run(["bash", str(root / ".ci/check-stack"), *args], capture_output=True, text=True,
-                            env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), "PULUMI_BACKEND_URL": backend})
+    result = subprocess.run(
+        ["bash", str(root / ".ci/check-stack"), *args],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "GITHUB_OUTPUT": str(out), "PULUMI_BACKEND_URL": backend},
+    )
     return result, out.read_text() if out.exists() else ""
 
 
-@pytest.mark.parametrize("content, args, backend, code, says", [
-    (None, ["staging", "--optional"], "gs://state", 0, "present=false"),
-    (None, ["prod"], "gs://state", 1, "Pulumi.prod.yaml is missing. Fix: pulumi stack init prod"),
-    ("config: {}\n", ["prod"], "gs://state", 1, "has no encryptionsalt or secretsprovider"),
-    ("config: {}\n", ["prod"], "", 0, "present=true"),  # Pulumi Cloud keeps the secrets provider
-    ("encryptionsalt: v1:abc=:v1:def:ghi==\nconfig: {}\n", ["prod"], "gs://state", 0, "present=true"),
-    ("secretsprovider: gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k\n", ["prod"], "gs://s", 0,
-     "present=true"),
-])
+@pytest.mark.parametrize(
+    "content, args, backend, code, says",
+    [
+        (None, ["staging", "--optional"], "gs://state", 0, "present=false"),
+        (None, ["prod"], "gs://state", 1, "Pulumi.prod.yaml is missing. Fix: pulumi stack init prod"),
+        ("config: {}\n", ["prod"], "gs://state", 1, "has no encryptionsalt or secretsprovider"),
+        ("config: {}\n", ["prod"], "", 0, "present=true"),  # Pulumi Cloud keeps the secrets provider
+        ("encryptionsalt: v1:abc=:v1:def:ghi==\nconfig: {}\n", ["prod"], "gs://state", 0, "present=true"),
+        (
+            "secretsprovider: gcpkms://projects/p/locations/l/keyRings/r/cryptoKeys/k\n",
+            ["prod"],
+            "gs://s",
+            0,
+            "present=true",
+        ),
+    ],
+)
 def test_check_stack_fails_with_the_fix(stack_dir, content, args, backend, code, says):
     if content is not None:
         (stack_dir / f"Pulumi.{args[0]}.yaml").write_text(content)

@@ -15,9 +15,14 @@ api_key = gateway.require_output("apiKey")  # secret in the gateway, so secret h
 sender = cfg.get("fromAddress") or gateway.require_output("sendingDomains").apply(lambda d: f"noreply@{d[0]}")
 
 # One secret dict: the key never appears in clear in this stack's state or in `pulumi stack output`.
-pulumi.export("mailEnv", pulumi.Output.secret({
-    "POSTAL_API_URL": api_url,
-    "POSTAL_API_KEY": api_key,
-    "POSTAL_FROM": sender,
-}))
+pulumi.export(
+    "mailEnv",
+    pulumi.Output.secret(
+        {
+            "POSTAL_API_URL": api_url,
+            "POSTAL_API_KEY": api_key,
+            "POSTAL_FROM": sender,
+        }
+    ),
+)
 pulumi.export("allowlistCidr", public_ip.apply(lambda ip: f"{ip}/32"))

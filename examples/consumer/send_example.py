@@ -20,8 +20,13 @@ import requests
 
 def stack_outputs(stack: str, cwd: str | None) -> dict:
     """The gateway's outputs, secrets included (`pulumi stack output --json --show-secrets`)."""
-    result = subprocess.run(["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack],
-                            cwd=cwd, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["pulumi", "stack", "output", "--json", "--show-secrets", "--stack", stack],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(result.stdout)
 
 
@@ -43,8 +48,12 @@ def send(api_url: str, api_key: str, message: dict, timeout: float = 30) -> dict
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--to", action="append", required=True, help="recipient (repeatable)")
-    parser.add_argument("--from", dest="sender", help="From address; its domain must be a sending domain "
-                                                      "(default: POSTAL_FROM or noreply@<first sending domain>)")
+    parser.add_argument(
+        "--from",
+        dest="sender",
+        help="From address; its domain must be a sending domain "
+        "(default: POSTAL_FROM or noreply@<first sending domain>)",
+    )
     parser.add_argument("--subject", default="Render Complete: Shot 001")
     parser.add_argument("--body", default="Your render has finished successfully.")
     parser.add_argument("--stack", help="read URL and key from this postal-gateway stack instead of the environment")

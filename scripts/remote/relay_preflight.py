@@ -25,25 +25,57 @@ STATUSES = ("not-allowlisted", "tls-failed", "rejected", "rate-limited", "unreac
 # the connection texts are what Postal 3.3.6 stores from Net::SMTP 0.4.0.1 and OpenSSL.
 MARKERS = (
     ("tls-required", "tls-failed", ("tls required", "must issue a starttls")),
-    ("not-allowlisted", "not-allowlisted", ("invalid credentials for relay", "mail relay denied",
-                                            "ip not in whitelist")),
-    ("sender-limit", "rate-limited", ("limit exceeded for user", "sending quota exceeded",
-                                      "sending limit exceeded")),
+    (
+        "not-allowlisted",
+        "not-allowlisted",
+        ("invalid credentials for relay", "mail relay denied", "ip not in whitelist"),
+    ),
+    ("sender-limit", "rate-limited", ("limit exceeded for user", "sending quota exceeded", "sending limit exceeded")),
     ("customer-limit", "rate-limited", ("daily smtp relay limit exceeded for customer",)),
     ("peak-limit", "rate-limited", ("peak smtp relay limit",)),
     ("unusual-rate", "rate-limited", ("unusual rate", "rate limited")),
     ("helo-rejected", "rejected", ("helo/ehlo argument", "helo command rejected")),
     ("wrong-relay", "rejected", ("not authorized to send email directly",)),
-    ("unauthenticated", "rejected", ("sender is unauthenticated", "unauthenticated email", "dmarc policy",
-                                     "5.7.26", "5.7.27")),
-    ("tls-handshake", "tls-failed", ("ssl_connect", "certificate verify failed", "starttls is not supported",
-                                     "wrong version number", "net::opentimeout", "tls handshake",
-                                     "does not offer starttls", "tls not available")),
-    ("unreachable", "unreachable", ("execution expired", "connection refused", "network is unreachable",
-                                    "no route to host", "no hosts to try", "net::readtimeout", "timed out",
-                                    "name or service not known", "getaddrinfo", "cannot connect")),
-    ("connection-dropped", "transient", ("connection reset by peer", "end of file reached", "broken pipe",
-                                         "closed the connection", "unexpected eof")),
+    (
+        "unauthenticated",
+        "rejected",
+        ("sender is unauthenticated", "unauthenticated email", "dmarc policy", "5.7.26", "5.7.27"),
+    ),
+    (
+        "tls-handshake",
+        "tls-failed",
+        (
+            "ssl_connect",
+            "certificate verify failed",
+            "starttls is not supported",
+            "wrong version number",
+            "net::opentimeout",
+            "tls handshake",
+            "does not offer starttls",
+            "tls not available",
+        ),
+    ),
+    (
+        "unreachable",
+        "unreachable",
+        (
+            "execution expired",
+            "connection refused",
+            "network is unreachable",
+            "no route to host",
+            "no hosts to try",
+            "net::readtimeout",
+            "timed out",
+            "name or service not known",
+            "getaddrinfo",
+            "cannot connect",
+        ),
+    ),
+    (
+        "connection-dropped",
+        "transient",
+        ("connection reset by peer", "end of file reached", "broken pipe", "closed the connection", "unexpected eof"),
+    ),
     ("recipient-unknown", "rejected", ("does not exist", "user unknown", "no such user")),
     ("too-large", "rejected", ("message size", "size limit", "message too large")),
 )
@@ -83,7 +115,7 @@ def fold(text):
 
 def _reply(code, message):
     text = message.decode(errors="replace") if isinstance(message, bytes) else str(message)
-    return unwrap("%s %s" % (code, text))
+    return unwrap(f"{code} {text}")
 
 
 class HandshakeFailed(Exception):
@@ -99,7 +131,7 @@ class ImplicitTLS(smtplib.SMTP_SSL):
             return self.context.wrap_socket(sock, server_hostname=host)
         except (OSError, ssl.CertificateError) as err:
             sock.close()
-            raise HandshakeFailed(err or type(err).__name__)
+            raise HandshakeFailed(err or type(err).__name__) from err
 
 
 class Refused(Exception):
@@ -114,15 +146,15 @@ def _broke_off(err, when):
     """Refused for a dialogue that broke off: a timeout as unreachable (Postal records Net::ReadTimeout),
     a closed or reset connection as transient."""
     if isinstance(err, socket.timeout) or "timed out" in str(err):
-        return Refused("unreachable", "the relay stopped answering %s: timed out" % when)
-    return Refused("transient", "the relay closed the connection %s: %s" % (when, err or type(err).__name__))
+        return Refused("unreachable", f"the relay stopped answering {when}: timed out")
+    return Refused("transient", f"the relay closed the connection {when}: {err or type(err).__name__}")
 
 
 def _answer(stage, code, message):
     """Raises Refused for a reply >= 400 at a stage; returns otherwise."""
     if code >= 400 or code < 0:
         text = _reply(code, message)
-        raise Refused(diagnose(text, code)[1], "%s: %s" % (stage, text), code)
+        raise Refused(diagnose(text, code)[1], f"{stage}: {text}", code)
 
 
 def open_session(host, port, tls_mode, helo, timeout, context):
@@ -135,47 +167,49 @@ def open_session(host, port, tls_mode, helo, timeout, context):
     except smtplib.SMTPConnectError as err:
         _answer("greeting", err.smtp_code, err.smtp_error)
     except HandshakeFailed as err:
-        raise Refused("tls-failed", "TLS handshake with %s:%s failed: %s" % (host, port, err))
+        raise Refused("tls-failed", f"TLS handshake with {host}:{port} failed: {err}") from err
     except (OSError, smtplib.SMTPException) as err:
-        raise Refused("unreachable", "cannot connect to %s:%s: %s" % (host, port, err or type(err).__name__))
+        raise Refused("unreachable", f"cannot connect to {host}:{port}: {err or type(err).__name__}") from err
     try:
-        _answer("EHLO %s" % helo, *smtp.ehlo())
+        _answer(f"EHLO {helo}", *smtp.ehlo())
         if tls_mode == "starttls":
             if not smtp.has_extn("starttls"):
-                raise Refused("tls-failed", "%s:%s does not offer STARTTLS" % (host, port))
+                raise Refused("tls-failed", f"{host}:{port} does not offer STARTTLS")
             code, message = smtp.docmd("STARTTLS")
             if code != 220:  # part of the TLS negotiation, whatever the code says
-                raise Refused("tls-failed", "STARTTLS: %s" % _reply(code, message), code)
+                raise Refused("tls-failed", f"STARTTLS: {_reply(code, message)}", code)
             try:
                 smtp.sock = context.wrap_socket(smtp.sock, server_hostname=host)
             except (OSError, ssl.CertificateError) as err:  # SSLError, a reset or a timeout mid-handshake
-                raise Refused("tls-failed", "TLS handshake after STARTTLS failed: %s" % (err or type(err).__name__))
+                raise Refused(
+                    "tls-failed", f"TLS handshake after STARTTLS failed: {err or type(err).__name__}"
+                ) from err
             smtp.file = None
             smtp.helo_resp = smtp.ehlo_resp = None
             smtp.esmtp_features = {}
             smtp.does_esmtp = False
-            _answer("EHLO %s after STARTTLS" % helo, *smtp.ehlo())
+            _answer(f"EHLO {helo} after STARTTLS", *smtp.ehlo())
         return smtp
     except Refused:
         smtp.close()
         raise
     except (OSError, smtplib.SMTPException) as err:
         smtp.close()
-        raise _broke_off(err, "during the greeting")
+        raise _broke_off(err, "during the greeting") from err
 
 
 def check_sender(smtp, mail_from, rcpt_to):
     """(status, detail) for one envelope sender on an open session; Refused when the session ended."""
-    stage = "MAIL FROM:<%s>" % mail_from
+    stage = f"MAIL FROM:<{mail_from}>"
     try:
         _answer(stage, *smtp.mail(mail_from))
-        stage = "RCPT TO:<%s>" % rcpt_to
+        stage = f"RCPT TO:<{rcpt_to}>"
         _answer(stage, *smtp.rcpt(rcpt_to))
         stage = "RSET"
         smtp.rset()
     except (OSError, smtplib.SMTPException) as err:
-        raise _broke_off(err, "at " + stage)
-    return "allowlisted", "accepted MAIL FROM:<%s> and RCPT TO:<%s>" % (mail_from, rcpt_to)
+        raise _broke_off(err, "at " + stage) from err
+    return "allowlisted", f"accepted MAIL FROM:<{mail_from}> and RCPT TO:<{rcpt_to}>"
 
 
 def preflight(host, port, tls_mode, helo, rcpt_to, senders, timeout=20.0, context=None):
@@ -215,7 +249,7 @@ def summary(verdicts):
         return "unknown", "no sending domain"
     worst = min(STATUSES.index(status) for status, _ in verdicts.values())
     domain, (status, detail) = next(item for item in verdicts.items() if item[1][0] == STATUSES[worst])
-    return status, ("%s: %s" % (domain, detail)) if len(verdicts) > 1 else detail
+    return status, (f"{domain}: {detail}") if len(verdicts) > 1 else detail
 
 
 def parse_args(argv):
@@ -225,20 +259,20 @@ def parse_args(argv):
         try:
             timeout = float(args[1])
         except (IndexError, ValueError):
-            raise ValueError("--timeout needs a number of seconds")
+            raise ValueError("--timeout needs a number of seconds") from None
         args = args[2:]
     if len(args) < 6:
-        raise ValueError("expected at least 6 arguments, got %d" % len(args))
+        raise ValueError(f"expected at least 6 arguments, got {len(args)}")
     host, port, tls_mode, helo, rcpt_to = args[:5]
     if not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError("PORT must be a number from 1 to 65535, not %r" % port)
+        raise ValueError(f"PORT must be a number from 1 to 65535, not {port!r}")
     if tls_mode not in TLS_MODES:
-        raise ValueError("TLS mode must be one of %s, not %r" % ("|".join(TLS_MODES), tls_mode))
+        raise ValueError("TLS mode must be one of {}, not {!r}".format("|".join(TLS_MODES), tls_mode))
     senders = []
     for pair in args[5:]:
         domain, _, mail_from = pair.partition("=")
         if not domain or "@" not in mail_from:
-            raise ValueError("expected DOMAIN=MAIL_FROM, not %r" % pair)
+            raise ValueError(f"expected DOMAIN=MAIL_FROM, not {pair!r}")
         senders.append((domain, mail_from))
     return host, int(port), tls_mode, helo, rcpt_to, senders, timeout
 
@@ -247,13 +281,13 @@ def main(argv):
     try:
         host, port, tls_mode, helo, rcpt_to, senders, timeout = parse_args(argv)
     except ValueError as err:
-        print("relay_preflight.py: %s\n%s" % (err, USAGE), file=sys.stderr)
+        print(f"relay_preflight.py: {err}\n{USAGE}", file=sys.stderr)
         return 2
     socket.setdefaulttimeout(timeout)
     verdicts = preflight(host, port, tls_mode, helo, rcpt_to, senders, timeout=timeout)
     for domain, (status, detail) in verdicts.items():
-        print("relay-domain: %s %s %s" % (domain, status, fold(detail)))
-    print("relay-status: %s %s" % tuple(fold(part) for part in summary(verdicts)))
+        print(f"relay-domain: {domain} {status} {fold(detail)}")
+    print("relay-status: {} {}".format(*tuple(fold(part) for part in summary(verdicts))))
     return 0
 
 
