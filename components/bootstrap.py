@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_command import remote
 
-from components import operations, render
+from components import operations, render, units
 from components.config import MailConfig
 from components.host import DATA_DEVICE, SNAPSHOT_START_UTC
 from components.secrets import MailSecrets
@@ -136,6 +136,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                 "PG_WEB_CERTS": " ".join(certs),
                 "PG_WEB_KEYS": " ".join(keys),
                 "PG_SMTP_TLS_HOOK": render.step_script("smtp-tls-hook"),
+                "PG_UNITS": render.payload(units.smtp_tls(data_dir=DATA_DIR, certs=certs, keys=keys)),
             },
             after=[postal, caddy],
         )
@@ -176,7 +177,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                 "PG_AGENT_CONFIG": operations.ops_agent_config(),
                 "PG_AUTOMATIC_CONF": operations.dnf_automatic_conf(),
                 "PG_UNITS": render.payload(
-                    operations.units(
+                    units.ops(
                         maintenance_window=cfg.maintenance_window,
                         snapshot_start_utc=SNAPSHOT_START_UTC,
                         backup_retention_days=cfg.backup_retention_days,

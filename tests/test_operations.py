@@ -21,6 +21,7 @@ from test_scripts import Machine, index
 
 from components import operations, render
 from components.host import SNAPSHOT_START_UTC
+from components.units import BACKUP_DIR
 
 NS = "postal-gateway:"
 SCHEMA = program.ROOT / "tests" / "ops_agent.schema.json"
@@ -292,7 +293,7 @@ def test_without_its_data_disk_docker_stays_down_after_a_reboot(fresh):
 
 
 def backups(machine: Machine) -> list[str]:
-    return sorted(p.name for p in machine.file(operations.BACKUP_DIR).glob("mariadb-*.mbstream.gz"))
+    return sorted(p.name for p in machine.file(BACKUP_DIR).glob("mariadb-*.mbstream.gz"))
 
 
 def backup_env(units) -> dict[str, str]:
@@ -303,14 +304,14 @@ def backup_env(units) -> dict[str, str]:
 
 def test_backup_streams_mariadb_onto_the_data_disk_and_keeps_n_days(fresh, units):
     fresh.file("/opt/postal/mariadb/ibdata1").write_text("pages")
-    old = fresh.file(operations.BACKUP_DIR) / "mariadb-20200101T033000Z.mbstream.gz"
+    old = fresh.file(BACKUP_DIR) / "mariadb-20200101T033000Z.mbstream.gz"
     old.parent.mkdir(parents=True, exist_ok=True)
     old.write_bytes(b"old")
     subprocess.run(["touch", "-d", "2020-01-01", str(old)], check=True)
     result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
     assert result.returncode == 0, result.stderr
     (name,) = backups(fresh)  # the old one is past backupRetentionDays
-    archive = gzip.decompress((fresh.file(operations.BACKUP_DIR) / name).read_bytes()).decode()
+    archive = gzip.decompress((fresh.file(BACKUP_DIR) / name).read_bytes()).decode()
     assert archive.startswith("MBSTREAM1\n") and "ibdata1" in archive
     assert any(c.startswith("Q docker exec postal-mariadb sh -c ") and "--stream=xbstream" in c for c in fresh.calls())
     assert "MARIADB_ROOT_PASSWORD=" not in "\n".join(fresh.calls())  # no secret on a command line
@@ -322,7 +323,7 @@ def test_failed_backup_leaves_no_file(fresh, units):
     fakehost_state.save()
     result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
     assert result.returncode != 0
-    assert backups(fresh) == [] and list(fresh.file(operations.BACKUP_DIR).glob(".*partial")) == []
+    assert backups(fresh) == [] and list(fresh.file(BACKUP_DIR).glob(".*partial")) == []
 
 
 def test_restore_drill_puts_the_backup_back(fresh, units):

@@ -415,14 +415,15 @@ def on_host(container_path: str) -> str:
 
 
 def systemd_starts(machine: Machine, service: str) -> subprocess.CompletedProcess:
-    """What systemd does for the oneshot service: its ExecStart with its EnvironmentFile's variables."""
-    unit = dict(
-        line.split("=", 1)
-        for line in machine.file(f"/etc/systemd/system/{service}").read_text().splitlines()
-        if "=" in line
-    )
+    """What systemd does for the oneshot service: its ExecStart with its Environment= assignments
+    (each split like a shell word, as systemd.exec(5) describes)."""
+    lines = machine.file(f"/etc/systemd/system/{service}").read_text().splitlines()
+    unit = dict(line.split("=", 1) for line in lines if "=" in line)
     env = dict(
-        shlex.split(line)[0].split("=", 1) for line in machine.file(unit["EnvironmentFile"]).read_text().splitlines()
+        word.split("=", 1)
+        for line in lines
+        if line.startswith("Environment=")
+        for word in shlex.split(line.removeprefix("Environment="))
     )
     return subprocess.run(
         [str(machine.file(unit["ExecStart"]))],

@@ -115,6 +115,28 @@ pg_applied() {
 }
 pg_mark_applied() { pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.applied" "$2"$'\n'; }
 
+# pg_install_units <key>: installs the systemd units in $PG_UNITS (one `<path> <base64>` line each,
+# rendered by components/units.py) and reloads systemd when they differ from the set last marked
+# applied under <key>. PG_RESULT=changed|unchanged; PG_UNITS_FINGERPRINT is what the caller marks
+# applied once it has acted on the change (restarted what the new units schedule or watch).
+# shellcheck disable=SC2034  # PG_RESULT and PG_UNITS_FINGERPRINT are for the caller
+pg_install_units() {
+  local path data unit paths=()
+  while read -r path data; do
+    [[ -n $path ]] || continue
+    [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z-]+\.(service|timer|path)$ ]] || pg_fail "bad unit path $path"
+    unit=$(base64 -d <<<"$data"; printf .)
+    pg_install_text 0644 root:root "$path" "${unit%.}"
+    paths+=("$path")
+  done <<<"${PG_UNITS:?}"
+  PG_UNITS_FINGERPRINT=$(pg_fingerprint "${paths[@]}")
+  PG_RESULT=unchanged
+  if ! pg_applied "$1" "$PG_UNITS_FINGERPRINT"; then
+    systemctl daemon-reload
+    PG_RESULT=changed
+  fi
+}
+
 # Installs the RPM packages that are missing, in one dnf transaction.
 # shellcheck disable=SC2034  # PG_RESULT is for the caller
 pg_dnf_install() {

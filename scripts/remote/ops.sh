@@ -29,25 +29,14 @@ pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-reboot "$PG_REBOOT
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup "$PG_BACKUP_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore-db "$PG_RESTORE_SH"
 
-# PG_UNITS: one `<path> <base64 content>` line per systemd unit.
-unit_paths=()
-while read -r path data; do
-  [[ -n $path ]] || continue
-  [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z]+\.(service|timer)$ ]] || pg_fail "bad unit path $path"
-  unit=$(base64 -d <<<"$data"; printf .)
-  pg_install_text 0644 root:root "$path" "${unit%.}"
-  unit_paths+=("$path")
-done <<<"$PG_UNITS"
-units=$(pg_fingerprint "${unit_paths[@]}")
-if ! pg_applied units "$units"; then
-  systemctl daemon-reload
-fi
+pg_install_units units
+units=$PG_RESULT
 for timer in dnf-automatic.timer postal-gateway-reboot.timer postal-gateway-backup.timer; do
   pg_enable_unit "$timer"
 done
-if ! pg_applied units "$units"; then
+if [[ $units == changed ]]; then
   # an enabled timer keeps its old schedule until restarted
   systemctl restart postal-gateway-reboot.timer postal-gateway-backup.timer
 fi
-pg_mark_applied units "$units"
+pg_mark_applied units "$PG_UNITS_FINGERPRINT"
 pg_log "done: Ops Agent, security updates, reboot window, MariaDB backup"

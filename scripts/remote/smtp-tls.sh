@@ -3,60 +3,19 @@
 # hook (postal-gateway-smtp-tls: a service run by a path unit when Caddy writes the certificate
 # and by an hourly timer), waits for the certificate, runs the hook once and then starts Postal's
 # smtp container, which the postal step holds back until its certificate is in place.
-: "${PG_HOSTNAME:?}" "${PG_TLS:?}" "${PG_WEB_CERTS:?}" "${PG_WEB_KEYS:?}" "${PG_SMTP_TLS_HOOK:?}"
-hook=/usr/local/sbin/postal-gateway-smtp-tls
-unit=/etc/systemd/system/postal-gateway-smtp-tls
-read -ra watched <<<"$PG_WEB_CERTS $PG_WEB_KEYS"
+: "${PG_HOSTNAME:?}" "${PG_TLS:?}" "${PG_WEB_CERTS:?}" "${PG_WEB_KEYS:?}" "${PG_SMTP_TLS_HOOK:?}" "${PG_UNITS:?}"
 pg_dnf_install openssl
 
-pg_install_text 0755 root:root "$hook" "$PG_SMTP_TLS_HOOK"
-pg_install_text 0644 root:root /etc/postal-gateway/smtp-tls.env \
-  "$(printf 'PG_STEP=smtp-tls\nPG_DATA_DIR=%s\nPG_WEB_CERTS="%s"\nPG_WEB_KEYS="%s"' "$PG_DATA_DIR" "$PG_WEB_CERTS" "$PG_WEB_KEYS")"$'\n'
-pg_install 0644 root:root "$unit.service" <<EOT
-[Unit]
-Description=postal-gateway: give Postal's SMTP server the web's current certificate
-After=docker.service
-
-[Service]
-Type=oneshot
-EnvironmentFile=/etc/postal-gateway/smtp-tls.env
-ExecStart=$hook
-EOT
-# systemd watches each path through its directory, so a certificate Caddy creates or renames
-# into place later also triggers the service.
-pg_install 0644 root:root "$unit.path" <<EOT
-[Unit]
-Description=postal-gateway: a renewed web certificate reaches Postal's SMTP server
-
-[Path]
-$(printf 'PathChanged=%s\n' "${watched[@]}")
-Unit=postal-gateway-smtp-tls.service
-
-[Install]
-WantedBy=multi-user.target
-EOT
-pg_install 0644 root:root "$unit.timer" <<EOT
-[Unit]
-Description=postal-gateway: check hourly that Postal's SMTP server has the web's certificate
-
-[Timer]
-OnCalendar=hourly
-RandomizedDelaySec=300
-Unit=postal-gateway-smtp-tls.service
-
-[Install]
-WantedBy=timers.target
-EOT
-units=$(pg_fingerprint "$hook" /etc/postal-gateway/smtp-tls.env "$unit.service" "$unit.path" "$unit.timer")
-if ! pg_applied smtp-tls-units "$units"; then
-  systemctl daemon-reload
-  if systemctl is-active --quiet postal-gateway-smtp-tls.path; then
-    systemctl restart postal-gateway-smtp-tls.path  # watch the paths of the new mode
-  fi
+# The hook and its units (components/units.py): a path unit runs it when Caddy writes the
+# certificate, a timer hourly.
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-smtp-tls "$PG_SMTP_TLS_HOOK"
+pg_install_units smtp-tls-units
+if [[ $PG_RESULT == changed ]] && systemctl is-active --quiet postal-gateway-smtp-tls.path; then
+  systemctl restart postal-gateway-smtp-tls.path # watch the paths of the new mode
 fi
 pg_enable_unit postal-gateway-smtp-tls.path
 pg_enable_unit postal-gateway-smtp-tls.timer
-pg_mark_applied smtp-tls-units "$units"
+pg_mark_applied smtp-tls-units "$PG_UNITS_FINGERPRINT"
 
 # Caddy obtains (or, for tls=custom, has) the certificate in the background: wait until Postal
 # has one of this mode's certificates (not one left from another mode).
@@ -70,7 +29,7 @@ has_current() {
   return 1
 }
 for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
-  "$PG_ROOT$hook"
+  "$PG_ROOT/usr/local/sbin/postal-gateway-smtp-tls"
   if has_current; then break; fi
   sleep 5
 done

@@ -1,0 +1,128 @@
+"""Every systemd unit the bootstrap installs, rendered in one place.
+
+A step receives its units as `PG_UNITS` (one `<path> <base64>` line per unit, `render.payload`)
+and installs them with lib.sh's `pg_install_units`; the tests run `systemd-analyze verify` on
+each set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+
+UNIT_DIR = "/etc/systemd/system"
+BACKUP_DIR = "/opt/postal/backup/mariadb"
+BACKUP_LEAD = timedelta(minutes=30)  # the backup is on the data disk before the snapshot starts
+MARIADB_CONTAINER = "postal-mariadb"
+SMTP_TLS_UNIT = "postal-gateway-smtp-tls"
+SMTP_TLS_HOOK = "/usr/local/sbin/postal-gateway-smtp-tls"
+
+
+def calendar(window: str) -> str:
+    """systemd OnCalendar for a `<Day> HH:MM` UTC window."""
+    day, time = window.split()
+    return f"{day} *-*-* {time}:00 UTC"
+
+
+def backup_calendar(snapshot_start_utc: str) -> str:
+    """Daily, BACKUP_LEAD before the snapshot schedule's start time (UTC)."""
+    start = datetime.strptime(snapshot_start_utc, "%H:%M") - BACKUP_LEAD
+    return f"*-*-* {start:%H:%M}:00 UTC"
+
+
+def _assignment(name: str, value: str) -> str:
+    """`Environment=` quoted the way systemd splits it (systemd.exec(5), Environment=)."""
+    if any(c in value for c in " \t\"'\\"):
+        return '"{}"'.format(f"{name}={value}".replace("\\", "\\\\").replace('"', '\\"'))
+    return f"{name}={value}"
+
+
+def service(
+    description: str,
+    exec_start: str,
+    environment: Mapping[str, str] | None = None,
+    after: str = "",
+    requires: bool = True,
+) -> str:
+    """A oneshot service, ordered after `after` and, with `requires`, needing it (the backup needs Docker)."""
+    env = "".join(f"Environment={_assignment(k, v)}\n" for k, v in (environment or {}).items())
+    order = (f"After={after}\n" + (f"Requires={after}\n" if requires else "")) if after else ""
+    return f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n"
+
+
+def timer(description: str, on_calendar: str, unit: str = "", randomized_delay: str = "") -> str:
+    extra = (f"RandomizedDelaySec={randomized_delay}\n" if randomized_delay else "") + (
+        f"Unit={unit}\n" if unit else ""
+    )
+    return (
+        f"[Unit]\nDescription={description}\n\n"
+        f"[Timer]\nOnCalendar={on_calendar}\nPersistent=false\n{extra}\n"
+        "[Install]\nWantedBy=timers.target\n"
+    )
+
+
+def path(description: str, watched: Sequence[str], unit: str) -> str:
+    """systemd watches each path through its directory, so a file created or renamed into place
+    later also triggers `unit`."""
+    changed = "".join(f"PathChanged={p}\n" for p in watched)
+    return (
+        f"[Unit]\nDescription={description}\n\n[Path]\n{changed}Unit={unit}\n\n[Install]\nWantedBy=multi-user.target\n"
+    )
+
+
+def ops(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_days: int) -> dict[str, str]:
+    """The `ops` step: the reboot window and the MariaDB backup."""
+    d = UNIT_DIR
+    return {
+        f"{d}/postal-gateway-reboot.service": service(
+            "postal-gateway: reboot when an applied update needs it (needs-restarting -r)",
+            "/usr/local/sbin/postal-gateway-reboot",
+        ),
+        f"{d}/postal-gateway-reboot.timer": timer(
+            "postal-gateway: maintenance window for reboots", calendar(maintenance_window)
+        ),
+        f"{d}/postal-gateway-backup.service": service(
+            "postal-gateway: hot MariaDB backup onto the data disk before its snapshot",
+            "/usr/local/sbin/postal-gateway-backup",
+            {
+                "PG_BACKUP_DIR": BACKUP_DIR,
+                "PG_BACKUP_RETENTION_DAYS": str(backup_retention_days),
+                "PG_MARIADB_CONTAINER": MARIADB_CONTAINER,
+            },
+            after="docker.service",
+        ),
+        f"{d}/postal-gateway-backup.timer": timer(
+            "postal-gateway: daily MariaDB backup", backup_calendar(snapshot_start_utc)
+        ),
+    }
+
+
+def smtp_tls(*, data_dir: str, certs: Sequence[str], keys: Sequence[str]) -> dict[str, str]:
+    """The `smtp-tls` step: the renewal hook, run when Caddy writes the web certificate and hourly."""
+    base = f"{UNIT_DIR}/{SMTP_TLS_UNIT}"
+    environment = {
+        "PG_STEP": "smtp-tls",
+        "PG_DATA_DIR": data_dir,
+        "PG_WEB_CERTS": " ".join(certs),
+        "PG_WEB_KEYS": " ".join(keys),
+    }
+    return {
+        f"{base}.service": service(
+            "postal-gateway: give Postal's SMTP server the web's current certificate",
+            SMTP_TLS_HOOK,
+            environment,
+            after="docker.service",
+            requires=False,  # ordered after Docker, never starting it
+        ),
+        f"{base}.path": path(
+            "postal-gateway: a renewed web certificate reaches Postal's SMTP server",
+            [*certs, *keys],
+            f"{SMTP_TLS_UNIT}.service",
+        ),
+        f"{base}.timer": timer(
+            "postal-gateway: check hourly that Postal's SMTP server has the web's certificate",
+            "hourly",
+            unit=f"{SMTP_TLS_UNIT}.service",
+            randomized_delay="300",
+        ),
+    }
