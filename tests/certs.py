@@ -42,21 +42,7 @@ def blocks(chain: str) -> list[str]:
 
 def common_name_only(name: str = HOST) -> tuple[str, str]:
     """A self-signed certificate naming `name` only in its subject CN (no subjectAltName)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(days=1))
-        .not_valid_after(NOW + datetime.timedelta(days=90))
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode(), key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    return _self_signed(name, lambda builder: builder)
 
 
 def encrypted(key_pem: str, passphrase: bytes = b"hunter22") -> str:
@@ -79,9 +65,19 @@ def rsa_issue(pkcs8: bool = False) -> tuple[str, str]:
 
 def self_signed(name: str = HOST) -> tuple[str, str]:
     """A self-signed certificate for `name` (subjectAltName, CA flag set, as `openssl req -x509` makes it)."""
+    return _self_signed(
+        name,
+        lambda builder: builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False
+        ).add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True),
+    )
+
+
+def _self_signed(name: str, extend) -> tuple[str, str]:
+    """(certificate PEM, PKCS#8 key PEM): P-256, valid from yesterday for 90 days, `extend` adds extensions."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
         .issuer_name(subject)
@@ -89,10 +85,8 @@ def self_signed(name: str = HOST) -> tuple[str, str]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - datetime.timedelta(days=1))
         .not_valid_after(NOW + datetime.timedelta(days=90))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
     )
+    cert = extend(builder).sign(key, hashes.SHA256())
     return cert.public_bytes(serialization.Encoding.PEM).decode(), key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
