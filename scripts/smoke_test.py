@@ -112,9 +112,22 @@ DIAGNOSES = {
         "check relayHost/relayPort (GCP blocks outbound port 25: use 587) and the VM's egress firewall; "
         "on the VM: sudo postal logs worker",
     ),
+    "recipient-gateway": Diagnosis(
+        "the recipient's domain takes mail only from the IPs on its own inbound allowlist (421 IP not in whitelist "
+        "for RCPT domain); the relay accepted {publicIp} and the sender, so this is not the relay allowlist",
+        "send the smoke test to a mailbox outside that domain (--recipient), or have its admin allow Google's "
+        "relay: Admin console → Gmail → Spam, phishing and malware → Inbound gateway / Email allowlist",
+    ),
     "connection-dropped": Diagnosis(
-        "the relay closed the connection without an answer (Google does so after a 421 at EHLO)",
+        "the relay closed the connection during the greeting, without an answer (Google does so after a 421 at EHLO)",
         f"{RETRIES}; if it persists, check that Postal greets as {{hostname}} and that {{publicIp}} is allowlisted",
+        stop=False,
+    ),
+    "session-dropped": Diagnosis(
+        "the relay closed the connection in the middle of the transaction, after it had accepted the session "
+        "(not an allowlist or HELO refusal: those come as answers)",
+        f"{RETRIES}; if it persists, look for what cuts connections on the VM's egress path (proxy, firewall, "
+        "MTU) and at the message's size; on the VM: sudo postal logs worker",
         stop=False,
     ),
     "recipient-unknown": Diagnosis(
@@ -198,7 +211,12 @@ def diagnose_delivery(delivery: dict) -> str:
         return "max-attempts"
     if lowered.startswith("message is likely spam"):
         return "spam"
-    return diagnose(f"{details}\n{delivery.get('output') or ''}")[0]
+    key = diagnose(f"{details}\n{delivery.get('output') or ''}")[0]
+    # Postal 3.3.6 (app/senders/smtp_sender.rb): "No SMTP servers were available" when connecting, greeting or
+    # starting TLS failed; "An error occurred while sending" for an error once the session was up
+    if key == "connection-dropped" and lowered.startswith("an error occurred while sending"):
+        return "session-dropped"
+    return key
 
 
 SHOWN_IP = re.compile(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]")

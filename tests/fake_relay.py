@@ -14,6 +14,7 @@ loop in a daemon thread serves every scenario of a test module; a scenario is a 
   ehlo, ehlo_tls, mail, rcpt, data, eom
            the reply to EHLO (before / after TLS), MAIL, RCPT, DATA and the end of the message;
            a 421 reply closes the connection, as Google does; "drop" closes it instead of answering,
+           "close" too but cleanly (TLS close_notify, then FIN),
            "hang" never answers
   require_tls  answer MAIL with Google's 530 while the session is not encrypted
   senders  {text in MAIL FROM: reply}: a reply for some envelope senders only
@@ -140,6 +141,9 @@ class FakeRelay:
                 return False
             if reply == "drop":
                 writer.transport.abort()  # no QUIT, no TLS close_notify
+                return False
+            if reply == "close":
+                writer.close()
                 return False
             writer.write("".join(f"{line}\r\n" for line in lines(reply)).encode())
             return not lines(reply)[-1].startswith("421")

@@ -89,7 +89,7 @@ def answer_text(scenario: dict) -> str:
         v
         for k, v in relay.items()
         if k in ("banner", "ehlo", "ehlo_tls", "mail", "rcpt", "data", "eom")
-        and v not in ("refused", "blackhole", "hang", "reset", "drop")
+        and v not in ("refused", "blackhole", "hang", "reset", "drop", "close")
     ]
     if said:
         return unwrap("\n".join(said[0]) if isinstance(said[0], list) else said[0])

@@ -544,6 +544,22 @@ def test_the_allowlist_fix_names_the_address_google_saw(recorded):
     assert "add 203.0.113.10 in Google Admin console" in failures(out)[0][1]
 
 
+def test_answers_that_are_not_the_relay_allowlist(recorded):
+    """421 IP not in whitelist for RCPT domain is the recipient domain's gateway; a close once the session was
+    up (Postal: "An error occurred while sending", end of file reached) is not a HELO or allowlist problem."""
+    out, _, _ = poll([[recorded["ip-not-in-whitelist"]]])
+    ((fail, fix),) = failures(out)
+    assert "recipient's domain takes mail only from" in fail and "not the relay allowlist" in fail
+    assert "Only accept mail from the specified IP addresses" not in fix and "--recipient" in fix
+    out, _, _ = poll([[recorded["close-after-mail-from"]]])
+    ((fail, fix),) = failures(out)
+    assert "An error occurred while sending" in fail and "end of file reached" in fail
+    assert "after it had accepted the session" in fail and "allowlisted" not in fix and "greets" not in fix
+    out, _, _ = poll([[recorded["close-after-greeting"]]])
+    ((fail, fix),) = failures(out)
+    assert "No SMTP servers were available" in fail and "during the greeting" in fail and "allowlisted" in fix
+
+
 def test_a_delivery_that_postal_retries_into_sent_passes(recorded):
     out, polls, _ = poll([[], [recorded["peak-limit"]], [recorded["peak-limit"], recorded["accepted"]]])
     assert out.startswith("PASS  delivery  Sent after 10s: Postal recorded: Message for ops@example.com accepted")

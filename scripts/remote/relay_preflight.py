@@ -28,8 +28,11 @@ MARKERS = (
     (
         "not-allowlisted",
         "not-allowlisted",
-        ("invalid credentials for relay", "mail relay denied", "ip not in whitelist"),
+        ("invalid credentials for relay", "mail relay denied"),
     ),
+    # the recipient domain's inbound gateway allowlist, not the relay's (Sisimai's Rhost/Google.pm files it
+    # under "blocked", Google's relay refusals under "norelaying"): support.google.com/a/answer/60752
+    ("recipient-gateway", "rejected", ("ip not in whitelist for rcpt domain",)),
     ("sender-limit", "rate-limited", ("limit exceeded for user", "sending quota exceeded", "sending limit exceeded")),
     ("customer-limit", "rate-limited", ("daily smtp relay limit exceeded for customer",)),
     ("peak-limit", "rate-limited", ("peak smtp relay limit",)),
