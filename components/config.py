@@ -58,6 +58,7 @@ CERT_WARNING_DAYS = 14
 # Keys whose values are secret whether or not they were set with --secret.
 SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")
 
+# A new key: add it to KEYS (and here when it has a default), then its Doc in components/config_docs.py.
 DEFAULTS: dict[str, Any] = {
     "tls": "letsencrypt",
     "machineType": "e2-medium",

@@ -245,6 +245,8 @@ def check_stack(root, *args, backend="gs://state"):
     "content, args, backend, code, says",
     [
         (None, ["staging", "--optional"], "gs://state", 0, "present=false"),
+        # the committed example before `pulumi stack init staging`: skipped, with a notice saying why
+        ("config: {}\n", ["staging", "--optional"], "gs://state", 0, "has no secrets provider yet"),
         (None, ["prod"], "gs://state", 1, "Pulumi.prod.yaml is missing. Fix: pulumi stack init prod"),
         ("config: {}\n", ["prod"], "gs://state", 1, "has no encryptionsalt or secretsprovider"),
         ("config: {}\n", ["prod"], "", 0, "present=true"),  # Pulumi Cloud keeps the secrets provider
@@ -264,6 +266,22 @@ def test_check_stack_fails_with_the_fix(stack_dir, content, args, backend, code,
     result, output = check_stack(stack_dir, *args, backend=backend)
     assert result.returncode == code, result.stdout + result.stderr
     assert says in result.stdout + output
+
+
+def test_workflows_are_green_for_a_repository_with_only_prod_set_up(stack_dir):
+    """The committed Pulumi.staging.yaml (an example, no secrets provider) and a prod stack file with
+    the lines `pulumi stack init prod` wrote: both workflows' checks pass, staging is skipped."""
+    (stack_dir / "Pulumi.staging.yaml").write_text((program.ROOT / "Pulumi.staging.yaml").read_text())
+    prod = "secretsprovider: gcpkms://projects/p/locations/l/keyRings/pulumi/cryptoKeys/postal-gateway\n"
+    (stack_dir / "Pulumi.prod.yaml").write_text(prod + (program.ROOT / "Pulumi.prod.yaml").read_text())
+    for stack in ("prod", "staging"):  # as preview.yml's matrix calls it
+        (stack_dir / "github_output").unlink(missing_ok=True)
+        result, output = check_stack(stack_dir, stack, *(["--optional"] if stack != "prod" else []))
+        assert result.returncode == 0, result.stdout
+        assert output == ("present=true\n" if stack == "prod" else "present=false\n")
+    assert "::notice file=Pulumi.staging.yaml::" in result.stdout and "is skipped" in result.stdout
+    result, _ = check_stack(stack_dir, "staging")  # not optional: still an error with the fix
+    assert result.returncode == 1 and "gcpkms://" in result.stdout and "passphrase" in result.stdout
 
 
 def test_readme_test_command_is_what_ci_runs():
