@@ -2,7 +2,7 @@
 
 import pulumi
 
-from components import config, dns
+from components import config, dns, tunnel
 from components.apis import ApisArgs, ProjectApis
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
@@ -64,11 +64,13 @@ mail_dns = dns.MailDns(
     ),
 )
 
+ssh_port = tunnel.local_port(cfg.project, cfg.stack)  # pulumi up's SSH goes through IAP
 bootstrap = PostalBootstrap(
     "postal",
     BootstrapArgs(
         config=cfg,
-        public_ip=network.public_ip,
+        ssh_host=tunnel.ssh_host(cfg.project, cfg.zone, host.instance.name, ssh_port, after=[network.firewalls["ssh"]]),
+        ssh_port=ssh_port,
         ssh_user=host.ssh_user,
         ssh_private_key=host.ssh_private_key,
         instance_id=host.instance_id,
@@ -106,6 +108,7 @@ pulumi.export("adminEmail", cfg.admin_email)
 pulumi.export("adminPassword", secrets.admin_password)
 pulumi.export("sshUser", host.ssh_user)
 pulumi.export("sshPrivateKey", host.ssh_private_key)
+pulumi.export("instanceName", host.instance.name)  # gcloud compute ssh --tunnel-through-iap <it>
 pulumi.export("relayStatus", bootstrap.relay_status)
 pulumi.export("relayStatusByDomain", bootstrap.relay_status_by_domain)
 pulumi.export("monitoringUrl", monitoring.url)

@@ -1,6 +1,6 @@
 """PostalBootstrap: the VM's software, installed by one idempotent remote command per step.
 
-Each step runs `scripts/remote/lib.sh + <step>.sh` over SSH. Non-secret settings travel as
+Each step runs `scripts/remote/lib.sh + <step>.sh` over SSH, through the IAP tunnel. Non-secret settings travel as
 environment assignments in the command line (visible in `pulumi preview` diffs); secrets
 travel only in the step's stdin payload. A step reruns when its script, settings or payload
 change, or when the VM is replaced (its `triggers`); nothing else reruns it.
@@ -26,7 +26,8 @@ PREFLIGHT_SENDER = "relay-preflight"
 @dataclass(frozen=True)
 class BootstrapArgs:
     config: MailConfig
-    public_ip: pulumi.Input[str]
+    ssh_host: pulumi.Input[str]  # the IAP tunnel's local end (components/tunnel.py)
+    ssh_port: int
     ssh_user: str
     ssh_private_key: pulumi.Input[str]
     instance_id: pulumi.Input[str]
@@ -68,7 +69,8 @@ class PostalBootstrap(pulumi.ComponentResource):
         self._name = name
         self._instance_id = args.instance_id
         self._connection = remote.ConnectionArgs(
-            host=args.public_ip,
+            host=args.ssh_host,
+            port=args.ssh_port,
             user=args.ssh_user,
             private_key=args.ssh_private_key,
             dial_error_limit=60,

@@ -324,8 +324,7 @@ def load(stack: str | None = None) -> MailConfig:
         "sshSourceRanges",
         parse_cidrs,
         cidr,
-        "pulumi config set --path 'sshSourceRanges[0]' 203.0.113.7/32 (the machine running pulumi up)",
-        required=True,
+        "pulumi config set --path 'sshSourceRanges[0]' 203.0.113.7/32, or unset it: SSH through IAP only",
     )
     smtp = r.value(
         "smtpSourceRanges",
@@ -340,8 +339,9 @@ def load(stack: str | None = None) -> MailConfig:
         cidr,
         "pulumi config set --path 'webSourceRanges[0]' 203.0.113.0/24 (or unset it: the SMTP and SSH ranges)",
     )
-    if web is None and r.raw("webSourceRanges") is None and smtp and ssh:
-        web = tuple(dict.fromkeys(smtp + ssh))  # 443: the networks that already talk to the gateway
+    if web is None and r.raw("webSourceRanges") is None and smtp:
+        # 443: the networks that already talk to the gateway. Never IAP's range: it forwards only to 22.
+        web = tuple(dict.fromkeys(smtp + (ssh or ())))
     tls = r.value("tls", parse_choice(TLS_MODES), " | ".join(TLS_MODES), "pulumi config set tls letsencrypt")
     machine = r.value(
         "machineType",
@@ -473,7 +473,7 @@ def load(stack: str | None = None) -> MailConfig:
         sending_domains=domains,
         cloudflare_zone=cf_zone,
         admin_email=email,
-        ssh_source_ranges=ssh,
+        ssh_source_ranges=ssh or (),
         smtp_source_ranges=smtp,
         web_source_ranges=web,
         tls=tls,
@@ -620,11 +620,13 @@ def warnings(cfg: MailConfig, now: datetime | None = None) -> list[str]:
                 f"{'' if hidden else ' (' + ', '.join(documentation) + ')'}, which are nobody's real "
                 "address: replace them with your real egress range"
             )
-    if all(any(ipaddress.ip_network(r).subnet_of(p) for p in PRIVATE_RANGES) for r in cfg.ssh_source_ranges):
+    public = [r for r in cfg.ssh_source_ranges if not any(ipaddress.ip_network(r).subnet_of(p) for p in PRIVATE_RANGES)]
+    if public:
+        shown = "" if "sshSourceRanges" in cfg.secret_keys else f" ({', '.join(public)})"
         notes.append(
-            f"{NAMESPACE}:sshSourceRanges holds private (RFC 1918) ranges only, but pulumi up's remote steps "
-            "reach the VM's public address from the public address of the machine running pulumi up: "
-            "add that address as a /32"
+            f"{NAMESPACE}:sshSourceRanges opens port 22 to public addresses{shown} besides IAP's range: "
+            "pulumi up and operators reach the VM through IAP (gcloud compute ssh --tunnel-through-iap), "
+            "so keep it only if something must SSH directly (pulumi config rm sshSourceRanges)"
         )
     if not any(_within(cfg.hostname, d) for d in cfg.sending_domains):
         host = "" if "hostname" in cfg.secret_keys else f" {cfg.hostname}"

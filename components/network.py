@@ -1,5 +1,6 @@
-"""MailNetwork: a VPC without IPv6, the static public IP and firewall rules (22 and 25 from
-their ranges, 80 from anywhere for ACME, 443 from webSourceRanges)."""
+"""MailNetwork: a VPC without IPv6, the static public IP and firewall rules (22 from IAP's TCP
+forwarding range and, opt-in, from sshSourceRanges; 25 from smtpSourceRanges; 80 from anywhere for
+ACME; 443 from webSourceRanges)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from components.apis import ProjectApis
 
 TARGET_TAG = "postal-gateway"
 SUBNET_RANGE = "10.64.0.0/24"
+# IAP TCP forwarding connects from this range (https://cloud.google.com/iap/docs/using-tcp-forwarding,
+# "Create a firewall rule"); only identities with roles/iap.tunnelResourceAccessor get through it.
+IAP_RANGE = "35.235.240.0/20"
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,8 @@ class MailNetwork(pulumi.ComponentResource):
             opts=args.apis.after("compute.googleapis.com", parent=self, protect=True),
         )
         rules = {
-            "ssh": (["22"], args.ssh_source_ranges),
+            "ssh": (["22"], (IAP_RANGE,)),  # pulumi up's remote steps and operators, through IAP
+            **({"ssh-direct": (["22"], args.ssh_source_ranges)} if args.ssh_source_ranges else {}),
             "smtp": (["25"], args.smtp_source_ranges),
             # Let's Encrypt's HTTP-01 challenge comes from anywhere; Caddy redirects the rest to 443.
             "http": (["80"], ("0.0.0.0/0",)),

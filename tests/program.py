@@ -22,6 +22,8 @@ import pulumi
 from pulumi.runtime import mocks, rpc
 from pulumi.runtime.proto import resource_pb2
 
+from components import tunnel
+
 ROOT = Path(__file__).resolve().parent.parent
 MAIN = ROOT / "__main__.py"
 PROJECT, STACK = "postal-gateway", "prod"
@@ -34,6 +36,12 @@ PREFLIGHT_STDOUT = (
     "credentials for relay\n"
     "relay-status: not-allowlisted rdo-studio.net: RCPT TO:<ops@rdo-dev.com>: 550-5.7.1 Invalid\n"
 )
+
+
+# The IAP tunnels the program asked for, (project, zone, instance, port) each: gcloud itself is
+# exercised by tests/test_tunnel.py against a fake gcloud.
+TUNNELS: list[tuple] = []
+tunnel.start = lambda project, zone, instance, port: TUNNELS.append((project, zone, instance, port))
 
 
 def tool(name: str) -> str:
@@ -50,7 +58,6 @@ BASE_CONFIG: dict[str, Any] = {
     "postal-gateway:hostname": "postal.rdo-dev.com",
     "postal-gateway:sendingDomains": '["rdo-dev.com", "rdo-studio.net"]',
     "postal-gateway:adminEmail": "ops@rdo-dev.com",
-    "postal-gateway:sshSourceRanges": '["203.0.113.7/32"]',
     "postal-gateway:smtpSourceRanges": '["10.0.0.0/8", "198.51.100.0/24"]',
 }
 
@@ -139,6 +146,7 @@ class Mocks(pulumi.runtime.Mocks):
             out["email"] = f"{args.inputs['accountId']}@{args.inputs['project']}.iam.gserviceaccount.com"
         elif typ == "gcp:compute/instance:Instance":
             out["instanceId"] = "4242424242"
+            out["name"] = f"{name}-{hashlib.sha256(name.encode()).hexdigest()[:7]}"  # auto-named
         elif typ in ("gcp:compute/disk:Disk", "gcp:compute/resourcePolicy:ResourcePolicy"):
             out.setdefault("name", name)
             out["selfLink"] = f"https://compute.googleapis.com/{name}"
@@ -246,6 +254,7 @@ class Run:
     invokes: list[tuple[str, dict]]
     outputs: dict[str, tuple[Any, bool]]  # name -> (value, is_secret)
     error: BaseException | None = None
+    tunnels: list[tuple] = field(default_factory=list)  # IAP tunnels opened (tunnel.start calls)
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.type == typ]
@@ -272,6 +281,7 @@ def run(
     merged = {k: v for k, v in merged.items() if v is not None}
     mock = Mocks(txt_records, missing_zones, dns_records)
     monitor = RecordingMonitor(mock)
+    TUNNELS.clear()
     pulumi.runtime.set_mocks(mock, project=PROJECT, stack=STACK, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(merged, list(secret_keys))
     root = pulumi.runtime.get_root_resource()
@@ -294,7 +304,7 @@ def run(
         return collect()
 
     program()
-    return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None)
+    return Run(monitor.registered, mock.invokes, outputs, error[0] if error else None, list(TUNNELS))
 
 
 def lookup(config: dict | None = None, dns_records: list | None = None):

@@ -8,7 +8,7 @@ import program
 import pytest
 from program import commands, env_of, payload_of
 
-from components import render
+from components import render, tunnel
 
 NS = "postal-gateway:"
 STEPS = ("os", "database", "postal", "caddy", "provision", "preflight", "ops", "smtp-tls")
@@ -39,8 +39,10 @@ def test_steps_run_in_order(run):
 
 
 def test_connection_and_triggers(run):
+    port = tunnel.local_port("acme-mail", "prod")
+    assert run.tunnels == [("acme-mail", "europe-west1-b", run.outputs["instanceName"][0], port)]  # one, to the VM
     for command in commands(run).values():
-        assert command.inputs["connection"]["host"] == program.FAKE_IP
+        assert (command.inputs["connection"]["host"], command.inputs["connection"]["port"]) == ("127.0.0.1", port)
         assert command.inputs["connection"]["user"] == "postal-ops"
         assert command.inputs["connection"]["dialErrorLimit"] == 60
         assert "connection" in command.secret_inputs
@@ -152,7 +154,7 @@ def changed(before, after):
         ({NS + "relayPort": "465", NS + "relayTls": "tls"}, {"postal-postal", "postal-preflight"}),
         ({NS + "selinux": "permissive"}, {"postal-os"}),
         ({NS + "dataDiskSizeGb": "80"}, {"postal-data", "postal-os"}),  # the disk grows, os runs xfs_growfs
-        ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh", "postal-allow-https"}),  # 443 follows
+        ({NS + "sshSourceRanges": '["198.51.100.7/32"]'}, {"postal-allow-ssh-direct", "postal-allow-https"}),  # 443 too
         ({NS + "webSourceRanges": '["192.0.2.0/24"]'}, {"postal-allow-https"}),
         (
             {NS + "adminEmail": "platform@rdo-dev.com"},

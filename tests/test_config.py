@@ -58,7 +58,6 @@ BAD = [
     ("adminEmail", {"adminEmail": "#ops@rdo-dev.com"}, "not an e-mail address"),
     ("adminEmail", {"adminEmail": "ops@rdo-dev.com\n"}, "whitespace or a control character"),
     ("adminEmail", {"adminEmail": "ops @rdo-dev.com"}, "whitespace or a control character"),
-    ("sshSourceRanges", {"sshSourceRanges": None}, "is required"),
     ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.1/8"]'}, "has host bits set"),
     ("sshSourceRanges", {"sshSourceRanges": '["300.1.1.1/32"]'}, "not an IPv4 CIDR range"),
     ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.0/33"]'}, "not an IPv4 CIDR range"),
@@ -394,8 +393,8 @@ def test_443_open_to_most_of_the_internet_is_a_warning(ranges, world):
 
 
 def test_default_443_ranges_are_not_world_open_and_follow_the_smtp_and_ssh_ranges():
-    cfg = load({NS + "sshSourceRanges": '["34.90.1.7/32"]', NS + "smtpSourceRanges": '["10.20.0.0/16"]'})
-    assert cfg.web_source_ranges == ("10.20.0.0/16", "34.90.1.7/32")
+    cfg = load({NS + "sshSourceRanges": '["10.30.0.0/16"]', NS + "smtpSourceRanges": '["10.20.0.0/16"]'})
+    assert cfg.web_source_ranges == ("10.20.0.0/16", "10.30.0.0/16")
     assert config.warnings(cfg) == []
 
 
@@ -701,13 +700,20 @@ def test_a_self_signed_certificate_is_a_warning():
     assert not any("self-signed" in n for n in config.warnings(custom_load(CERT, KEY)))
 
 
-def test_ssh_from_private_ranges_only_is_a_warning():
+def test_direct_ssh_from_public_addresses_is_a_warning():
     def warned(ranges):
-        notes = config.warnings(load({NS + "sshSourceRanges": ranges}))
-        return any("sshSourceRanges holds private (RFC 1918) ranges only" in n for n in notes)
+        notes = config.warnings(load({NS + "sshSourceRanges": ranges} if ranges else {}))
+        return [n for n in notes if "sshSourceRanges opens port 22 to public addresses" in n]
 
-    assert warned('["10.0.0.0/8", "192.168.1.0/24"]')
-    assert not warned('["10.0.0.0/8", "34.90.1.7/32"]') and not warned('["203.0.113.7/32"]')
+    assert not warned(None) and not warned('["10.0.0.0/8", "192.168.1.0/24"]')  # IAP only; private networks
+    (note,) = warned('["10.0.0.0/8", "34.90.1.7/32"]')
+    assert "(34.90.1.7/32) besides IAP's range" in note and "gcloud compute ssh --tunnel-through-iap" in note
+
+
+def test_ssh_source_ranges_are_optional_and_443_follows_smtp_without_them():
+    cfg = load({NS + "sshSourceRanges": None})
+    assert cfg.ssh_source_ranges == ()
+    assert cfg.web_source_ranges == ("10.0.0.0/8", "198.51.100.0/24")
 
 
 def test_short_secret_values_are_not_echoed():

@@ -22,6 +22,7 @@ CONTRACT = {
     "adminPassword",
     "sshUser",
     "sshPrivateKey",
+    "instanceName",
     "relayStatus",
     "relayStatusByDomain",
 }
@@ -91,13 +92,35 @@ def test_restore_recreates_the_data_disk_and_never_deletes_the_live_one(run):
     assert keeps(restored) == keeps(run) == ({"postal-ip", "postal-data"}, {"postal-data"})
 
 
+def firewall_sources(run, port):
+    """Every range that may reach `port`, over all the rules that open it."""
+    rules = run.of_type("gcp:compute/firewall:Firewall")
+    return sorted({s for r in rules if port in r.inputs["allows"][0]["ports"] for s in r.inputs["sourceRanges"]})
+
+
+def test_ssh_is_open_only_to_iap_by_default(run):
+    """22 from IAP's TCP forwarding range alone (no sshSourceRanges): pulumi up and people tunnel through IAP."""
+    assert firewall_sources(run, "22") == ["35.235.240.0/20"]
+    assert [r.name for r in run.of_type("gcp:compute/firewall:Firewall") if "22" in r.inputs["allows"][0]["ports"]] == [
+        "postal-allow-ssh"
+    ]
+
+
+def test_ssh_source_ranges_add_direct_ssh_besides_iap():
+    run = program.run({NS + "sshSourceRanges": '["203.0.113.7/32"]'})
+    assert run.error is None, run.error
+    assert firewall_sources(run, "22") == ["203.0.113.7/32", "35.235.240.0/20"]
+    assert run.named("postal-allow-ssh-direct").inputs["sourceRanges"] == ["203.0.113.7/32"]
+    assert run.named("postal-allow-https").inputs["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24", "203.0.113.7/32"]
+
+
 def test_firewall_rules_exactly_as_configured(run):
     rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in run.of_type("gcp:compute/firewall:Firewall")}
     assert set(rules) == {("22",), ("25",), ("80",), ("443",), ("443", "25")}  # the last: uptime checkers
-    assert rules[("22",)]["sourceRanges"] == ["203.0.113.7/32"]
+    assert rules[("22",)]["sourceRanges"] == ["35.235.240.0/20"]
     assert rules[("25",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]
     assert rules[("80",)]["sourceRanges"] == ["0.0.0.0/0"]  # ACME HTTP-01 from anywhere; Caddy redirects the rest
-    assert rules[("443",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24", "203.0.113.7/32"]  # not world-open
+    assert rules[("443",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]  # the SMTP ranges; never IAP's
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     assert all(r["targetTags"] == vm.inputs["tags"] for r in rules.values())
     assert all(r["direction"] == "INGRESS" and r["allows"][0]["protocol"] == "tcp" for r in rules.values())
