@@ -101,7 +101,13 @@ def start(project: str, zone: str, instance: str, port: int, timeout: float = RE
             "compute.instances.get for that identity, and that nothing else listens on the port."
         )
     _open[key] = proc
-    atexit.register(stop, proc)
+
+
+@atexit.register
+def close_all() -> None:
+    """Stop every tunnel this process opened (at exit: the deployment is over)."""
+    while _open:
+        stop(_open.popitem()[1])
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -41,6 +41,7 @@ PREFLIGHT_STDOUT = (
 # The IAP tunnels the program asked for, (project, zone, instance, port) each: gcloud itself is
 # exercised by tests/test_tunnel.py against a fake gcloud.
 TUNNELS: list[tuple] = []
+REAL_TUNNEL_START = tunnel.start
 tunnel.start = lambda project, zone, instance, port: TUNNELS.append((project, zone, instance, port))
 
 
