@@ -3,6 +3,7 @@
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import program
@@ -11,7 +12,8 @@ import yaml
 
 WORKFLOWS = program.ROOT / ".github" / "workflows"
 PREVIEW, DEPLOY = WORKFLOWS / "preview.yml", WORKFLOWS / "deploy.yml"
-REQUIREMENTS = {"requirements.txt", "requirements-dev.txt", "policy/requirements.txt"}
+# base/: the base branch's policy pack, checked out by the preview job
+REQUIREMENTS = {"requirements.txt", "requirements-dev.txt", "policy/requirements.txt", "base/policy/requirements.txt"}
 
 
 def check_jsonschema(*paths):
@@ -44,6 +46,7 @@ PINS = {
     "actions/checkout": ("3d3c42e5aac5ba805825da76410c181273ba90b1", "v7.0.1"),
     "actions/setup-python": ("5fda3b95a4ea91299a34e894583c3862153e4b97", "v7.0.0"),
     "google-github-actions/auth": ("7c6bc770dae815cd3e89ee6cdf493a5fab2cc093", "v3.0.0"),
+    "google-github-actions/setup-gcloud": ("aa5489c8933f4cc7a4f7d45035b3b1440c9c10db", "v3.0.1"),
     "pulumi/actions": ("8e5e406f4007fca908480587cb9893c07090f58d", "v7.0.0"),
 }
 USES = re.compile(r"^\s*-?\s*uses:\s*(?P<action>[\w.-]+/[\w.-]+)@(?P<ref>\S+)(?:\s+#\s*(?P<version>\S+))?\s*$", re.M)
@@ -133,7 +136,8 @@ def test_the_preview_job_cannot_reach_the_deploy_identity_or_deploy_secrets():
     # whatever a pull request writes into preview.yml; and the deploy identity's Workload Identity
     # provider admits only main in `production` (docs/ci-cd.md).
     for name, job in preview["jobs"].items():
-        secrets = {r for r in references(job) if r.startswith("secrets.")}
+        # GITHUB_TOKEN is every job's own, scoped by its `permissions`
+        secrets = {r for r in references(job) if r.startswith("secrets.")} - {"secrets.GITHUB_TOKEN"}
         assert not secrets or job["environment"] == "preview", name
         assert job.get("environment") != "production"
     deploy_job = deploy["jobs"]["deploy"]
@@ -141,15 +145,49 @@ def test_the_preview_job_cannot_reach_the_deploy_identity_or_deploy_secrets():
     assert {r for r in references(deploy["jobs"]["test"])} == set()  # the test job gets nothing
     header = DEPLOY.read_text().split("\nname:", 1)[0]
     assert "assertion.ref == 'refs/heads/main'" in header and "assertion.environment == 'production'" in header
+    assert "assertion.repository_id ==" in header and "assertion.repository_owner_id ==" in header
 
 
-@pytest.mark.parametrize("workflow", [PREVIEW, DEPLOY])
-def test_preview_and_up_run_the_policy_pack_in_the_venv_its_yaml_names(workflow):
+@pytest.mark.parametrize("workflow, pack", [(PREVIEW, "base/policy"), (DEPLOY, "policy")])
+def test_preview_and_up_run_the_policy_pack_in_the_venv_its_yaml_names(workflow, pack):
     _, step = pulumi_step(load(workflow))
-    assert step["with"]["policyPacks"].split()[0] == "policy"
-    install = next(s for _, s in steps(load(workflow)) if "policy/requirements.txt" in s.get("run", ""))
+    assert step["with"]["policyPacks"].split() == [pack]
+    install = next(s for _, s in steps(load(workflow)) if f" -r {pack}/requirements.txt" in s.get("run", ""))
     venv = yaml.safe_load((program.ROOT / "policy" / "PulumiPolicy.yaml").read_text())["runtime"]["options"]
-    assert f"-m venv policy/{venv['virtualenv']} " in install["run"]
+    assert f"-m venv {pack}/{venv['virtualenv']} " in install["run"]
+
+
+def test_the_preview_uses_the_base_branchs_policy_pack():
+    """The pull request's own policy/ never judges it: the pack is checked out from the base commit."""
+    job, step = pulumi_step(load(PREVIEW))
+    pack = step["with"]["policyPacks"]
+    checkouts = [s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@")]
+    (base,) = [c for c in checkouts if c.get("with", {}).get("path")]
+    assert base["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert pack == f"{base['with']['path']}/policy" and base["with"]["sparse-checkout"] == "policy"
+    assert base["with"]["persist-credentials"] is False
+    assert job["steps"].index(base) < job["steps"].index(step)
+    # the program itself is the pull request's (the default checkout, at the workspace root)
+    (own,) = [c for c in checkouts if not c.get("with", {}).get("path")]
+    assert "ref" not in own["with"] and step["with"]["work-dir"] == "./"
+
+
+def test_the_preview_waits_for_the_reviewers_check_on_the_base_branchs_script():
+    doc = load(PREVIEW)
+    job = doc["jobs"]["reviewers"]
+    assert "reviewers" in doc["jobs"]["preview"]["needs"] and "environment" not in job
+    assert job["permissions"] == {"actions": "read"}  # GET /repos/{owner}/{repo}/environments/{name}
+    checkout, check = job["steps"]
+    assert checkout["with"]["ref"] == "${{ github.event.pull_request.base.sha }}"
+    assert check["run"] == "python3 .ci/check-environment preview"
+    assert check["env"] == {"GITHUB_TOKEN": "${{ secrets.GITHUB_TOKEN }}"}
+
+
+@pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
+def test_the_pulumi_cli_is_pinned_to_the_sdk_version(path):
+    _, step = pulumi_step(load(path))
+    sdk = re.search(r"^pulumi==(\S+)$", (program.ROOT / "requirements.txt").read_text(), re.M)[1]
+    assert str(step["with"]["pulumi-version"]) == sdk
 
 
 def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment():
@@ -160,6 +198,9 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
     assert step["with"]["command"] == "up" and step["with"]["stack-name"] == "prod"
     assert job["environment"] == "production" and "test" in job["needs"]
     assert job["if"] == "github.ref == 'refs/heads/main'"  # a dispatch from another branch deploys nothing
+    assert job["runs-on"] == "ubuntu-latest"  # GitHub-hosted: SSH goes through IAP, no runner is trusted
+    gcloud = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/setup-gcloud@"))
+    assert job["steps"].index(gcloud) < job["steps"].index(step)  # the program opens the tunnel with it
     auth = next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
     assert auth["with"] == {
         "workload_identity_provider": "${{ vars.GCP_WORKLOAD_IDENTITY_PROVIDER }}",
@@ -287,3 +328,116 @@ def test_workflows_are_green_for_a_repository_with_only_prod_set_up(stack_dir):
 def test_readme_test_command_is_what_ci_runs():
     text = (program.ROOT / ".ci/run").read_text()
     assert "python -m pytest -q" in text and "requirements-dev.txt" in text
+
+
+# GitHub's "Get an environment" reply (https://docs.github.com/en/rest/deployments/environments#get-an-environment,
+# the documented example, abridged): a wait timer, required reviewers (a user and a team), a branch policy.
+ENVIRONMENT = {
+    "id": 161088068,
+    "name": "preview",
+    "protection_rules": [
+        {"id": 3736, "node_id": "MDQ6R2F0ZTM3MzY=", "type": "wait_timer", "wait_timer": 30},
+        {
+            "id": 3755,
+            "node_id": "MDQ6R2F0ZTM3NTU=",
+            "prevent_self_review": False,
+            "type": "required_reviewers",
+            "reviewers": [
+                {"type": "User", "reviewer": {"login": "octocat", "id": 1, "type": "User"}},
+                {"type": "Team", "reviewer": {"id": 1, "name": "Justice League", "slug": "justice-league"}},
+            ],
+        },
+        {"id": 3756, "node_id": "MDQ6R2F0ZTM3NTY=", "type": "branch_policy"},
+    ],
+    "deployment_branch_policy": {"protected_branches": False, "custom_branch_policies": True},
+}
+NO_REVIEWERS = {**ENVIRONMENT, "protection_rules": [ENVIRONMENT["protection_rules"][0]]}
+SELF_REVIEW_PREVENTED = {
+    **ENVIRONMENT,
+    "protection_rules": [{**ENVIRONMENT["protection_rules"][1], "prevent_self_review": True}],
+}
+
+
+def check_environment(status, body):
+    """.ci/check-environment preview against a local GitHub API answering `status` and `body`."""
+    import http.server
+    import json
+    import threading
+
+    seen = []
+
+    class Api(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path, self.headers["Authorization"], self.headers["Accept"]))
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        result = subprocess.run(
+            [sys.executable, str(program.ROOT / ".ci/check-environment"), "preview"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                "PATH": os.environ["PATH"],
+                "GITHUB_TOKEN": "ghs_test",
+                "GITHUB_REPOSITORY": "acme/postal-gateway",
+                "GITHUB_API_URL": f"http://127.0.0.1:{server.server_address[1]}",
+            },
+        )
+    finally:
+        server.shutdown()
+    assert seen == [
+        ("/repos/acme/postal-gateway/environments/preview", "Bearer ghs_test", "application/vnd.github+json")
+    ]
+    return result
+
+
+@pytest.mark.parametrize(
+    "status, body, code, says",
+    [
+        (200, ENVIRONMENT, 0, "required reviewers justice-league, octocat"),
+        (200, ENVIRONMENT, 0, "::warning::environment preview: a reviewer may approve their own"),
+        (200, SELF_REVIEW_PREVENTED, 0, "required reviewers"),
+        (200, NO_REVIEWERS, 1, "::error::environment preview has no required reviewers"),
+        (200, {**ENVIRONMENT, "protection_rules": []}, 1, "Settings → Environments → preview → Required reviewers"),
+        (404, {"message": "Not Found"}, 1, "environment preview does not exist in acme/postal-gateway"),
+        (403, {"message": "Resource not accessible by integration"}, 1, "needs `permissions: actions: read`"),
+    ],
+)
+def test_the_preview_refuses_to_run_without_required_reviewers(status, body, code, says):
+    result = check_environment(status, body)
+    assert result.returncode == code, result.stdout + result.stderr
+    assert says in result.stdout
+    if body is SELF_REVIEW_PREVENTED:
+        assert "::warning::" not in result.stdout
+
+
+def test_codeowners_cover_what_production_runs():
+    """Later lines win in CODEOWNERS (https://docs.github.com/en/repositories/managing-your-repositorys-settings-and-features/customizing-your-repository/about-code-owners):
+    every guarded directory's last matching line names owners."""
+    lines = [
+        line.split()
+        for line in (program.ROOT / ".github" / "CODEOWNERS").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for pattern, *owners in lines:
+        assert owners and all(re.fullmatch(r"@[\w.-]+(/[\w.-]+)?|[^@\s]+@[\w.-]+", o) for o in owners), pattern
+    for guarded in (
+        ".github/workflows/deploy.yml",
+        "policy/policies.py",
+        "scripts/remote/lib.sh",
+        "components/network.py",
+    ):
+        matching = [owners for pattern, *owners in lines if guarded.startswith(pattern.lstrip("/")) or pattern == "*"]
+        assert matching and matching[-1], guarded
+        assert (program.ROOT / guarded).exists()
