@@ -191,3 +191,49 @@ def test_first_errors_name_the_key_and_the_fix(values, expected):
     assert "Fix: " in line
     if "sshSourceRanges: '" in expected:
         assert "pulumi config set --path 'sshSourceRanges[0]'" in line
+
+
+def test_security_doc_lists_every_firewall_rule_with_its_ports():
+    """docs/security.md's rule table is exactly the rules the program registers (every optional rule
+    switched on), each with its ports."""
+    full = program.run({NS + "sshSourceRanges": '["10.8.0.0/16"]'})
+    assert full.error is None, full.error
+    registered = {r.name: r.inputs["allows"][0]["ports"] for r in full.of_type("gcp:compute/firewall:Firewall")}
+    documented = {}
+    for line in section(text(ROOT / "docs" / "security.md"), "Firewall rules").splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `"):
+            documented[cells[0].strip("`")] = re.findall(r"^\d+|(?<=, )\d+", cells[1])
+    assert documented == registered
+
+
+def test_security_doc_names_the_vms_roles_and_the_deployers_tunnel_role():
+    from components.host import LOG_ROLES
+
+    identities = section(text(ROOT / "docs" / "security.md"), "Identities")
+    vm = next(line for line in identities.splitlines() if "service account `postal-gw-" in line)
+    assert set(re.findall(r"`(roles/[\w.]+)`", vm)) == set(LOG_ROLES)
+    assert "roles/iap.tunnelResourceAccessor" in identities
+    assert "`roles/iap.tunnelResourceAccessor`" in section(text(ROOT / "README.md"), "Prerequisites")
+
+
+def test_no_document_sends_deploys_to_a_self_hosted_runner_or_ssh_around_iap():
+    for doc in [*DOCS, ROOT / ".github" / "workflows" / "deploy.yml"]:
+        body = text(doc)
+        assert "self-hosted" not in body and "DEPLOY_RUNS_ON" not in body, doc.name
+        for command in re.findall(r"^(?:\$ )?(ssh [^\n]*)$", body, re.M):
+            pytest.fail(f"{doc.name}: plain `{command}`; use gcloud compute ssh --tunnel-through-iap")
+    assert "gcloud compute ssh postal-ops@$(pulumi stack output instanceName) --tunnel-through-iap" in text(
+        ROOT / "docs" / "runbook.md"
+    )
+
+
+def test_workload_identity_setup_names_the_repository_by_numeric_ids():
+    setup = section(text(ROOT / "docs" / "ci-cd.md"), "Workload Identity setup")
+    conditions = re.findall(r'--attribute-condition "([^"]+)"', setup)
+    assert len(conditions) == 2
+    for condition in conditions:
+        assert "assertion.repository_id == '<repo-id>'" in condition
+        assert "assertion.repository_owner_id == '<owner-id>'" in condition
+    assert "assertion.repository ==" not in setup and "attribute.repository/" not in setup
+    assert "attribute.repository_id/<repo-id>" in setup
