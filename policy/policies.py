@@ -25,7 +25,7 @@ DNS_RECORD = "cloudflare:index/dnsRecord:DnsRecord"
 
 # Guarded ports: what they are and the config key that sets who may reach them.
 GUARDED_PORTS = {
-    22: ("SSH", "sshSourceRanges", "203.0.113.7/32 (the machine running pulumi up)"),
+    22: ("SSH", "sshSourceRanges", "10.8.0.0/16 (or unset it: SSH through IAP only)"),
     25: ("SMTP", "smtpSourceRanges", "10.0.0.0/8 (the networks of the internal senders)"),
     443: ("HTTPS: Postal's web UI and API", "webSourceRanges", "203.0.113.0/24 (or unset it: the SMTP and SSH ranges)"),
 }

@@ -83,9 +83,9 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
         ("web-ui-not-world-open", bad.named("postal-allow-https").urn)
     }
     by_urn = {urn: message for p, urn, message in found if p == "no-open-ssh-smtp"}
-    assert set(by_urn) == {bad.named("postal-allow-ssh").urn, bad.named("postal-allow-smtp").urn}
-    ssh, smtp = by_urn[bad.named("postal-allow-ssh").urn], by_urn[bad.named("postal-allow-smtp").urn]
-    assert "'postal-allow-ssh'" in ssh and "port 22" in ssh and "postal-gateway:sshSourceRanges" in ssh
+    assert set(by_urn) == {bad.named("postal-allow-ssh-direct").urn, bad.named("postal-allow-smtp").urn}
+    ssh, smtp = by_urn[bad.named("postal-allow-ssh-direct").urn], by_urn[bad.named("postal-allow-smtp").urn]
+    assert "'postal-allow-ssh-direct'" in ssh and "port 22" in ssh and "postal-gateway:sshSourceRanges" in ssh
     assert "'postal-allow-smtp'" in smtp and "port 25" in smtp and "postal-gateway:smtpSourceRanges" in smtp
 
 
