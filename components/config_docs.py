@@ -50,15 +50,15 @@ KEY_DOCS: dict[str, Doc] = {
     ),
     "sshSourceRanges": Doc(
         "list of IPv4 CIDR",
-        "who may SSH (include the machine running `pulumi up`: private RFC 1918 ranges alone are warned "
-        f"about, the remote steps reach the public address); {CIDR_RULES}",
-        "required",
+        "opt-in to direct SSH besides IAP (a public range is warned about; `pulumi up` and operators go "
+        f"through IAP either way); {CIDR_RULES}",
+        "unset: 22 open only to IAP's TCP forwarding (35.235.240.0/20)",
     ),
     "smtpSourceRanges": Doc("list of IPv4 CIDR", f"who may submit mail on port 25; {CIDR_RULES}", "required"),
     "webSourceRanges": Doc(
         "list of IPv4 CIDR",
         "who may reach 443 (web UI, API); 80 stays open to all for Let's Encrypt and redirects to 443; " + CIDR_RULES,
-        "`smtpSourceRanges` + `sshSourceRanges`",
+        "`smtpSourceRanges` + `sshSourceRanges` (never IAP's range)",
     ),
     "tls": Doc("`letsencrypt`\\|`internal`\\|`custom`", "Caddy TLS mode"),
     "tlsCertificate": Doc(

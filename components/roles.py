@@ -36,6 +36,12 @@ DEPLOY = (
     ),
     Role("roles/monitoring.editor", PROJECT, "notification channel, uptime checks, alert policies"),
     Role("roles/logging.configWriter", PROJECT, "the log-based metric the relay-error alert counts"),
+    Role(
+        "roles/iap.tunnelResourceAccessor",
+        PROJECT,
+        "SSH to the VM through IAP: `pulumi up` opens the bootstrap steps' tunnel with gcloud "
+        "(`gcloud compute start-iap-tunnel` also needs `compute.instances.get`, in `roles/compute.admin`)",
+    ),
     Role("roles/storage.objectAdmin", BUCKET, "read and write the stack's state, take its lock"),
     Role("roles/cloudkms.cryptoKeyEncrypterDecrypter", KEY, "encrypt and decrypt the stack's secrets"),
 )
