@@ -223,7 +223,7 @@ def test_no_document_sends_deploys_to_a_self_hosted_runner_or_ssh_around_iap():
         assert "self-hosted" not in body and "DEPLOY_RUNS_ON" not in body, doc.name
         for command in re.findall(r"^(?:\$ )?(ssh [^\n]*)$", body, re.M):
             pytest.fail(f"{doc.name}: plain `{command}`; use gcloud compute ssh --tunnel-through-iap")
-    assert "gcloud compute ssh postal-ops@$(pulumi stack output instanceName) --tunnel-through-iap" in text(
+    assert "gcloud compute ssh postal-ops@$(pulumi stack output -s prod instanceName) --tunnel-through-iap" in text(
         ROOT / "docs" / "runbook.md"
     )
 
