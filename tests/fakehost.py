@@ -454,12 +454,15 @@ RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env", "--volume
 CHECKPOINTS = "mariadb_backup_checkpoints"
 
 
+SYSTEM_FILES = ("ibdata1", "mysql/global_priv.frm", "mysql/global_priv.MAD", "mysql/global_priv.MAI")
+
+
 def _mbstream(host, datadir: str) -> str:
     files = {CHECKPOINTS: "backup_type = full-backuped\n"}
-    for name in sorted(os.listdir(datadir)) if os.path.isdir(datadir) else []:
-        if os.path.isfile(os.path.join(datadir, name)):
-            with open(os.path.join(datadir, name)) as f:
-                files[name] = f.read()
+    for top, _, names in sorted(os.walk(datadir)):
+        for name in sorted(names):
+            with open(os.path.join(top, name)) as f:
+                files[os.path.relpath(os.path.join(top, name), datadir)] = f.read()
     return "MBSTREAM1\n" + "".join(f"{name}\t{text.encode().hex()}\n" for name, text in files.items())
 
 
@@ -473,6 +476,7 @@ def _one_off(host, options, argv):
             fail("mbstream: incorrect stream chunk")
         for line in data.splitlines()[1:]:
             name, text = line.split("\t")
+            os.makedirs(os.path.dirname(os.path.join(restore, name)), exist_ok=True)
             write(os.path.join(restore, name), bytes.fromhex(text).decode())
     elif argv[:2] == ["mariadb-backup", "--prepare"]:
         checkpoints = os.path.join(restore, CHECKPOINTS)
@@ -624,7 +628,11 @@ def docker(host, args):
             if not os.path.exists(data + "/mysql"):
                 with open(host_path(container["volumes"], env["MARIADB_ROOT_PASSWORD_FILE"])) as f:
                     host.state["mariadb_root_password"] = f.read()
+                # what mariadb-install-db leaves: the InnoDB system tablespace and the system
+                # tables (mysql.global_priv holds the accounts since MariaDB 10.4, an Aria table)
                 os.makedirs(data + "/mysql")
+                for name in SYSTEM_FILES:
+                    write(os.path.join(data, name), "")
         if container["image"].startswith("caddy:"):
             caddy_load(host, container)
     elif args[0] in ("rm", "start", "restart", "stop"):
@@ -841,10 +849,13 @@ def needs_restarting(host, args):
     _query(host, ["needs-restarting", *args])
     if args != ["-r"]:
         fail(f"needs-restarting stub: unsupported {args}")
+    if host.get("dnf_broken", False):  # dnf/cli/main.py ex_Error: "Error: <message>" on stderr, exit 1
+        fail("Error: Failed to download metadata for repo 'baseos': Cannot download repomd.xml")
     if host.get("needs_reboot", False):
-        print(
+        print(  # plugins/needs_restarting.py (dnf-plugins-core), then dnf.exceptions.Error()
             "Core libraries or services have been updated since boot-up:\n  * kernel\n\n"
-            "Reboot is required to fully utilize these updates."
+            "Reboot is required to fully utilize these updates.\n"
+            "More information: https://access.redhat.com/solutions/27943"
         )
         return 1
     print("No core libraries or services have been updated since boot-up.\nReboot should not be necessary.")

@@ -260,6 +260,18 @@ def test_reboot_only_when_needs_restarting_says_so(fresh, needed):
     assert fresh.state().get("reboots", 0) == int(needed)
 
 
+def test_a_dnf_error_is_reported_and_never_reboots(fresh):
+    """needs-restarting -r exits 1 on a dnf error too (a broken repository, a held lock)."""
+    state = fakehost.Host(fresh.root)
+    state.state["dnf_broken"] = state.state["needs_reboot"] = True
+    state.save()
+    result = sbin(fresh, "postal-gateway-reboot")
+    assert result.returncode == 1
+    assert "FAILED: needs-restarting -r exited 1 without asking for a reboot" in result.stderr
+    assert "Failed to download metadata for repo 'baseos'" in result.stderr
+    assert "systemctl reboot" not in fresh.changes() and fresh.state().get("reboots", 0) == 0
+
+
 def test_everything_comes_back_after_a_reboot(fresh):
     """The reboot path: what systemd and Docker do at boot (fakehost.boot) on the deployed host."""
     before = fresh.state()
@@ -312,18 +324,49 @@ def test_backup_streams_mariadb_onto_the_data_disk_and_keeps_n_days(fresh, units
     assert result.returncode == 0, result.stderr
     (name,) = backups(fresh)  # the old one is past backupRetentionDays
     archive = gzip.decompress((fresh.file(BACKUP_DIR) / name).read_bytes()).decode()
-    assert archive.startswith("MBSTREAM1\n") and "ibdata1" in archive
+    assert archive.startswith("MBSTREAM1\n") and "ibdata1" in archive and "mysql/global_priv.frm" in archive
+    # checked by unpacking it with the image's mbstream into a scratch directory, removed afterwards
+    assert any(re.search(r"^M docker run --rm --interactive .*:/restore .* mbstream -x$", c) for c in fresh.calls())
+    assert {p.name for p in fresh.file(BACKUP_DIR).iterdir()} == {name, "last-backup.log"}
     assert any(c.startswith("Q docker exec postal-mariadb sh -c ") and "--stream=xbstream" in c for c in fresh.calls())
     assert "MARIADB_ROOT_PASSWORD=" not in "\n".join(fresh.calls())  # no secret on a command line
 
 
-def test_failed_backup_leaves_no_file(fresh, units):
+def test_failed_backup_says_why_and_leaves_no_file(fresh, units):
     fakehost_state = fakehost.Host(fresh.root)
     fakehost_state.state["containers"]["postal-mariadb"]["running"] = False
     fakehost_state.save()
     result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
     assert result.returncode != 0
-    assert backups(fresh) == [] and list(fresh.file(BACKUP_DIR).glob(".*partial")) == []
+    # stderr is what systemd puts in the journal (and the Ops Agent in Cloud Logging)
+    assert "postal-gateway-backup: FAILED: mariadb-backup in postal-mariadb did not complete" in result.stderr
+    assert "container postal-mariadb is not running" in result.stderr  # mariadb-backup's own words, from its log
+    assert backups(fresh) == [] and list(fresh.file(BACKUP_DIR).glob(".*")) == []
+
+
+def test_wrong_password_reaches_the_journal(fresh, units):
+    fresh.file("/opt/postal/secrets/mariadb-root-password").write_text("not the one")
+    result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
+    assert result.returncode != 0 and "Access denied for user 'root'" in result.stderr
+    assert backups(fresh) == []
+
+
+@pytest.mark.parametrize("lost", ["ibdata1", "mysql/global_priv.frm"])
+def test_a_stream_without_the_system_tables_fails_loudly(fresh, units, lost):
+    """mariadb-backup exited 0 but its stream is not a MariaDB backup: refused, nothing kept."""
+    fresh.file(f"/opt/postal/mariadb/{lost}").unlink()
+    result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
+    assert result.returncode != 0
+    assert f"FAILED: the backup stream lacks {lost}: not a MariaDB backup" in result.stderr
+    assert backups(fresh) == [] and list(fresh.file(BACKUP_DIR).glob(".*")) == []
+
+
+def test_a_stream_that_does_not_unpack_fails_loudly(fresh, units, monkeypatch):
+    monkeypatch.setattr(fakehost, "_mbstream", lambda host, datadir: "garbage\n")
+    result = sbin(fresh, "postal-gateway-backup", **backup_env(units))
+    assert result.returncode != 0 and "FAILED: the backup stream does not unpack" in result.stderr
+    assert "mbstream: incorrect stream chunk" in result.stderr
+    assert backups(fresh) == []
 
 
 def test_restore_drill_puts_the_backup_back(fresh, units):
