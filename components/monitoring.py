@@ -5,14 +5,16 @@
   Caddy answering without Postal fails it), and TCP on the SMTP intake (25); a firewall rule lets
   Google's uptime checkers (`gcp.monitoring.get_uptime_check_i_ps`) reach exactly 443 and 25;
 - alert policies on the checks, the disks (Ops Agent), Postal's Prometheus metrics (scraped by the
-  Ops Agent: prometheus_target, namespace `<instance id>/<name>`) and a log-based metric counting
-  the worker's relay delivery errors (its journal lines, shipped by the Ops Agent).
+  Ops Agent: prometheus_target, namespace `<instance id>/<name>`): queue latency, worker errors, and
+  the worker's or SMTP server's series going absent (a dead process pages), and a log-based metric
+  counting the worker's relay delivery errors (its journal lines, shipped by the Ops Agent).
 Every policy's documentation says what the alert means and what to do.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -22,7 +24,6 @@ from components.apis import ProjectApis
 from components.config import MailConfig
 
 MONITORING = "monitoring.googleapis.com"
-ALERT_WINDOW_S = 900  # counts and percentiles are taken over 15 minutes
 UPTIME_PERIOD = "300s"
 UPTIME_PORTS = ("443", "25")
 # Postal's login page (app/views/sessions/new.html.haml at 3.3.6): only Postal renders it.
@@ -35,16 +36,44 @@ LOGIN_PATH, LOGIN_TEXT = "/login", "Welcome to Postal"
 RELAY_ERROR_RE = "^[^ ]+ [^ ]+ [^ ]+ ERROR +.* log_id=[A-Z0-9]+"  # no backslash: it sits in a quoted filter
 RELAY_RETRY_TEXT = "retrying without SSL"
 WORKER_CONTAINER_RE = "^postal-worker"  # compose project `postal`, service `worker`
+# Ops Agent: disk/percent_used is the agent's system.filesystem.utilization (apps/hostmetrics.go), which
+# its agentmetrics processor computes as used / (used + free + reserved) * 100
+# (opentelemetry-operations-collector agentmetricsprocessor/utils_calculate_utilizations.go): 0-100,
+# the same scale as diskAlertPercent.
 DISK_METRIC = "agent.googleapis.com/disk/percent_used"
-# Postal's metrics (app/lib/worker/process.rb setup_prometheus at 3.3.6): the queue latency is a histogram
-# in seconds, worker errors a counter. They reach Cloud Monitoring as prometheus_target series whose
-# descriptors exist only once the agent has scraped them, so their conditions are PromQL with metric
-# validation off (a filter condition on a missing descriptor is refused when the policy is created).
+# Postal's metrics (app/lib/worker/process.rb setup_prometheus, app/lib/smtp_server/server.rb at 3.3.6)
+# reach Cloud Monitoring as prometheus_target series whose descriptors exist only once the agent has
+# scraped them, and the relay errors as a log-based metric whose descriptor takes up to 10 minutes to
+# appear (a threshold condition on it is refused with 404 "Cannot find metric(s)" in the same `up`:
+# hashicorp/terraform-provider-google#11102). So these conditions are PromQL with metric validation
+# off, which the API accepts at once ("This allows alerting policies to be defined on metrics that do
+# not yet exist", AlertPolicy PrometheusQueryLanguageCondition.disableMetricValidation).
+# - queue latency: Postal observes each dequeued message's wait (initial_processor.rb
+#   increment_dequeue_metric) into prometheus-client's default buckets, whose highest finite bound is
+#   10 s (client_ruby 4.2.2 histogram.rb DEFAULT_BUCKETS): histogram_quantile never exceeds 10, so the
+#   condition is the mean wait from _sum / _count (no dequeue: 0/0 = NaN, never above the threshold);
+# - worker / SMTP down: prometheus-client exports a metric without labels from the start (client_ruby
+#   metric.rb init_label_set({})): postal_message_queue_latency (worker) and
+#   postal_smtp_server_connections_total (SMTP server) have a sample at every scrape, so their absence
+#   for SCRAPE_GAP means the process, its /metrics or the agent is gone;
+# - relay errors: a DELTA log-based metric, queried with increase() like Google's own PromQL example on
+#   the delta metric logging_googleapis_com:billing_bytes_ingested.
+SCRAPE_GAP = "10m"  # 10 scrapes of 60 s: a reboot or a container restart does not page
 PROMQL = {
-    "queue-latency": "histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket{{{vm}}}[15m])))"
-    " > {threshold}",
+    "queue-latency": "sum(increase(postal_message_queue_latency_sum{{{vm}}}[15m]))"
+    " / sum(increase(postal_message_queue_latency_count{{{vm}}}[15m])) > {threshold}",
     "worker-errors": "sum(increase(postal_worker_errors{{{vm}}}[15m])) > {threshold}",
+    "worker-down": "absent_over_time(postal_message_queue_latency_count{{{vm}}}[" + SCRAPE_GAP + "])",
+    "smtp-down": "absent_over_time(postal_smtp_server_connections_total{{{vm}}}[" + SCRAPE_GAP + "])",
+    "relay-errors": 'sum(increase({metric}{{monitored_resource="gce_instance"}}[15m])) > {threshold}',
 }
+
+
+def promql_name(metric_type: str) -> str:
+    """A Cloud Monitoring metric type as PromQL names it: the first / becomes :, every other character
+    PromQL does not allow becomes _ (https://cloud.google.com/monitoring/promql/promql-mapping)."""
+    domain, path = metric_type.split("/", 1)
+    return re.sub(r"[^A-Za-z0-9_]", "_", domain) + ":" + re.sub(r"[^A-Za-z0-9_]", "_", path)
 
 
 @dataclass(frozen=True)
@@ -164,7 +193,6 @@ class MailMonitoring(pulumi.ComponentResource):
         # the agent labels its Prometheus series namespace="<instance id>/<instance name>" (ops-agent
         # confgenerator/resourcedetector/gce_detector.go PrometheusStyleMetadata)
         on_postal = instance.apply(lambda i: f'namespace=~"{i}/.*"')
-        window = f"{ALERT_WINDOW_S}s"  # the PromQL queries say [15m]
         specs = {
             "uptime-https": (
                 "the web UI and API do not answer",
@@ -209,10 +237,34 @@ class MailMonitoring(pulumi.ComponentResource):
                 ),
                 _doc(
                     "mail waits in Postal's queue",
-                    f"The 99th percentile of postal_message_queue_latency over 15 minutes is above "
-                    f"{cfg.queue_latency_alert_seconds} s: messages wait before the worker picks them up.",
-                    "`sudo postal status` (is the worker running?), `sudo postal logs worker`; a relay that "
-                    "defers or throttles (docs/troubleshooting.md) also holds the queue.",
+                    "The messages the worker took from the queue in the last 15 minutes waited "
+                    f"{cfg.queue_latency_alert_seconds} s or more on average (postal_message_queue_latency "
+                    "_sum / _count): the worker is behind.",
+                    "`sudo postal status`, `sudo postal logs worker`; a relay that defers or throttles "
+                    "(docs/troubleshooting.md) holds the queue; a backlog after an outage drains by itself.",
+                ),
+            ),
+            "worker-down": (
+                f"Postal's worker has not been scraped for {SCRAPE_GAP}",
+                on_postal.apply(lambda vm: PROMQL["worker-down"].format(vm=vm)),
+                _doc(
+                    "Postal's worker is down",
+                    f"No sample of the worker's metrics (127.0.0.1:9090/metrics) for {SCRAPE_GAP}: the worker "
+                    "is stopped or hung, or the Ops Agent is. Nothing is delivered while the worker is down.",
+                    "on the VM `sudo postal status`, `sudo postal logs worker`, `sudo postal start`; "
+                    "`curl -s 127.0.0.1:9090/health`; `sudo systemctl status google-cloud-ops-agent`.",
+                ),
+            ),
+            "smtp-down": (
+                f"Postal's SMTP server has not been scraped for {SCRAPE_GAP}",
+                on_postal.apply(lambda vm: PROMQL["smtp-down"].format(vm=vm)),
+                _doc(
+                    "Postal's SMTP server is down",
+                    f"No sample of the SMTP server's metrics (127.0.0.1:9091/metrics) for {SCRAPE_GAP}: the "
+                    "smtp container is stopped (it waits for its certificate) or hung, or the Ops Agent is. "
+                    "Mail submitted on port 25 is refused.",
+                    "on the VM `sudo postal status`, `sudo postal logs smtp`; `sudo systemctl status "
+                    "postal-gateway-smtp-tls` (certificate copy); `sudo systemctl status google-cloud-ops-agent`.",
                 ),
             ),
             "worker-errors": (
@@ -230,8 +282,9 @@ class MailMonitoring(pulumi.ComponentResource):
             "relay-errors": (
                 f"more than {cfg.relay_failure_alert_count} relay errors in 15 minutes",
                 self.relay_errors.name.apply(
-                    lambda metric: (
-                        f'metric.type="logging.googleapis.com/user/{metric}" AND resource.type="gce_instance"'
+                    lambda metric: PROMQL["relay-errors"].format(
+                        metric=promql_name(f"logging.googleapis.com/user/{metric}"),
+                        threshold=cfg.relay_failure_alert_count,
                     )
                 ),
                 _doc(
@@ -252,18 +305,12 @@ class MailMonitoring(pulumi.ComponentResource):
                 "group_by_fields": ["resource.label.*"],
             },
             "disk": {"alignment_period": "300s", "per_series_aligner": "ALIGN_MEAN"},
-            "relay-errors": {
-                "alignment_period": window,
-                "per_series_aligner": "ALIGN_SUM",
-                "cross_series_reducer": "REDUCE_SUM",
-            },
         }
         aggregations["uptime-smtp"] = aggregations["uptime-https"]
         thresholds = {
             "uptime-https": 1,
             "uptime-smtp": 1,
             "disk": cfg.disk_alert_percent,
-            "relay-errors": cfg.relay_failure_alert_count,
         }
         durations = {"uptime-https": "300s", "uptime-smtp": "300s", "disk": "600s"}
 

@@ -1,9 +1,11 @@
 """MailMonitoring under mocks: who is told, what is checked, the checkers' firewall, each alert policy."""
 
 import re
+import subprocess
 
 import program
 import pytest
+import yaml
 
 from components import monitoring
 
@@ -84,7 +86,7 @@ def test_uptime_checkers_reach_exactly_443_and_25(run):
 
 def test_every_policy_notifies_and_says_what_to_do(run):
     found = policies(run)
-    assert set(found) == {"uptime-https", "uptime-smtp", "disk", "queue-latency", "worker-errors", "relay-errors"}
+    assert {"disk", "queue-latency", "worker-errors", "worker-down", "smtp-down", "relay-errors"} <= set(found)
     channels = {tuple(policy["notificationChannels"]) for policy in found.values()}
     assert len(channels) == 1 and next(iter(channels))[0].startswith("projects/acme-mail/notificationChannels/")
     for name, policy in found.items():
@@ -113,22 +115,27 @@ def test_disk_policy_uses_the_agents_metric_and_the_threshold(run, tuned):
     assert other["conditionThreshold"]["thresholdValue"] == 90
 
 
+def promql(run, key: str) -> dict:
+    return policies(run)[key]["conditions"][0]["conditionPrometheusQueryLanguage"]
+
+
 def test_postal_metric_policies_are_promql_on_postals_own_metric_names(run, tuned):
-    """Names and types from app/lib/worker/process.rb setup_prometheus (Postal 3.3.6): the queue
-    latency is a histogram (its _bucket series), worker errors a counter."""
-    found = policies(run)
-    latency = found["queue-latency"]["conditions"][0]["conditionPrometheusQueryLanguage"]
-    assert latency["query"] == (
-        "histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket"
-        '{namespace=~"4242424242/.*"}[15m]))) > 300'
+    """Names and types from app/lib/worker/process.rb setup_prometheus and app/lib/smtp_server/server.rb
+    (Postal 3.3.6): the queue latency is a histogram (_sum, _count), worker errors a counter."""
+    vm = '{namespace=~"4242424242/.*"}'
+    assert promql(run, "queue-latency")["query"] == (
+        f"sum(increase(postal_message_queue_latency_sum{vm}[15m]))"
+        f" / sum(increase(postal_message_queue_latency_count{vm}[15m])) > 300"
     )
-    errors = found["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]
-    assert errors["query"] == 'sum(increase(postal_worker_errors{namespace=~"4242424242/.*"}[15m])) > 5'
-    assert latency["disableMetricValidation"] is True and errors["disableMetricValidation"] is True
-    found = policies(tuned)
-    assert found["queue-latency"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 60")
-    assert found["worker-errors"]["conditions"][0]["conditionPrometheusQueryLanguage"]["query"].endswith(" > 20")
-    assert found["relay-errors"]["conditions"][0]["conditionThreshold"]["thresholdValue"] == 30
+    assert promql(run, "worker-errors")["query"] == f"sum(increase(postal_worker_errors{vm}[15m])) > 5"
+    assert promql(run, "worker-down")["query"] == f"absent_over_time(postal_message_queue_latency_count{vm}[10m])"
+    assert promql(run, "smtp-down")["query"] == f"absent_over_time(postal_smtp_server_connections_total{vm}[10m])"
+    for key in ("queue-latency", "worker-errors", "worker-down", "smtp-down", "relay-errors"):
+        # accepted before the agent's first scrape or the log metric's descriptor exists
+        assert promql(run, key)["disableMetricValidation"] is True, key
+    assert promql(tuned, "queue-latency")["query"].endswith(" > 60")
+    assert promql(tuned, "worker-errors")["query"].endswith(" > 20")
+    assert promql(tuned, "relay-errors")["query"].endswith(" > 30")
 
 
 def test_relay_errors_are_a_log_based_metric_on_the_workers_journal(run):
@@ -137,12 +144,176 @@ def test_relay_errors_are_a_log_based_metric_on_the_workers_journal(run):
     assert metric.inputs["metricDescriptor"] == {"metricKind": "DELTA", "valueType": "INT64", "unit": "1"}
     assert 'resource.labels.instance_id="4242424242"' in metric.inputs["filter"]
     assert 'jsonPayload.CONTAINER_NAME=~"^postal-worker"' in metric.inputs["filter"]
-    condition = policies(run)["relay-errors"]["conditions"][0]["conditionThreshold"]
-    assert condition["filter"].startswith('metric.type="logging.googleapis.com/user/postal-gateway-prod-relay-errors"')
-    assert condition["thresholdValue"] == 5 and condition["aggregations"][0]["alignmentPeriod"] == "900s"
+    # Cloud Monitoring's PromQL name of logging.googleapis.com/user/postal-gateway-prod-relay-errors
+    assert promql(run, "relay-errors")["query"] == (
+        "sum(increase(logging_googleapis_com:user_postal_gateway_prod_relay_errors"
+        '{monitored_resource="gce_instance"}[15m])) > 5'
+    )
     policy = next(r for r in run.of_type(POLICY) if r.name == "postal-alert-relay-errors")
     metric_urn = next(r.urn for r in run.of_type("gcp:logging/metric:Metric"))
     assert metric_urn in policy.depends_on  # the metric exists before a policy names it
+
+
+def test_the_first_up_creates_the_log_metric_policy_without_a_threshold_on_a_new_descriptor(run):
+    """A threshold (filter) condition on a log-based metric created in the same `up` is refused with
+    404 "Cannot find metric(s) ... could take up to 10 minutes" (hashicorp/terraform-provider-google
+    #11102); no policy may name a metric descriptor that only a scrape or a new log metric creates."""
+    for key, policy in policies(run).items():
+        threshold = policy["conditions"][0].get("conditionThreshold")
+        if threshold is None:
+            assert policy["conditions"][0]["conditionPrometheusQueryLanguage"]["disableMetricValidation"], key
+            continue
+        # what remains are metrics that exist before any resource: uptime checks and the agent's own
+        (metric_type,) = re.findall(r'metric\.type="([^"]+)"', threshold["filter"])
+        assert metric_type.split("/")[0] in ("monitoring.googleapis.com", "agent.googleapis.com"), key
+
+
+@pytest.mark.parametrize(
+    "metric_type,name",
+    [
+        (
+            "logging.googleapis.com/user/postal-gateway-prod-relay-errors",
+            "logging_googleapis_com:user_postal_gateway_prod_relay_errors",
+        ),
+        ("agent.googleapis.com/disk/io_time", "agent_googleapis_com:disk_io_time"),  # Google's own table
+        ("compute.googleapis.com/instance/cpu/utilization", "compute_googleapis_com:instance_cpu_utilization"),
+    ],
+)
+def test_promql_names_follow_googles_mapping(metric_type, name):
+    assert monitoring.promql_name(metric_type) == name
+
+
+# --- each condition on series that must fire and series that must not -------------------------
+# PromQL conditions are evaluated by Prometheus's own engine (`promtool test rules`, Debian's
+# prometheus package): each query as rendered becomes an alerting rule; Cloud Monitoring's PromQL
+# condition (duration 0s) is violated exactly when its query returns a series.
+HERE = 'namespace="4242424242/postal-vm"'  # the agent's label on this VM's Prometheus series
+OTHER = 'namespace="999/another-vm"'
+
+
+def fires(query: str, series: dict[str, str], at: str, tmp_path) -> bool:
+    """Whether `query` returns anything at `at` over `series` (promtool input notation, 1-minute
+    steps: 'a+bxn' = n+1 samples from a by b, '_' = no sample)."""
+    (tmp_path / "rules.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "postal-gateway", "rules": [{"alert": "condition", "expr": query}]}]})
+    )
+    verdicts = {}
+    for expected in ("fires", "quiet"):
+        test = {
+            "rule_files": ["rules.yml"],
+            "evaluation_interval": "1m",
+            "tests": [
+                {
+                    "interval": "1m",
+                    "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                    "alert_rule_test": [
+                        {
+                            "eval_time": at,
+                            "alertname": "condition",
+                            "exp_alerts": [{"exp_labels": {}}] if expected == "fires" else [],
+                        }
+                    ],
+                }
+            ],
+        }
+        (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+        result = subprocess.run(
+            [program.tool("promtool"), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert "FAILED" in result.stdout + result.stderr or result.returncode == 0, result.stdout + result.stderr
+        verdicts[expected] = result.returncode == 0
+    assert verdicts["fires"] != verdicts["quiet"]  # promtool agrees with exactly one expectation
+    return verdicts["fires"]
+
+
+def latency(per_minute: int, wait_s: float, other: dict | None = None) -> dict[str, str]:
+    """postal_message_queue_latency as prometheus-client exposes it: cumulative buckets (default
+    bounds, client_ruby histogram.rb), _sum and _count, `per_minute` dequeues each `wait_s` long."""
+    series = {
+        f"postal_message_queue_latency_sum{{{HERE}}}": f"0+{per_minute * wait_s}x40",
+        f"postal_message_queue_latency_count{{{HERE}}}": f"0+{per_minute}x40",
+    }
+    for bound in ("0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "+Inf"):
+        within = per_minute if bound == "+Inf" or wait_s <= float(bound) else 0
+        series[f'postal_message_queue_latency_bucket{{{HERE},le="{bound}"}}'] = f"0+{within}x40"
+    return series | (other or {})
+
+
+def test_queue_latency_fires_on_a_slow_queue_and_not_on_a_fast_or_idle_one(run, tmp_path):
+    query = promql(run, "queue-latency")["query"]  # threshold 300 s
+    assert fires(query, latency(20, 400), "30m", tmp_path)
+    assert not fires(query, latency(20, 2), "30m", tmp_path)
+    assert not fires(query, latency(0, 0), "30m", tmp_path)  # nothing dequeued: 0/0, not an alert
+    # another VM's slow queue is not ours
+    assert not fires(
+        query, latency(20, 2, {f"postal_message_queue_latency_sum{{{OTHER}}}": "0+8000x40"}), "30m", tmp_path
+    )
+
+
+def test_the_old_percentile_condition_could_never_fire(tmp_path):
+    """Why the condition changed: with every wait at 400 s, all of them land in +Inf and
+    histogram_quantile answers the highest finite bound, 10 s (prometheus/promql/quantile.go)."""
+    old = 'histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket{namespace=~"4242424242/.*"}[15m]))) > 300'
+    assert not fires(old, latency(20, 400), "30m", tmp_path)
+    assert fires(old.replace("> 300", "> 9.9"), latency(20, 400), "30m", tmp_path)
+
+
+@pytest.mark.parametrize(
+    "key,metric",
+    [("worker-down", "postal_message_queue_latency_count"), ("smtp-down", "postal_smtp_server_connections_total")],
+)
+def test_a_process_that_stops_being_scraped_pages(run, tmp_path, key, metric):
+    query = promql(run, key)["query"]
+    ours, other = f"{metric}{{{HERE}}}", f"{metric}{{{OTHER}}}"
+    assert fires(query, {ours: "0x10 _x30", other: "0x40"}, "25m", tmp_path)  # gone since minute 10
+    assert fires(query, {other: "0x40"}, "25m", tmp_path)  # never scraped on this VM
+    assert not fires(query, {ours: "0x40"}, "30m", tmp_path)  # scraped every minute, even at 0
+    assert not fires(query, {ours: "0x10 _x5 0x25"}, "15m", tmp_path)  # a 5-minute restart does not page
+
+
+def test_worker_errors_fire_above_the_count(run, tmp_path):
+    query = promql(run, "worker-errors")["query"]  # more than 5 in 15 minutes
+    series = f'postal_worker_errors{{{HERE},error="ActiveRecord::ConnectionNotEstablished"}}'
+    assert fires(query, {series: "0+1x40"}, "30m", tmp_path)
+    assert not fires(query, {series: "0x20 1 2 3 3x20"}, "30m", tmp_path)
+
+
+def test_relay_errors_fire_above_the_count(run, tmp_path):
+    query = promql(run, "relay-errors")["query"]  # more than 5 in 15 minutes
+    metric = "logging_googleapis_com:user_postal_gateway_prod_relay_errors"
+    assert fires(query, {f'{metric}{{monitored_resource="gce_instance"}}': "0+1x40"}, "30m", tmp_path)
+    assert not fires(query, {f'{metric}{{monitored_resource="gce_instance"}}': "0x20 1 2 2x20"}, "30m", tmp_path)
+
+
+def threshold_violated(condition: dict, points: list[tuple[int, float]], at: int) -> bool:
+    """A metric threshold condition (projects.alertPolicies MetricThreshold): points aligned by
+    `perSeriesAligner` over `alignmentPeriod` windows; violated when every aligned value within the
+    last `duration` (at least one window) compares true against `thresholdValue`."""
+    (aggregation,) = condition["aggregations"]
+    assert aggregation["perSeriesAligner"] == "ALIGN_MEAN" and condition["comparison"] == "COMPARISON_GT"
+    period, duration = int(aggregation["alignmentPeriod"][:-1]), int(condition["duration"][:-1])
+    windows = [at - k * period for k in range(max(duration // period, 1))]
+    means = []
+    for end in windows:
+        values = [v for t, v in points if end - period < t <= end]
+        if not values:
+            return False
+        means.append(sum(values) / len(values))
+    return all(m > condition["thresholdValue"] for m in means)
+
+
+def test_disk_threshold_is_on_the_agents_0_to_100_scale(run):
+    """disk/percent_used is 0-100 (ops-agent apps/hostmetrics.go renames system.filesystem.utilization,
+    computed * 100 by agentmetricsprocessor utils_calculate_utilizations.go), like diskAlertPercent."""
+    condition = policies(run)["disk"]["conditions"][0]["conditionThreshold"]  # 80 %, 10 minutes
+    minute = 60
+    full = [(t * minute, 85.0) for t in range(30)]
+    assert threshold_violated(condition, full, 29 * minute)
+    assert not threshold_violated(condition, [(t * minute, 79.0) for t in range(30)], 29 * minute)
+    spike = [(t * minute, 95.0 if t >= 25 else 40.0) for t in range(30)]  # 5 minutes: shorter than duration
+    assert not threshold_violated(condition, spike, 29 * minute)
+    # a 0-1 fraction would never cross 80: the scale matters
+    assert not threshold_violated(condition, [(t * minute, 0.99) for t in range(30)], 29 * minute)
 
 
 def klogger_go(severity: str, message: str, **tags) -> str:
