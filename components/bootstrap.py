@@ -115,6 +115,7 @@ class PostalBootstrap(pulumi.ComponentResource):
             },
             {"postal_yml": postal_yml, "signing_key": secrets.signing_key_pem},
             after=[database],
+            withhold=[secrets.db_password, secrets.rails_secret_key],
             timeout="30m",
         )
         caddy = self._step(
@@ -159,6 +160,12 @@ class PostalBootstrap(pulumi.ComponentResource):
             {"PG_PROVISION_RB": render.script_text("provision.rb")},
             {"provision_json": provision_json},
             after=[postal, *args.mail_dns],
+            withhold=[
+                secrets.admin_password,
+                secrets.api_key,
+                secrets.smtp_key,
+                *(key.private_key_pem for key in secrets.dkim.values()),
+            ],
         )
         preflight = self._step(
             "preflight",
@@ -205,9 +212,14 @@ class PostalBootstrap(pulumi.ComponentResource):
         after: Sequence[pulumi.Resource] = (),
         timeout: str = "20m",
         triggers: Sequence[pulumi.Input[str]] = (),
+        withhold: Sequence[pulumi.Input[str]] = (),
     ) -> remote.Command:
+        """`withhold`: the secret values inside the payload's documents (postal.yml, JSON), sent as the
+        payload file `withhold` so that the step's bootstrap log withholds every line holding one."""
         create = render.command_line(step, env)
         files = {k: v for k, v in (files or {}).items() if v is not None}
+        if withhold:
+            files["withhold"] = pulumi.Output.all(*withhold).apply(render.withhold)
         stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
         fingerprint = (
             stdin.apply(lambda text: render.digest(create, text)) if stdin is not None else render.digest(create)

@@ -164,6 +164,11 @@ def payload(files: Mapping[str, str | None]) -> str:
     )
 
 
+def withhold(values) -> str:
+    """The payload file `withhold`: each secret value on its own line(s), for lib.sh's bootstrap log."""
+    return "".join(f"{value.strip()}\n" for value in values if value and value.strip())
+
+
 @functools.cache
 def step_script(step: str) -> str:
     """What runs on the VM: lib.sh followed by the step script without its shebang."""

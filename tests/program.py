@@ -335,6 +335,20 @@ def env_of(command):
     return dict(w.split("=", 1) for w in words[2 : words.index("bash")])
 
 
+def generated_secrets(run) -> dict[str, str]:
+    """Resource name -> every secret value the program generated (what the mocks answered): the
+    random passwords and the private keys."""
+    values = {}
+    for resource in run.resources:
+        if resource.type == "random:index/randomPassword:RandomPassword":
+            values[resource.name] = (hashlib.sha256(resource.name.encode()).hexdigest() * 4)[
+                : int(resource.inputs["length"])
+            ]
+        elif resource.type == "tls:index/privateKey:PrivateKey":
+            values[resource.name] = _fake_key(resource.name)["privateKeyPem"]
+    return values
+
+
 def payload_of(command):
     return {
         name: base64.b64decode(data).decode()

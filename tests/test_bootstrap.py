@@ -53,8 +53,8 @@ def test_connection_and_triggers(run):
 def test_secrets_travel_only_in_secret_stdin(run):
     steps = commands(run)
     assert payload_of(steps["database"]).keys() == {"db_root_password", "db_password"}
-    assert payload_of(steps["postal"]).keys() == {"postal_yml", "signing_key"}
-    assert payload_of(steps["provision"]).keys() == {"provision_json"}
+    assert payload_of(steps["postal"]).keys() == {"postal_yml", "signing_key", "withhold"}
+    assert payload_of(steps["provision"]).keys() == {"provision_json", "withhold"}
     for step in ("database", "postal", "provision"):
         command = steps[step]
         assert {"stdin", "triggers"} <= command.secret_inputs

@@ -763,17 +763,19 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(
     def inject(k: int) -> tuple[str, subprocess.CompletedProcess, list[str], list[str]]:
         host = Machine(tmp_path / f"fault-{k}", stubs, like=base)
         failed = host.run(command, STUB_FAIL_CHANGE=str(done_before + k + 1))
+        left = sorted(p.name for p in host.file("/tmp").iterdir())
         faults = [c[2:] for c in host.calls()[calls_before:] if c.startswith("F ")]
         mark = len(host.calls())
         host.run(command, STUB_REDO=fakehost.action(actions[k]))
-        return actions[k], failed, faults, [c[2:] for c in host.calls()[mark:] if c.startswith("R ")]
+        return actions[k], failed, faults, [c[2:] for c in host.calls()[mark:] if c.startswith("R ")], left
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(inject, tried))
-    for action, failed, faults, redone in results:
+    for action, failed, faults, redone, left in results:
         assert [fakehost.action(f) for f in faults] == [fakehost.action(action)]
         assert failed.returncode != 0, f"{step} ({change}) exited 0 although `{action}` failed:\n{failed.stdout}"
         assert f"[postal-gateway:{step}] ERROR" in failed.stderr
+        assert left == [], f"{step} ({change}): a failed `{action}` left {left} in TMPDIR (payload, output)"
         assert redone, f"{step} ({change}): the run after a failed `{action}` did not redo it"
 
 
@@ -991,6 +993,69 @@ def test_a_line_holding_a_secret_is_withheld_from_the_bootstrap_log(fresh, regis
     assert result.returncode == 0 and password in result.stdout
     text = fresh.file("/opt/postal/log/bootstrap.log").read_text()
     assert password not in text and "(line withheld: it held a secret)" in text
+
+
+@pytest.fixture(scope="module")
+def generated():
+    """Every secret value the program generated under mocks (passwords, private keys)."""
+    run = program.run()
+    assert run.error is None, run.error
+    return program.generated_secrets(run)
+
+
+def secret_lines(value: str) -> list[str]:
+    """A secret's lines without the PEM armour (-----BEGIN … KEY-----, which every key shares)."""
+    return [line for line in value.strip().splitlines() if not line.startswith("-----")]
+
+
+def with_code_after_payload(command: tuple[str, str], code: str) -> tuple[str, str]:
+    """The step's command with `code` run right after it read its payload."""
+    create, stdin = command
+    words = shlex.split(create)
+    script = words[words.index("-c") + 1]
+    assert "\npg_read_payload\n" in script
+    words[words.index("-c") + 1] = script.replace("\npg_read_payload\n", f"\npg_read_payload\n{code}\n", 1)
+    return shlex.join(words), stdin
+
+
+def test_no_generated_secret_reaches_the_bootstrap_log_even_inside_other_lines(fresh, registered, generated):
+    """Each step prints every secret value it holds inside lines of its own (a connection error with
+    the DB password, a key in an SQL line, a PEM line in a message): the log keeps none of them."""
+    held = set()
+    for variant, step in (("base", "database"), ("base", "postal"), ("custom", "caddy"), ("base", "provision")):
+        # the documents as the step receives them (a PEM inside JSON has its newlines escaped)
+        texts = [text for name, text in decode(registered[variant][step][1]).items() if name != "withhold"]
+        lines = []
+        for name, value in generated.items():
+            ours = [line for line in secret_lines(value) if any(line in text for text in texts)]
+            if ours or any(json.dumps(value)[1:-1] in text for text in texts):
+                held.add(name)
+                lines += secret_lines(value)
+        leak = "\n".join(f"printf 'ERROR 1045 (28000) near %s: retrying\\n' {shlex.quote(line)}" for line in lines)
+        result = fresh.run(with_code_after_payload(registered[variant][step], leak))
+        assert result.returncode == 0, result.stderr
+        assert all(f"near {line}: retrying" in result.stdout for line in lines)
+    # every password and key the program made was printed by a step (the SSH key never reaches the VM)
+    assert held == {name for name in generated if not name.endswith("-ssh")} and len(held) >= 9
+    text = fresh.file("/opt/postal/log/bootstrap.log").read_text()
+    for name, value in generated.items():
+        for line in secret_lines(value):
+            assert line not in text, f"{name} reached the bootstrap log"
+    assert text.count("(line withheld: it held a secret)") >= len(generated)
+
+
+@pytest.mark.parametrize("variant,step", [(v, s) for v in ("base",) for s in (*STEPS, "ops")] + [("custom", "caddy")])
+def test_a_bootstrap_log_that_cannot_be_written_fails_the_step_and_leaves_no_secret_behind(
+    fresh, registered, variant, step
+):
+    """A full or dead data disk: the log write fails; the payload and the raw output are gone anyway."""
+    log = fresh.file("/opt/postal/log/bootstrap.log")
+    log.unlink()
+    log.mkdir()  # writing to it fails (even for root)
+    result = fresh.run(registered[variant][step])
+    assert result.returncode != 0
+    assert f"[postal-gateway:{step}] ERROR: could not write /opt/postal/log/bootstrap.log" in result.stderr
+    assert list(fresh.file("/tmp").iterdir()) == []
 
 
 def test_the_restore_drill_unmounted_disk_comes_back_without_a_reboot(fresh, registered):

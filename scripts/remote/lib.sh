@@ -26,35 +26,49 @@ pg_on_error() {  # reported once, by the step's own shell (not again by a failed
 }
 # Everything a step prints is also kept for the bootstrap log (Pulumi hides the output of steps
 # that receive secrets): appended at exit to $PG_DATA_DIR/log/bootstrap.log (root only) once the
-# data disk is mounted, with any line that holds a line of the step's payload withheld.
+# data disk is mounted, with every line that holds a secret value withheld: any line (8 characters
+# or more) of a payload file, and the program sends the values inside its documents (postal.yml,
+# the provisioning JSON) as the payload file `withhold`.
 PG_OUTPUT=$(umask 077 && mktemp)
 exec 3>&1 4>&2
 exec > >(tee -a "$PG_OUTPUT")
 PG_TEE_OUT=$!
 exec 2> >(tee -a "$PG_OUTPUT" >&4)
 PG_TEE_ERR=$!
+# pg_write_log <exit code> <withheld lines>: returns non-zero when the log could not be written.
 pg_write_log() {
   local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log
-  exec 1>&3 2>&4
-  wait "$PG_TEE_OUT" "$PG_TEE_ERR"
   if ! findmnt --mountpoint "$PG_ROOT$PG_DATA_DIR" >/dev/null; then return 0; fi
   umask 077
-  shopt -s nullglob
-  if [[ ! -d $log ]]; then mkdir -p "$log"; fi
+  if [[ ! -d $log ]]; then mkdir -p "$log" || return 1; fi
   {
     TZ=UTC printf '=== %(%Y-%m-%dT%H:%M:%SZ)T %s exit %s\n' -1 "${PG_STEP:-step}" "$rc"
-    # the payload files' lines of 8 characters or more, then the output
     awk -v output="$PG_OUTPUT" 'FILENAME != output { if (length($0) >= 8) secret[$0]; next }
          { for (s in secret) if (index($0, s)) { $0 = "[postal-gateway] (line withheld: it held a secret)"; break }
-           print }' ${PG_PAYLOAD:+"$PG_PAYLOAD"/*} "$PG_OUTPUT"
+           print }' <(printf '%s\n' "$2") "$PG_OUTPUT"
   } >>"$log/bootstrap.log"
 }
+# At exit the secrets go first (the decoded payload, a half-written file), whatever fails after
+# them: errexit is off here, so a bootstrap log that cannot be written (a full or dead data disk)
+# is reported and fails the step, and the raw output is removed in any case.
 pg_on_exit() {
-  local rc=$?
-  pg_write_log "$rc"
-  rm -f "$PG_OUTPUT"
+  local rc=$? withheld='' file
+  set +e
+  trap - ERR
+  if [[ -n $PG_PAYLOAD ]]; then
+    for file in "$PG_PAYLOAD"/*; do
+      if [[ -f $file ]]; then withheld+=$(<"$file")$'\n'; fi
+    done
+    rm -rf "$PG_PAYLOAD"
+  fi
   if [[ -n $PG_PENDING ]]; then rm -f "$PG_PENDING"; fi
-  if [[ -n $PG_PAYLOAD ]]; then rm -rf "$PG_PAYLOAD"; fi
+  exec 1>&3 2>&4
+  wait "$PG_TEE_OUT" "$PG_TEE_ERR"
+  if ! pg_write_log "$rc" "$withheld"; then
+    printf '[postal-gateway:%s] ERROR: could not write %s\n' "${PG_STEP:-step}" "$PG_DATA_DIR/log/bootstrap.log" >&2
+    if ((rc == 0)); then rc=1; fi
+  fi
+  rm -f "$PG_OUTPUT"
   exit "$rc"
 }
 trap 'pg_on_error "$LINENO"' ERR
