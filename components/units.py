@@ -16,6 +16,7 @@ BACKUP_LEAD = timedelta(minutes=30)  # the backup is on the data disk before the
 MARIADB_CONTAINER = "postal-mariadb"
 SMTP_TLS_UNIT = "postal-gateway-smtp-tls"
 SMTP_TLS_HOOK = "/usr/local/sbin/postal-gateway-smtp-tls"
+STAMP_DIR = "/var/lib/postal-gateway"  # lib.sh's pg_mark_applied
 
 
 def calendar(window: str) -> str:
@@ -43,11 +44,46 @@ def service(
     environment: Mapping[str, str] | None = None,
     after: str = "",
     requires: bool = True,
+    sandbox: Mapping[str, str] | None = None,
 ) -> str:
-    """A oneshot service, ordered after `after` and, with `requires`, needing it (the backup needs Docker)."""
+    """A oneshot service, ordered after `after` and, with `requires`, needing it (the backup needs Docker);
+    `sandbox`: systemd.exec(5) settings that confine it."""
     env = "".join(f"Environment={_assignment(k, v)}\n" for k, v in (environment or {}).items())
     order = (f"After={after}\n" + (f"Requires={after}\n" if requires else "")) if after else ""
-    return f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n"
+    confine = "".join(f"{k}={v}\n" for k, v in (sandbox or {}).items())
+    return (
+        f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n{confine}"
+    )
+
+
+def smtp_tls_sandbox(data_dir: str) -> dict[str, str]:
+    """The renewal hook reads what the internet-facing Caddy writes: it may write only Postal's SMTP
+    certificate, its own stamps and the bootstrap log (the smtp-tls step creates them), never read the
+    secrets (MariaDB's root password, postal.yml, Postal's signing key), and gains no privilege. Docker's
+    socket stays reachable (a socket on a read-only mount still accepts connections)."""
+    return {
+        "ProtectSystem": "strict",
+        "ReadWritePaths": " ".join(smtp_tls_writes(data_dir)),
+        "InaccessiblePaths": " ".join(f"-{p}" for p in smtp_tls_hidden(data_dir)),
+        "PrivateTmp": "yes",
+        "ProtectHome": "read-only",
+        "NoNewPrivileges": "yes",
+        "RestrictSUIDSGID": "yes",
+        "ProtectKernelTunables": "yes",
+        "ProtectKernelModules": "yes",
+        "ProtectControlGroups": "yes",
+        "TimeoutStartSec": "10min",
+    }
+
+
+def smtp_tls_writes(data_dir: str) -> tuple[str, ...]:
+    """What the renewal hook writes: Postal's SMTP certificate, its stamp, the bootstrap log."""
+    return (f"{data_dir}/config/smtp-tls", STAMP_DIR, f"{data_dir}/log")
+
+
+def smtp_tls_hidden(data_dir: str) -> tuple[str, ...]:
+    """What the renewal hook never needs: the secrets on the data disk."""
+    return (f"{data_dir}/secrets", f"{data_dir}/config/postal.yml", f"{data_dir}/config/signing.key")
 
 
 def timer(description: str, on_calendar: str, unit: str = "", randomized_delay: str = "") -> str:
@@ -113,6 +149,7 @@ def smtp_tls(*, data_dir: str, certs: Sequence[str], keys: Sequence[str]) -> dic
             environment,
             after="docker.service",
             requires=False,  # ordered after Docker, never starting it
+            sandbox=smtp_tls_sandbox(data_dir),
         ),
         f"{base}.path": path(
             "postal-gateway: a renewed web certificate reaches Postal's SMTP server",

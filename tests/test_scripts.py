@@ -414,9 +414,10 @@ def on_host(container_path: str) -> str:
     return POSTAL_MOUNT[1] + container_path.removeprefix(POSTAL_MOUNT[0])
 
 
-def systemd_starts(machine: Machine, service: str) -> subprocess.CompletedProcess:
+def systemd_starts(machine: Machine, service: str, trace: Path | None = None) -> subprocess.CompletedProcess:
     """What systemd does for the oneshot service: its ExecStart with its Environment= assignments
-    (each split like a shell word, as systemd.exec(5) describes)."""
+    (each split like a shell word, as systemd.exec(5) describes); with `trace`, under strace, every
+    file system call of every process it starts written there."""
     lines = machine.file(f"/etc/systemd/system/{service}").read_text().splitlines()
     unit = dict(line.split("=", 1) for line in lines if "=" in line)
     env = dict(
@@ -425,8 +426,9 @@ def systemd_starts(machine: Machine, service: str) -> subprocess.CompletedProces
         if line.startswith("Environment=")
         for word in shlex.split(line.removeprefix("Environment="))
     )
+    tracer = [program.tool("strace"), "-f", "-qq", "-e", "trace=%file", "-o", str(trace)] if trace else []
     return subprocess.run(
-        [str(machine.file(unit["ExecStart"]))],
+        [*tracer, str(machine.file(unit["ExecStart"]))],
         capture_output=True,
         text=True,
         timeout=60,
@@ -497,6 +499,84 @@ def test_a_renewed_certificate_restarts_only_postals_smtp_container(fresh):
     again = len(fresh.calls())
     assert systemd_starts(fresh, f"{SMTP_TLS}.service").returncode == 0
     assert fresh.changes(again) == []  # the hourly timer finds nothing to do
+
+
+def renew(machine: Machine) -> tuple[str, str]:
+    """Caddy renews the web certificate (tls=letsencrypt): its paths on the host."""
+    (cert, key), *_ = render.web_certificates(hostname="postal.rdo-dev.com", tls="letsencrypt")
+    fakehost.issue_certificate(str(machine.file(cert)).removesuffix(".crt"), "postal.rdo-dev.com")
+    return cert, key
+
+
+@pytest.mark.parametrize("link", ["key", "certificate", "directory"])
+def test_the_renewal_hook_refuses_a_symlink_in_caddys_storage(fresh, link):
+    """A compromised Caddy points the certificate store at a root-only secret: nothing is copied."""
+    cert, key = renew(fresh)
+    secret = "/opt/postal/secrets/mariadb-root-password"
+    installed = {f: fresh.file(f"/opt/postal/config/smtp-tls/{f}").read_text() for f in ("cert.pem", "key.pem")}
+    if link == "directory":
+        site = fresh.file(key).parent
+        shutil.move(site, site.with_name("elsewhere"))
+        site.symlink_to(site.with_name("elsewhere"))
+        shown = os.path.dirname(key)
+    else:
+        path = fresh.file(key if link == "key" else cert)
+        path.unlink()
+        path.symlink_to(fresh.file(secret))
+        shown = key if link == "key" else cert
+    start = len(fresh.calls())
+    result = systemd_starts(fresh, f"{SMTP_TLS}.service")
+    assert result.returncode != 0
+    refused = key if link == "key" else cert  # a linked directory: the certificate, read first
+    assert f"ERROR: refusing {refused}: {shown} is a symbolic link" in result.stderr
+    assert fresh.changes(start) == []
+    assert {f: fresh.file(f"/opt/postal/config/smtp-tls/{f}").read_text() for f in installed} == installed
+    assert list(fresh.file("/tmp").iterdir()) == []
+
+
+def traced(trace: Path, root: Path) -> list[tuple[str, str, str]]:
+    """(system call, path as the host sees it, flags) for each file system call strace recorded."""
+    calls = []
+    for line in trace.read_text().splitlines():
+        match = re.match(r'^\d+ +(\w+)\((?:AT_FDCWD, )?"([^"]*)"(.*)$', line)
+        if match:
+            name, path, rest = match.groups()
+            calls.append((name, path.replace(str(root), "", 1) if path.startswith(str(root)) else path, rest))
+    return calls
+
+
+def test_the_renewal_hook_reads_each_file_once_and_writes_only_what_its_sandbox_allows(fresh, tmp_path):
+    """strace on the hook and every program it runs: Caddy's files are opened once each (the copy);
+    nothing outside the service's ReadWritePaths (and its private /tmp) is written; the hidden
+    secrets are never touched."""
+    cert, key = renew(fresh)
+    trace = tmp_path / "trace"
+    start = len(fresh.calls())
+    result = systemd_starts(fresh, f"{SMTP_TLS}.service", trace=trace)
+    assert result.returncode == 0, result.stderr
+    assert "restarting Postal's smtp container" in result.stdout  # the renewed pair was installed
+    calls = traced(trace, fresh.root)
+    opens = [(path, flags) for name, path, flags in calls if name in ("open", "openat", "openat2")]
+    for source in (cert, key):
+        flags = [flags for path, flags in opens if path == source]
+        assert len(flags) == 1, f"{source} opened {len(flags)} times"
+        assert "O_NOFOLLOW" in flags[0]
+    unit = fresh.file(f"/etc/systemd/system/{SMTP_TLS}.service").read_text()
+    setting = dict(line.split("=", 1) for line in unit.splitlines() if "=" in line)
+    # PrivateTmp=yes: a private /tmp; /dev stays writable (bash's process substitutions, /dev/null)
+    writable = (*setting["ReadWritePaths"].split(), "/tmp/", "/dev/")
+    hidden = [p.lstrip("-") for p in setting["InaccessiblePaths"].split()]
+    written = [
+        path
+        for name, path, flags in calls
+        if name in ("mkdir", "mkdirat", "rename", "renameat", "renameat2", "unlink", "unlinkat", "creat")
+        or (name.startswith("open") and re.search(r"O_WRONLY|O_RDWR|O_CREAT", flags))
+    ]
+    written += [c.split()[-1] for c in fresh.changes(start) if c.startswith(("mv ", "chmod ", "chown "))]
+    outside = sorted({path for path in written if not path.startswith(writable)})
+    assert written and outside == [], outside
+    assert not any(path.startswith(tuple(hidden)) for _, path, _ in calls)
+    assert "ProtectSystem=strict" in unit and "NoNewPrivileges=yes" in unit
 
 
 def test_smtp_tls_step_fails_when_caddy_has_no_certificate(fresh, registered):

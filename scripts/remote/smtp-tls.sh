@@ -9,6 +9,10 @@ pg_dnf_install openssl
 # The hook and its units (components/units.py): a path unit runs it when Caddy writes the
 # certificate, a timer hourly.
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-smtp-tls "$PG_SMTP_TLS_HOOK"
+# the sandboxed service may write only these (components/units.py smtp_tls_writes): they must exist
+pg_dir 0755 "$PG_DATA_DIR/config/smtp-tls"
+pg_dir 0755 /var/lib/postal-gateway
+pg_dir 0700 "$PG_DATA_DIR/log"
 pg_install_units smtp-tls-units
 if [[ $PG_RESULT == changed ]] && systemctl is-active --quiet postal-gateway-smtp-tls.path; then
   systemctl restart postal-gateway-smtp-tls.path # watch the paths of the new mode
