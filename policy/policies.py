@@ -13,10 +13,19 @@ not say which inputs are secret.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 
 from netranges import world_open  # policy/ is on sys.path in the pack (and in the tests)
-from pulumi_policy import EnforcementLevel, ReportViolation, ResourceValidationArgs, ResourceValidationPolicy
+from pulumi_policy import (
+    EnforcementLevel,
+    ReportViolation,
+    ResourceValidationArgs,
+    ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
+)
+from pulumi_policy.proxy import UnknownValueError
 
 FIREWALL = "gcp:compute/firewall:Firewall"
 ADDRESS = "gcp:compute/address:Address"
@@ -53,6 +62,30 @@ def _ports(allow: Mapping, guarded) -> set[int]:
     return opened
 
 
+def _ingress(props: Mapping, guarded) -> tuple[set[int], list[str]]:
+    """The guarded ports an ingress allow rule opens, and its sources (GCP's 0.0.0.0/0 when it names none)."""
+    if str(props.get("direction") or "INGRESS").upper() != "INGRESS":
+        return set(), []  # egress rules have destination ranges, not sources
+    ports = set()
+    for allow in props.get("allows") or []:
+        ports |= _ports(allow, guarded)
+    ranges = [str(r) for r in props.get("sourceRanges") or []]
+    if not ranges and not props.get("sourceTags") and not props.get("sourceServiceAccounts"):
+        ranges = ["0.0.0.0/0 (GCP's default for an ingress rule without sources)"]
+    return ports, ranges
+
+
+def _open_message(rules: str, port: int, open_ranges, together: bool = False) -> str:
+    what, key, example = GUARDED_PORTS[port]
+    return (
+        f"{rules} open{'' if together else 's'} port {port} ({what}) to the whole Internet "
+        f"({', '.join(map(str, open_ranges))} {'together ' if together else ''}cover most of it). Fix: set "
+        f"postal-gateway:{key} to the ranges that really need it, e.g. `pulumi config set --path '{key}[0]' "
+        f"{example}`, or narrow sourceRanges in the code that defines {'these rules' if together else 'this rule'} "
+        "(components/network.py)."
+    )
+
+
 def _firewall_check(guarded: tuple[int, ...]):
     """A validate function reporting each of `guarded` that an ingress rule opens to (most of) the
     Internet: a /0, or ranges that together cover half of the address space (netranges.py)."""
@@ -60,29 +93,42 @@ def _firewall_check(guarded: tuple[int, ...]):
     def check(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
         if args.resource_type != FIREWALL:
             return
-        props = args.props
-        if str(props.get("direction") or "INGRESS").upper() != "INGRESS":
-            return  # egress rules have destination ranges, not sources
-        ports = set()
-        for allow in props.get("allows") or []:
-            ports |= _ports(allow, guarded)
-        if not ports:
-            return
-        ranges = list(props.get("sourceRanges") or [])
-        open_ranges = world_open(ranges)
-        if not ranges and not props.get("sourceTags") and not props.get("sourceServiceAccounts"):
-            open_ranges = ["0.0.0.0/0 (GCP's default for an ingress rule without sources)"]
-        if not open_ranges:
-            return
-        for port in sorted(ports):
-            what, key, example = GUARDED_PORTS[port]
-            report_violation(
-                f"Firewall '{args.name}' opens port {port} ({what}) to the whole Internet "
-                f"({', '.join(map(str, open_ranges))} cover most of it). Fix: set postal-gateway:{key} to the "
-                f"ranges that really need it, e.g. `pulumi config set --path '{key}[0]' {example}`, or narrow "
-                "sourceRanges in the code that defines this rule (components/network.py).",
-                args.urn,
-            )
+        ports, ranges = _ingress(args.props, guarded)
+        open_ranges = [r for r in ranges if r.startswith("0.0.0.0/0 (")] or world_open(ranges)
+        if ports and open_ranges:
+            for port in sorted(ports):
+                report_violation(_open_message(f"Firewall '{args.name}'", port, open_ranges), args.urn)
+
+    return check
+
+
+def _firewalls_together(guarded: tuple[int, ...]):
+    """A stack validate function: each guarded port judged over every ingress rule of a network that
+    opens it (two rules of half the Internet each are the whole of it). Ports a single rule already
+    opens to the world are left to the per-rule policy, so nothing is reported twice."""
+
+    def check(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        by_port: dict[tuple[str, int], list] = {}
+        for resource in args.resources:
+            if resource.resource_type != FIREWALL:
+                continue
+            ports, ranges = _ingress(resource.props, guarded)
+            if world_open(ranges) or any(r.startswith("0.0.0.0/0 (") for r in ranges):
+                continue  # reported by the per-rule policy
+            try:
+                network = str(resource.props.get("network"))
+            except UnknownValueError:  # a new network in a preview: the stack's rules share it
+                network = "(not yet known)"
+            for port in ports:
+                by_port.setdefault((network, port), []).append((resource, ranges))
+        for (_, port), rules in sorted(by_port.items(), key=lambda item: item[0][1]):
+            open_ranges = world_open([r for _, ranges in rules for r in ranges])
+            if len(rules) > 1 and open_ranges:
+                names = ", ".join(f"'{r.name}'" for r, _ in rules)
+                for resource, _ in rules:
+                    report_violation(
+                        _open_message(f"Firewalls {names}", port, open_ranges, together=True), resource.urn
+                    )
 
     return check
 
@@ -144,7 +190,8 @@ ASSIGNMENT = re.compile(
     r"""(?<![\w$-])(?P<name>-{0,2}[A-Za-z_][\w-]*)="""
     r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]*))"""
 )
-SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|KEY", re.IGNORECASE)
+# PASS as a word part: DB_PASS, SMTP_PASS (not BYPASS or PASSTHROUGH); PWD: MYSQL_PWD
+SECRET_NAME = re.compile(r"PASSWORD|PASSWD|PASSPHRASE|(?<![A-Z])PASS(?![A-Z])|PWD|SECRET|TOKEN|KEY", re.IGNORECASE)
 # `scheme://user:password@host`
 URL_CREDENTIALS = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?P<value>[^\s/@'\"]+)@", re.IGNORECASE)
 # `--password value`, `--api-token 'value'` (the `=` form is an ASSIGNMENT)
@@ -153,17 +200,23 @@ SECRET_OPTION = re.compile(
     r"""(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))""",
     re.IGNORECASE,
 )
-# `-p<password>` glued, as mysql/mariadb take it (`-p 3306`, `-p22`, `mkdir -p` do not match)
-GLUED_P = re.compile(r"""(?<![\w-])-p(?P<value>[^\s'"$-][^\s'";&|]{3,})""")
+# `-p<password>` glued, as mysql/mariadb take it, bare or quoted (`-p 3306`, `-p22`, `mkdir -p` do not match)
+GLUED_P = re.compile(r"""(?<![\w-])-p(?:'(?P<sq>[^']{4,})'|"(?P<dq>[^"]{4,})"|(?P<value>[^\s'"$-][^\s'";&|]{3,}))""")
+# curl's `-u user:password`, `--user=user:password`, `-uuser:password` (a user alone makes curl ask)
+USER_OPTION = re.compile(
+    r"""(?<![\w-])(?:-u\s*|--user(?:\s+|=))(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))"""
+)
 # `"password": "value"`, `password: value`, `'api_key': 'value'` (JSON, YAML, Python, Ruby)
 SECRET_FIELD = re.compile(
-    r"""["']?(?P<name>[\w-]*(?:password|passwd|secret|token|api_?key|private_?key)[\w-]*)["']?\s*:\s*"""
+    r"""["']?(?P<name>[\w-]*(?:password|passwd|passphrase|pwd|secret|token|api_?key|private_?key)[\w-]*"""
+    r"""|[\w-]*_pass)["']?\s*:\s*"""
     r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s,;}{()\[\]"'$.\\]+)(?=[\s,}\\]|$))""",
     re.IGNORECASE,
 )
 # A token that looks random: long, from the base64/url-safe alphabet, with upper and lower case
 # letters and digits, and many distinct characters. Hex digests and commit ids (one case) pass.
-TOKEN = re.compile(r"(?<![A-Za-z0-9+/_=-])[A-Za-z0-9+/_-]{20,}={0,2}")
+# Right after `=` too: `sudo env PG_DB=<generated password>` is how a step's settings travel.
+TOKEN = re.compile(r"(?<![A-Za-z0-9+/_-])[A-Za-z0-9+/_-]{20,}={0,2}")
 MYSQL = re.compile(r"(?<![\w.-])(?:mysql|mariadb|mysqldump|mysqladmin|mariadb-dump|mariadb-admin)(?![\w.-])")
 # Values that are not literal secrets: `$VAR`/`$(cat file)` read at run time (how the remote
 # scripts load the stdin payload), `%s` format placeholders, `/paths`, and `==` comparisons.
@@ -229,12 +282,19 @@ def secrets_in(text: str, depth: int = 0) -> list[str]:
             if _literal(value):
                 found.append(f"{what} {match.group('name')}")
     for match in GLUED_P.finditer(text):
+        quoted = match.group("sq") or match.group("dq")
         value, line_start = match.group("value"), text.rfind("\n", 0, match.start()) + 1
         # -print, -pubkey (find, openssl) are words; a mysql client's -p takes anything
-        if not value.isdigit() and (
-            not value.isalpha() or not value.islower() or MYSQL.search(text, line_start, match.start())
+        if (quoted and _literal(quoted)) or (
+            value
+            and not value.isdigit()
+            and (not value.isalpha() or not value.islower() or MYSQL.search(text, line_start, match.start()))
         ):
             found.append("a -p<password> option")
+    for match in USER_OPTION.finditer(text):
+        value = next((v for v in match.group("dq", "sq", "bare") if v is not None), "")
+        if ":" in value and _literal(value.split(":", 1)[1]):
+            found.append("a -u user:password option")
     for match in ASSIGNMENT.finditer(text):
         value = next((v for v in match.group("dq", "sq", "bare") if v is not None), "")
         if SECRET_NAME.search(match.group("name")) and _literal(value):
@@ -242,6 +302,30 @@ def secrets_in(text: str, depth: int = 0) -> list[str]:
     if any(_random_looking(m.group(0)) for m in TOKEN.finditer(text) if m.group(0) not in encoded):
         found.append("a high-entropy token")
     return list(dict.fromkeys(found))
+
+
+def _words(text: str) -> str:
+    """The shell words of a command line, one per line: what each argument is once the shell has
+    removed the quoting (`'PG_X=mysql -p'"'"'pw'"'"''` is `PG_X=mysql -p'pw'`)."""
+    try:
+        return "\n".join(shlex.split(text))
+    except ValueError:
+        return ""
+
+
+def command_secrets(text: str) -> list[str]:
+    """secrets_in over a command line as written and as the shell splits it."""
+    return list(dict.fromkeys(secrets_in(text) + secrets_in(_words(text))))
+
+
+# A step that receives secrets keeps what it prints out of logs and plain state: the handling
+# PostalBootstrap._step gives a step with a stdin payload.
+HIDDEN_OUTPUTS = {"stdout", "stderr"}
+FIX = (
+    "Fix: send secrets in the step's stdin payload (the `files` argument of PostalBootstrap._step in "
+    "components/bootstrap.py; the VM reads it with pg_read_payload), or keep the secret in a "
+    "`pulumi config set --secret` key and pass it as a pulumi secret through stdin."
+)
 
 
 def _check_command(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
@@ -253,22 +337,36 @@ def _check_command(args: ResourceValidationArgs, report_violation: ReportViolati
         (f"`environment` value {name}", value if not SECRET_NAME.search(name) else f"{name}={value}")
         for name, value in environment.items()
     ]
+    # triggers only decide when a step reruns: a digest does that; a secret there is a copy in plain sight
+    places += [(f"`triggers` entry {i}", value) for i, value in enumerate(args.props.get("triggers") or [])]
     for where, text in places:
         if not isinstance(text, str):
             continue
-        found = secrets_in(text)
+        found = command_secrets(text)
         if found:
             report_violation(
                 f"Command '{args.name}' has {', '.join(found)} in its {where}, which is stored "
-                "in plain text in the state and shown in preview diffs. Fix: send secrets in the step's stdin "
-                "payload (the `files` argument of PostalBootstrap._step in components/bootstrap.py; the VM "
-                "reads it with pg_read_payload), or keep the secret in a `pulumi config set --secret` key "
-                "and pass it as a pulumi secret through stdin.",
+                f"in plain text in the state and shown in preview diffs. {FIX}",
                 args.urn,
             )
-    # Not checked: whether `stdin` is a pulumi secret. The validate API unwraps secrets into plain
-    # values (pulumi_policy 1.21 deserializes props without secret markers; only remediations see
-    # them), so a policy cannot tell a secret stdin from a plain one.
+    # stdin is where secrets belong, marked secret. The validate API hands a policy secrets as plain
+    # values (pulumi_policy 1.21 deserializes props without their secret markers), so the pack checks
+    # what it can see: a stdin carrying secret material belongs to a step that hides its output.
+    stdin = args.props.get("stdin")
+    if isinstance(stdin, str):
+        found = secrets_in(stdin)
+        hidden = (
+            str(args.props.get("logging") or "").lower() == "none"
+            and set(args.opts.additional_secret_outputs or []) >= HIDDEN_OUTPUTS
+        )
+        if found and not hidden:
+            report_violation(
+                f"Command '{args.name}' sends {', '.join(found)} on its `stdin` but logs its output and keeps "
+                "stdout/stderr in plain state: a step that receives secrets must be created the way "
+                "PostalBootstrap._step makes one with a payload (a secret stdin, `logging=NONE`, "
+                "`additional_secret_outputs=['stdout', 'stderr']`), so an echo of the secret stays secret.",
+                args.urn,
+            )
 
 
 def _policy(
@@ -277,7 +375,7 @@ def _policy(
     return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
 
 
-POLICIES: list[ResourceValidationPolicy] = [
+POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     _policy(
         "no-open-ssh-smtp",
         "Firewall rules that open port 22 (SSH) or 25 (SMTP) must not allow 0.0.0.0/0, any other /0, or "
@@ -313,9 +411,22 @@ POLICIES: list[ResourceValidationPolicy] = [
         "tokens, PASSWORD/SECRET/TOKEN/KEY assignments); secrets go through the secret stdin payload.",
         _check_command,
     ),
+    StackValidationPolicy(
+        name="no-open-ssh-smtp-together",
+        description="Port 22 (SSH) or 25 (SMTP) must not be open to most of the Internet over all the firewall "
+        "rules of a network that open it, taken together.",
+        validate=_firewalls_together((22, 25)),
+        enforcement_level=EnforcementLevel.MANDATORY,
+    ),
+    StackValidationPolicy(
+        name="web-ui-not-world-open-together",
+        description="Port 443 open to most of the Internet over all the firewall rules of a network is reported.",
+        validate=_firewalls_together((443,)),
+        enforcement_level=EnforcementLevel.ADVISORY,
+    ),
 ]
 
 
-def policy_named(name: str) -> ResourceValidationPolicy:
+def policy_named(name: str) -> ResourceValidationPolicy | StackValidationPolicy:
     (match,) = [p for p in POLICIES if p.name == name]
     return match

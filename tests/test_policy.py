@@ -20,12 +20,16 @@ import yaml
 from pulumi_policy import (
     EnforcementLevel,
     PolicyCustomTimeouts,
+    PolicyResource,
     PolicyResourceOptions,
     ResourceValidationArgs,
     ResourceValidationPolicy,
+    StackValidationArgs,
+    StackValidationPolicy,
 )
 from pulumi_policy.proxy import unknown_checking_proxy
 
+from components import render
 from policy.policies import POLICIES, policy_named
 
 NS = "postal-gateway:"
@@ -35,9 +39,8 @@ DNS_RECORD, COMMAND = "cloudflare:index/dnsRecord:DnsRecord", "command:remote:Co
 PEM_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
 
 
-def args_for(res: program.Registered) -> ResourceValidationArgs:
-    """What the analyzer hands a policy for this resource."""
-    opts = PolicyResourceOptions(
+def opts_for(res: program.Registered) -> PolicyResourceOptions:
+    return PolicyResourceOptions(
         protect=res.protect,
         ignore_changes=list(res.ignore_changes),
         delete_before_replace=None,
@@ -46,20 +49,39 @@ def args_for(res: program.Registered) -> ResourceValidationArgs:
         additional_secret_outputs=sorted(res.secret_outputs),
         parent=res.parent or None,
     )
+
+
+def args_for(res: program.Registered) -> ResourceValidationArgs:
+    """What the analyzer hands a policy for this resource."""
     return ResourceValidationArgs(
-        res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name, opts, None
+        res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name, opts_for(res), None
+    )
+
+
+def stack_args_for(resources) -> StackValidationArgs:
+    """What the analyzer hands a stack policy: every resource (its inputs stand in for its outputs,
+    which for these resources repeat them)."""
+    return StackValidationArgs(
+        [
+            PolicyResource(
+                r.type, unknown_checking_proxy(copy.deepcopy(r.inputs)), r.urn, r.name, opts_for(r), None, None, [], {}
+            )
+            for r in resources
+        ]
     )
 
 
 def violations(resources, policies=POLICIES):
     """(policy name, urn, message) for every violation."""
     found = []
-    for res in resources:
-        for policy in policies:
-            result = policy.validate(
-                args_for(res), lambda message, urn=None, p=policy.name: found.append((p, urn, message))
-            )
-            assert result is None  # all checks are synchronous
+    resources = list(resources)
+    for policy in policies:
+        report = lambda message, urn=None, p=policy.name: found.append((p, urn, message))  # noqa: E731
+        if isinstance(policy, StackValidationPolicy):
+            assert policy.validate(stack_args_for(resources), report) is None  # synchronous
+            continue
+        for res in resources:
+            assert policy.validate(args_for(res), report) is None  # all checks are synchronous
     return found
 
 
@@ -255,17 +277,21 @@ def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):
 
 def test_pack_entry_point_uses_every_policy():
     names = [p.name for p in POLICIES]
-    assert len(names) == len(set(names)) == 6
+    assert len(names) == len(set(names)) == 8
     assert set(names) == {
         "no-open-ssh-smtp",
+        "no-open-ssh-smtp-together",
         "web-ui-not-world-open",
+        "web-ui-not-world-open-together",
         "static-ip-protected",
         "data-disk-protected",
         "mail-records-unproxied",
         "no-plain-secrets-in-commands",
     }
-    assert all(isinstance(p, ResourceValidationPolicy) and p.description for p in POLICIES)
-    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES if p.name != "web-ui-not-world-open")
+    assert all(isinstance(p, ResourceValidationPolicy | StackValidationPolicy) and p.description for p in POLICIES)
+    advisory = {p.name for p in POLICIES if p.enforcement_level == EnforcementLevel.ADVISORY}
+    assert advisory == {"web-ui-not-world-open", "web-ui-not-world-open-together"}
+    assert all(p.enforcement_level == EnforcementLevel.MANDATORY for p in POLICIES if p.name not in advisory)
     # __main__.py is parsed, not imported: building a PolicyPack waits for the engine
     tree = ast.parse((POLICY_DIR / "__main__.py").read_text())
     imports = {(n.module, a.name) for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
@@ -285,3 +311,132 @@ def test_pack_metadata_and_pins():
     dev = (program.ROOT / "requirements-dev.txt").read_text()
     assert pins == {"pulumi": root["pulumi"], "pulumi-policy": "1.21.0"}
     assert "pulumi-policy==1.21.0" in dev
+
+
+# --- firewall rules judged together -----------------------------------------------------------
+
+
+def test_rules_on_the_same_port_are_judged_together(run):
+    """Each rule opens 22 to under half of the Internet; the two together to half of it."""
+    iap = run.named("postal-allow-ssh")
+    first = with_inputs(iap, sourceRanges=["0.0.0.0/2", "64.0.0.0/3"])
+    second = dataclasses.replace(
+        with_inputs(iap, sourceRanges=["96.0.0.0/3", "10.0.0.0/8"]),
+        name="postal-allow-ssh-extra",
+        urn=iap.urn + "-extra",
+    )
+    assert violations([first], [policy_named("no-open-ssh-smtp")]) == []
+    assert violations([second], [policy_named("no-open-ssh-smtp")]) == []
+    found = violations([first, second, run.named("postal-allow-smtp")])
+    assert {(p, urn) for p, urn, _ in found} == {
+        ("no-open-ssh-smtp-together", first.urn),
+        ("no-open-ssh-smtp-together", second.urn),
+    }
+    message = found[0][2]
+    assert "'postal-allow-ssh', 'postal-allow-ssh-extra'" in message and "port 22 (SSH)" in message
+    assert "together cover most of it" in message
+
+
+def test_rules_on_other_ports_or_networks_do_not_add_up(run):
+    ssh = with_inputs(run.named("postal-allow-ssh"), sourceRanges=["0.0.0.0/2", "64.0.0.0/3"])
+    https = with_inputs(run.named("postal-allow-https"), sourceRanges=["96.0.0.0/3"])
+    elsewhere = dataclasses.replace(
+        with_inputs(ssh, sourceRanges=["96.0.0.0/3"], network="https://compute.googleapis.com/other-vpc"),
+        name="other-ssh",
+        urn=ssh.urn + "-other",
+    )
+    assert violations([ssh, https, elsewhere]) == []
+
+
+def test_port_25_over_the_smtp_rule_and_the_uptime_checkers(run):
+    """The uptime-check rule opens 25 too: the two rules count together."""
+    smtp = with_inputs(run.named("postal-allow-smtp"), sourceRanges=["0.0.0.0/2", "64.0.0.0/3"])
+    checkers = [r for r in run.of_type(FIREWALL) if "25" in r.inputs["allows"][0]["ports"] and r.name != smtp.name]
+    assert checkers
+    widened = [with_inputs(c, sourceRanges=[*c.inputs["sourceRanges"], "96.0.0.0/3"]) for c in checkers]
+    found = violations([smtp, *widened], [policy_named("no-open-ssh-smtp-together")])
+    assert {urn for _, urn, _ in found} == {smtp.urn, *(c.urn for c in checkers)}
+    assert violations([run.named("postal-allow-smtp"), *checkers]) == []  # as the program makes them
+
+
+# --- the evasions of issue 18, in the program's real command lines ------------------------------
+
+# A password as pulumi_random makes ours (components/secrets.py: letters and digits, special=False);
+# the mocks' hex stand-ins would not look random. Fixed seed: deterministic.
+_GEN = random.Random(18)
+GENERATED = "".join(_GEN.choice(string.ascii_letters + string.digits) for _ in range(32))
+SHORT = "Hunter2pass"  # short, not random-looking: only its place gives it away
+
+
+def with_setting(command, name, value):
+    """The step's real command line with one more `sudo env` setting, rendered as the program renders it."""
+    words = shlex.split(command.inputs["create"])
+    step = program.env_of(command)["PG_STEP"]
+    env = {k: v for k, v in program.env_of(command).items() if k != "PG_STEP"}
+    line = render.command_line(step, {**env, name: value})
+    assert shlex.split(line)[-3:] == words[-3:]  # the same script, as the program would send it
+    return with_inputs(command, create=line)
+
+
+EVASIONS = {
+    "generated password after =": ("PG_DB", GENERATED),
+    "MYSQL_PWD=": ("MYSQL_PWD", SHORT),
+    "*_PASS=": ("PG_SMTP_PASS", SHORT),
+    "-p'…' in a setting": ("PG_DUMP", f"mariadb-dump -uroot -p'{SHORT}' postal"),
+    '-p"…" in a setting': ("PG_DUMP", f'mysqldump -p"{SHORT}" postal'),
+    "curl -u user:pass": ("PG_HEALTH", f"curl -fsS -u ops:{SHORT} https://127.0.0.1/health"),
+    "curl --user=user:pass": ("PG_HEALTH", f"curl --user=ops:{SHORT} https://127.0.0.1/health"),
+    "YAML passphrase:": ("PG_CONFIG", f"smtp:\n  passphrase: {SHORT}\n"),
+    "YAML passphrase: in base64": ("PG_CONFIG_B64", _b64(f"backup:\n  passphrase: {SHORT}\n")),
+}
+
+
+@pytest.mark.parametrize("step", ["database", "postal", "caddy", "ops"])
+@pytest.mark.parametrize("evasion", EVASIONS)
+def test_each_evasion_in_a_real_command_line_is_flagged(run, step, evasion):
+    command = program.commands(run)[step]
+    assert violations([command], [policy_named("no-plain-secrets-in-commands")]) == []  # as the program sends it
+    name, value = EVASIONS[evasion]
+    found = violations([with_setting(command, name, value)], [policy_named("no-plain-secrets-in-commands")])
+    assert [urn for _, urn, _ in found] == [command.urn], evasion
+    assert "`create` command line" in found[0][2]
+    assert GENERATED not in found[0][2] and SHORT not in found[0][2]  # never echo the secret
+
+
+def test_a_generated_password_in_a_commands_triggers_is_flagged(run):
+    command = program.commands(run)["database"]
+    triggers = list(command.inputs["triggers"])
+    found = violations(
+        [with_inputs(command, triggers=[*triggers, GENERATED])], [policy_named("no-plain-secrets-in-commands")]
+    )
+    assert [urn for _, urn, _ in found] == [command.urn]
+    assert f"`triggers` entry {len(triggers)}" in found[0][2] and GENERATED not in found[0][2]
+
+
+def test_a_secret_on_the_stdin_of_a_step_that_shows_its_output_is_flagged(run):
+    """The preflight step logs its output and keeps it in plain state: a payload moved onto it would
+    be echoed in the clear. The steps that take a payload hide theirs, and pass."""
+    steps = program.commands(run)
+    preflight = steps["preflight"]
+    assert preflight.inputs["logging"] != "none" and "stdin" not in preflight.inputs
+    payload = render.payload({"db_password": GENERATED})
+    found = violations([with_inputs(preflight, stdin=payload)], [policy_named("no-plain-secrets-in-commands")])
+    assert [urn for _, urn, _ in found] == [preflight.urn]
+    assert "`stdin`" in found[0][2] and GENERATED not in found[0][2]
+    for step in ("database", "postal", "provision"):  # real payloads, hidden output: nothing to report
+        assert steps[step].inputs["stdin"]
+        assert (
+            violations([with_inputs(steps[step], stdin=payload)], [policy_named("no-plain-secrets-in-commands")]) == []
+        )
+
+
+def test_rules_of_a_network_not_yet_created_are_judged_together(run):
+    """In the first preview the network's self link is unknown: the stack's rules still add up."""
+    iap = run.named("postal-allow-ssh")
+    unknown = "04da6b54-80e4-46f7-96ec-b56ff0331ba9"  # pulumi_policy.proxy.UNKNOWN_STRING_VALUE: unknown in a preview
+    first = with_inputs(iap, sourceRanges=["0.0.0.0/2", "64.0.0.0/3"], network=unknown)
+    second = dataclasses.replace(
+        with_inputs(iap, sourceRanges=["96.0.0.0/3"], network=unknown), name="postal-allow-ssh-2", urn=iap.urn + "-2"
+    )
+    found = violations([first, second], [policy_named("no-open-ssh-smtp-together")])
+    assert {urn for _, urn, _ in found} == {first.urn, second.urn}
