@@ -126,3 +126,38 @@ def test_a_no_op_up_through_the_tunnel_reruns_nothing(gcloud, monkeypatch, tmp_p
     port = tunnel.local_port("acme-mail", "prod")
     assert {(i["connection"]["host"], i["connection"]["port"]) for i in first.values()} == {("127.0.0.1", port)}
     assert f"--local-host-port=127.0.0.1:{port}" in opened
+
+
+def test_every_step_waits_for_the_iap_firewall_rule(run):
+    """The tunnel's host is derived from the IAP rule: no step dials before 22 is open to IAP."""
+    rule = run.named("postal-allow-ssh")
+    for step, command in commands(run).items():
+        assert rule.urn in command.depends_on, step
+
+
+def test_a_preview_opens_no_tunnel(monkeypatch):
+    """`pulumi preview` never connects: ssh_host answers 127.0.0.1 without starting gcloud."""
+    opened = []
+    monkeypatch.setattr(tunnel, "start", lambda *key: opened.append(key))
+    pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=program.STACK, preview=True)
+
+    @pulumi.runtime.test
+    def check():
+        host = tunnel.ssh_host("acme-mail", "europe-west1-b", pulumi.Output.from_input("postal-vm-1"), 20001)
+        return host.apply(lambda value: assert_preview(value))
+
+    def assert_preview(value):
+        assert value == "127.0.0.1" and opened == []
+
+    check()
+    pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=program.STACK, preview=False)
+
+    @pulumi.runtime.test
+    def check_up():
+        host = tunnel.ssh_host("acme-mail", "europe-west1-b", pulumi.Output.from_input("postal-vm-1"), 20001)
+        return host.apply(lambda value: assert_up(value))
+
+    def assert_up(value):
+        assert value == "127.0.0.1" and opened == [("acme-mail", "europe-west1-b", "postal-vm-1", 20001)]
+
+    check_up()
