@@ -175,6 +175,27 @@ def find_conflicts(
     return problems
 
 
+def _zone_error(cfg: MailConfig, zone: str, err: Exception) -> str:
+    """Which key asked for `zone`, and what the token needs: preview reads, up also writes records."""
+    domains = [f"sendingDomains[{i}] {d!r}" for i, d in enumerate(cfg.sending_domains) if cfg.zone_for(d) == zone]
+    if zone != cfg.cloudflare_zone:
+        why = (
+            f"the zone of {', '.join(domains)}: a sending domain outside cloudflareZone {cfg.cloudflare_zone!r} "
+            "uses the zone named like the domain"
+        )
+        fix = "or remove that domain from sendingDomains"
+    else:
+        why = "cloudflareZone" + (
+            "" if "cloudflareZone" in cfg.secret_keys else f", the zone of hostname {cfg.hostname!r}"
+        )
+        fix = "or set postal-gateway:cloudflareZone to the zone that holds hostname"
+    return (
+        f"postal-gateway: Cloudflare zone {zone!r} ({why}) could not be read ({err}). Fix: check that the zone "
+        "exists in the Cloudflare account and that the API token (CLOUDFLARE_API_TOKEN or cloudflare:apiToken) "
+        f"covers it, with Zone:Read + DNS:Read for pulumi preview and Zone:Read + DNS:Edit for pulumi up; {fix}."
+    )
+
+
 def lookup_zones(cfg: MailConfig) -> dict[str, str]:
     """Zone name -> zone id; raises DnsConflictError for a foreign SPF/DMARC record."""
     import pulumi_cloudflare as cloudflare  # heavy import, paid once here
@@ -184,13 +205,7 @@ def lookup_zones(cfg: MailConfig) -> dict[str, str]:
         try:
             zone_ids[zone] = cloudflare.get_zone(filter={"name": zone, "match": "all"}).zone_id
         except Exception as err:  # the provider's own message follows
-            raise DnsConflictError(
-                cfg.redact(
-                    f"postal-gateway: Cloudflare zone {zone!r} could not be read ({err}). Check that the zone exists "
-                    "and that the API token (cloudflare:apiToken or CLOUDFLARE_API_TOKEN) has Zone:Read and DNS:Edit "
-                    "on it, or set postal-gateway:cloudflareZone."
-                )
-            ) from None
+            raise DnsConflictError(cfg.redact(_zone_error(cfg, zone, err))) from None
     specs = record_specs(cfg)
     owned = owned_names(cfg)
     zone_of = {spec.name: spec.zone for spec in specs}

@@ -741,7 +741,7 @@ def test_the_zone_lookup_never_shows_secret_names(problem):
     )
     assert run.resources == [] and "secret-co" not in str(run.error).lower()
     if problem == "missing-zone":
-        assert "Cloudflare zone '<cloudflareZone>' could not be read" in str(run.error)
+        assert "Cloudflare zone '<cloudflareZone>' (" in str(run.error) and "could not be read" in str(run.error)
     else:
         assert "  - <hostname> already has 'old.<cloudflareZone>' (CNAME)" in str(run.error)
         assert "  - spf.<hostname> already has 'v=spf1 -all' (TXT)" in str(run.error)

@@ -78,7 +78,7 @@ def test_every_role_is_granted_at_its_scope():
             roles.KEY: "gcloud kms keys add-iam-policy-binding postal-gateway --project <project> --location <region> ",
         }[role.scope]
         assert cmd.startswith(prefix) and f"--role {role.role} --member user:ops@example.com" in cmd
-    # The key named in the grant is the one README Deploy step 3 creates.
+    # The key named in the grant is the one README's "Secrets key and stack" step creates.
     assert "gcloud kms keys create postal-gateway --project <project> --location <region>" in README.read_text()
 
 
@@ -124,8 +124,8 @@ def test_every_pulumi_command_names_its_stack(doc):
 
 
 def test_readme_replaces_every_example_value_whole():
-    """Each value of the example stack file is set again by Deploy step 4 as a whole value (a list
-    set element by element would keep the example's other elements)."""
+    """Each value of the example stack file is set again by the README's Configuration step as a whole
+    value (a list set element by element would keep the example's other elements)."""
     stack = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())["config"]
     sets = {}
     for command, _ in commands(README.read_text()):
@@ -136,7 +136,7 @@ def test_readme_replaces_every_example_value_whole():
         name = key.removeprefix("postal-gateway:")
         if config.DEFAULTS.get(name, object()) == value:
             continue  # the program's default: nothing of someone else's
-        assert name in sets, f"README Deploy step 4 does not set {key}"
+        assert name in sets, f"the README's Configuration step does not set {key}"
         if isinstance(value, (list, dict)):
             assert sets[name].lstrip("'\"").startswith(("[", "{", '\\"[', "[\\")), f"{key} must be set whole"
     assert "postal-gateway:dmarcPolicy" not in stack  # most Workspace domains publish DMARC already

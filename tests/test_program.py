@@ -234,7 +234,15 @@ def test_dmarc_is_published_when_configured_and_guarded():
 def test_unknown_cloudflare_zone_is_a_clear_error():
     run = program.run(missing_zones=("rdo-studio.net",))
     assert isinstance(run.error, dns.DnsConflictError)
-    assert "Cloudflare zone 'rdo-studio.net' could not be read" in str(run.error) and run.resources == []
+    message = str(run.error)
+    assert "Cloudflare zone 'rdo-studio.net' (the zone of sendingDomains[1] 'rdo-studio.net'" in message
+    assert "Zone:Read + DNS:Read for pulumi preview and Zone:Read + DNS:Edit for pulumi up" in message
+    assert "remove that domain from sendingDomains" in message and run.resources == []
+    host_zone = program.run(missing_zones=("rdo-dev.com",))
+    assert "Cloudflare zone 'rdo-dev.com' (cloudflareZone, the zone of hostname 'postal.rdo-dev.com')" in str(
+        host_zone.error
+    )
+    assert "set postal-gateway:cloudflareZone" in str(host_zone.error)
 
 
 def test_sizes_and_labels_flow_to_resources():
