@@ -68,6 +68,22 @@ def roles_table(identity: str) -> list[str]:
     return rows
 
 
+def roles_list(identity: str, width: int = 96) -> list[str]:
+    """The roles in a few lines of prose, by where each is granted (the README; ci-cd.md has the why)."""
+    by_scope: dict[str, list[str]] = {}
+    for r in roles.IDENTITIES[identity]:
+        by_scope.setdefault(r.scope, []).append(f"`{r.role}`")
+    parts = [f"on the {SCOPE_NOTE.get(s, s)}: {', '.join(rs)}" for s, rs in by_scope.items()]
+    words, lines, line = "; ".join(parts).split(" "), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}" if line else word
+    return [*lines, line + "."]
+
+
 def roles_comment(identity: str) -> list[str]:
     width = max(len(r.role) for r in roles.IDENTITIES[identity])
     return [f"{r.role:<{width}}  on the {SCOPE_NOTE.get(r.scope, r.scope)}" for r in roles.IDENTITIES[identity]]
@@ -85,8 +101,10 @@ def render(name: str, yaml_comment: bool) -> list[str]:
         return config_table()
     if name == "roles-grant":
         return grant_commands()
-    identity = name.removeprefix("roles-")
+    identity = name.removeprefix("roles-").removesuffix("-list")
     if name.startswith("roles-") and identity in roles.IDENTITIES:
+        if name.endswith("-list"):
+            return roles_list(identity)
         return roles_comment(identity) if yaml_comment else roles_table(identity)
     raise SystemExit(f"unknown generated block {name!r}")
 

@@ -46,6 +46,7 @@ PLACEHOLDERS = {
 }
 UNKNOWN_OUTPUTS = {
     "publicIp": "<the static IP, known after up>",
+    "instanceName": "<postal-vm-… (Pulumi adds a random suffix), known after up>",
     "relayStatus": "<the relay preflight's verdict, known after up>",
     "relayStatusByDomain": "<one verdict per sending domain, known after up>",
 }
@@ -173,9 +174,11 @@ def resources_section(run: offline.Run) -> list[str]:
 
 
 def _sources(ranges: list[str], uptime: set[str]) -> str:
+    from components.network import IAP_RANGE
+
     if ranges and set(ranges) == uptime:
         return "Google's uptime-check addresses (read from gcp.monitoring.get_uptime_check_ips at preview)"
-    return ", ".join(ranges) or "(none)"
+    return ", ".join(f"IAP TCP forwarding ({r})" if r == IAP_RANGE else r for r in ranges) or "(none)"
 
 
 def firewall_section(run: offline.Run) -> list[str]:

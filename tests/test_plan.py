@@ -26,7 +26,7 @@ def prod():
 def prod_run():
     """The committed prod stack under the same mocks, to compare the plan with what was registered."""
     values, secret, _ = plan.stack_config_from(PROD)
-    run = offline.execute(offline.Mocks(), values, tuple(secret), "prod")
+    run = offline.execute(offline.Mocks(), values, tuple(secret), "prod", preview=True)
     assert run.error is None, run.error
     return run
 
@@ -47,7 +47,7 @@ def test_plan_of_the_committed_prod_stack_shows_what_up_creates(prod, prod_run):
 
 def test_every_firewall_rule_is_listed_with_its_sources(prod, prod_run):
     rules = section(prod, "Firewall rules")
-    assert f"postal-allow-ssh: ingress tcp:22 from {', '.join(PROD['postal-gateway:sshSourceRanges'])}" in rules
+    assert "postal-allow-ssh: ingress tcp:22 from IAP TCP forwarding (35.235.240.0/20)" in rules
     assert f"postal-allow-smtp: ingress tcp:25 from {', '.join(PROD['postal-gateway:smtpSourceRanges'])}" in rules
     assert "postal-allow-http: ingress tcp:80 from 0.0.0.0/0" in rules
     assert "postal-allow-uptime-checks: ingress tcp:443,25 from Google's uptime-check addresses" in rules
@@ -91,12 +91,13 @@ def test_outputs_are_listed_secrets_hidden(prod, prod_run):
     for secret in ("apiKey", "smtpPassword", "adminPassword", "sshPrivateKey"):
         assert f"  {secret} = [secret]" in outputs
     assert "publicIp = <the static IP, known after up>" in outputs
+    assert re.search(r"instanceName = <postal-vm-…", outputs)  # Pulumi's auto-name, not the mock's
     assert "PRIVATE" not in prod
 
 
 def test_config_warnings_come_first(prod):
     warnings = section(prod, "Config warnings:")
-    assert "sshSourceRanges lists RFC 5737 documentation addresses" in warnings
+    assert "smtpSourceRanges lists RFC 5737 documentation addresses" in warnings
 
 
 def test_secure_values_get_placeholders_and_are_never_shown():
