@@ -167,6 +167,9 @@ def test_the_preview_uses_the_base_branchs_policy_pack():
     assert pack == f"{base['with']['path']}/policy" and base["with"]["sparse-checkout"] == "policy"
     assert base["with"]["persist-credentials"] is False
     assert job["steps"].index(base) < job["steps"].index(step)
+    # after the pull request's own `pip install -r requirements.txt`, which runs the branch's build code
+    own_install = next(s for s in job["steps"] if "-r requirements.txt" in s.get("run", ""))
+    assert job["steps"].index(own_install) < job["steps"].index(base)
     # the program itself is the pull request's (the default checkout, at the workspace root)
     (own,) = [c for c in checkouts if not c.get("with", {}).get("path")]
     assert "ref" not in own["with"] and step["with"]["work-dir"] == "./"
