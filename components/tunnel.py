@@ -40,7 +40,9 @@ def local_port(project: str, stack: str) -> int:
 
 
 def command(project: str, zone: str, instance: str, port: int) -> list[str]:
-    # The connection check is off: a new VM's sshd is not up yet; each SSH dial is retried instead.
+    # The connection check is off: a new VM's sshd is not up yet. A dial through the tunnel then fails
+    # at the SSH handshake, which pulumi-command 1.2.1 retries like a refused connection
+    # (remote/connection.go: dialWithRetry around ssh.Dial, up to the step's dial_error_limit).
     return [
         "gcloud",
         "compute",
