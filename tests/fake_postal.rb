@@ -51,8 +51,28 @@ class FakeRecord
     where(conditions).first
   end
 
+  # ActiveRecord's find: a new object on the same row (instance variables such as a memoized
+  # resolver are not carried over; the row's attributes are shared, so writes reach the row).
+  def self.find(id)
+    row = rows.find { |r| r.attributes[:id] == id } or raise "Couldn't find #{name} with 'id'=#{id}"
+    record = allocate
+    record.instance_variable_set(:@attributes, row.attributes)
+    record
+  end
+
+  # ActiveRecord's transaction: an exception inside rolls every row back to how it was, then re-raises.
+  def self.transaction
+    saved = DB.values.flatten.to_h { |r| [r, r.attributes.dup] }
+    yield
+  rescue StandardError
+    saved.each { |record, attributes| record.attributes.replace(attributes) }
+    log("rollback")
+    raise
+  end
+
   def self.create!(attributes)
     record = new
+    record.attributes[:id] = (rows.map { |r| r.attributes[:id].to_i }.max || 0) + 1
     attributes.each { |k, v| record.attributes[k.to_sym] = v }
     record.before_create
     record.check!
@@ -61,10 +81,12 @@ class FakeRecord
     record
   end
 
-  # FAKE_POSTAL_FAIL=<Class>#<method>: that write fails the way a database error does, with the
-  # statement and its values in the message (Mysql2 through ActiveRecord::StatementInvalid).
+  # FAKE_POSTAL_FAIL=<Class>#<method>[(<columns>)]: that write (only the one changing exactly those
+  # columns, when given) fails the way a database error does, with the statement and its values in
+  # the message (Mysql2 through ActiveRecord::StatementInvalid).
   def self.maybe_fail(method, changes)
-    return unless ENV["FAKE_POSTAL_FAIL"] == "#{name}##{method}"
+    wanted = ENV.fetch("FAKE_POSTAL_FAIL", "")
+    return unless ["#{name}##{method}", "#{name}##{method}(#{changes.keys.map(&:to_s).sort.join(',')})"].include?(wanted)
 
     columns = changes.map { |k, v| "`#{k}` = '#{v}'" }.join(", ")
     raise ActiveRecord::StatementInvalid, "Mysql2::Error: Lock wait timeout exceeded: UPDATE `#{name.downcase}s` SET #{columns}"
@@ -174,6 +196,14 @@ end
 # UI's delete sets deleted_at, the rows stay (find_by still returns them) until
 # ActionDeletionsScheduledTask destroys them.
 class Organization < FakeRecord
+  def suspended_at
+    attributes[:suspended_at]
+  end
+
+  def suspension_reason
+    attributes[:suspension_reason]
+  end
+
   def validation_errors
     owner.is_a?(User) ? [] : ["Owner must exist"]
   end
@@ -192,6 +222,14 @@ class Organization < FakeRecord
 end
 
 class Server < FakeRecord
+  def suspended_at
+    attributes[:suspended_at]
+  end
+
+  def suspension_reason
+    attributes[:suspension_reason]
+  end
+
   def validation_errors
     %w[Live Development].include?(mode) ? [] : ["Mode is not included in the list"]
   end
@@ -220,12 +258,17 @@ class Domain < FakeRecord
   end
 
   # app/models/concerns/has_dns_checks.rb: each check sets <check>_status and <check>_error.
-  # FAKE_POSTAL_DNS={"<domain>": n}: the records become visible to Postal's resolver at the n-th
-  # check (-1: never; default 1).
+  # FAKE_POSTAL_DNS={"<domain>": n}: the records become visible at the n-th check of the domain
+  # (-1: never; default 1). A Domain object keeps the resolver of its first lookup (`@resolver ||=
+  # DNSResolver.for_domain(name)`, app/models/domain.rb at 3.3.6): a resolver whose first lookup
+  # was bad stays bad for that object; a newly loaded object (find) gets a new one.
+  RESOLVERS = {}.compare_by_identity  # object -> whether its resolver sees the records
+
   def check_dns
     visible_at = JSON.parse(ENV.fetch("FAKE_POSTAL_DNS", "{}")).fetch(name, 1)
     attributes[:checks] = attributes.fetch(:checks, 0) + 1
-    if visible_at.negative? || attributes[:checks] < visible_at
+    sees = RESOLVERS.fetch(self) { RESOLVERS[self] = !visible_at.negative? && attributes[:checks] >= visible_at }
+    unless sees
       dkim = "postal-#{attributes[:dkim_identifier_string]}._domainkey.#{name}"
       set_check(:spf, "Missing", "No SPF record exists for this domain")
       set_check(:dkim, "Missing", "No TXT records were returned for #{dkim}")

@@ -742,17 +742,53 @@ def compose(host, args):
         if postal.get("pulled") != version:
             fail(f"Unable to find image 'ghcr.io/postalserver/postal:{version}' locally")
         postal.setdefault("tasks", []).append(f"{rest[5]} {version}")
-    elif rest[4:] == ["bundle", "exec", "rails", "runner", "/config/provision.rb"]:
-        import json
-
-        config = host.path("opt/postal/config")
-        if not os.path.exists(config + "/provision.rb") or not os.path.exists(config + "/postal.yml"):
-            fail("provision: /config/provision.rb or /config/postal.yml missing")
-        spec = json.loads(CALL.stdin)
-        postal["provisioned"] = spec
-        print("[postal-gateway:provision] done")
+    elif rest[:3] == ["run", "--rm", "-T"] and rest[-5:] == [
+        "bundle",
+        "exec",
+        "rails",
+        "runner",
+        "/config/provision.rb",
+    ]:
+        _provision(host, postal, rest[3:-5])
     else:
         fail(f"docker compose stub: unsupported {rest}")
+
+
+def _provision(host, postal, options: list[str]) -> None:
+    """`compose run --rm -T [-e NAME=VALUE]... runner bundle exec rails runner /config/provision.rb`:
+    the installed provision.rb really runs, under Ruby against Postal's models (tests/fake_postal.rb,
+    kept in .fake/postal.db), with only the environment the -e options give the container. The
+    host's `postal_dns` ({domain: n}) says at which check Postal's resolver sees a domain's records."""
+    import json
+    import shutil
+    import subprocess
+
+    config = host.path("opt/postal/config")
+    if not os.path.exists(config + "/provision.rb") or not os.path.exists(config + "/postal.yml"):
+        fail("provision: /config/provision.rb or /config/postal.yml missing")
+    if options[-1:] != ["runner"] or len(options[:-1]) % 2 or any(o != "-e" for o in options[:-1:2]):
+        fail(f"docker compose stub: unsupported run options {options}")
+    env = dict(e.split("=", 1) for e in options[1:-1:2])
+    env |= {
+        "PATH": os.environ["PATH"],
+        "FAKE_POSTAL_DB": os.path.join(host.dir, "postal.db"),
+        "FAKE_POSTAL_LOG": os.path.join(host.dir, "postal.log"),
+        "FAKE_POSTAL_DNS": json.dumps(host.get("postal_dns", {})),
+    }
+    fake_models = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fake_postal.rb")
+    result = subprocess.run(
+        [shutil.which("ruby"), "-r", fake_models, config + "/provision.rb"],
+        input=CALL.stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    sys.stdout.write(result.stdout)
+    sys.stderr.write(result.stderr)
+    if result.returncode:
+        sys.exit(result.returncode)
+    postal["provisioned"] = json.loads(CALL.stdin)
 
 
 HEALTH = {"5000": "web", "9090": "worker", "9091": "smtp"}

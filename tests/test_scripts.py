@@ -104,11 +104,14 @@ class Machine:
         return fakehost.Host(self.root).state
 
     def tree(self) -> dict[str, str]:
-        """Every file (content hash and mode) and the host state, but not the call and bootstrap logs."""
+        """Every file (content hash and mode) and the host state, but not the call and bootstrap logs,
+        nor Postal's database, where a rerun's check_dns records its time (the only write a rerun
+        makes there: test_provision_rerun_only_rechecks_dns)."""
         files = {}
+        skip = (".fake/calls.log", "opt/postal/log/bootstrap.log", *POSTAL_DB)
         for path in sorted(self.root.rglob("*")):
             rel = str(path.relative_to(self.root))
-            if rel not in (".fake/calls.log", "opt/postal/log/bootstrap.log") and path.is_file():
+            if rel not in skip and path.is_file():
                 files[rel] = f"{hashlib.sha256(path.read_bytes()).hexdigest()} {stat.S_IMODE(path.stat().st_mode):o}"
         return files
 
@@ -686,6 +689,9 @@ def test_a_failing_command_fails_the_step_with_its_message(machine, fresh, regis
 # --- provision.rb against Postal's models (tests/fake_postal.rb) ---
 
 
+POSTAL_DB = (".fake/postal.db", ".fake/postal.db.json", ".fake/postal.log")  # fakehost._provision
+
+
 class FakePostal:
     def __init__(self, tmp: Path):
         self.db, self.log = tmp / "postal.db", tmp / "postal.log"
@@ -964,6 +970,71 @@ def test_provision_waits_for_dns_until_every_domain_checks_ok(tmp_path, provisio
     assert "domain rdo-studio.net: spf OK, dkim OK, return path OK" in out and "dns-pending" not in out
 
 
+def test_each_dns_pass_loads_the_domain_afresh(tmp_path, provision_spec):
+    """A Domain keeps the resolver of its first lookup (app/models/domain.rb:141 at 3.3.6, modelled in
+    fake_postal.rb): checking the same object again repeats a bad first lookup; a newly loaded one
+    looks again."""
+    postal = FakePostal(tmp_path)
+    out = postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": 2}', PG_DNS_CHECK_INTERVAL="0.1")
+    assert "domain rdo-studio.net: spf OK, dkim OK, return path OK" in out and "dns-pending" not in out
+    assert postal.writes().count("check_dns rdo-studio.net") == 2
+    same = postal.ruby(
+        '-e d = Domain.find_by(name: "rdo-dev.com"); d.attributes[:checks] = 0; d.check_dns; d.check_dns; '
+        "again = d.spf_status; f = Domain.find(d.id); f.check_dns; print [again, f.spf_status].inspect",
+        FAKE_POSTAL_DNS='{"rdo-dev.com": 2}',
+    )
+    assert same.stdout == '["Missing", "OK"]', same.stderr
+
+
+def test_the_dns_wait_settings_reach_the_runner_container(fresh, registered):
+    """The step hands PG_DNS_WAIT_SECONDS / PG_DNS_CHECK_INTERVAL to the container with `compose run -e`;
+    the fake host runs the installed provision.rb with only that environment (fakehost._provision)."""
+    host = fakehost.Host(fresh.root)
+    host.state["postal_dns"] = {"rdo-studio.net": -1}  # its records never become visible
+    host.save()
+    result = fresh.run(registered["base"]["provision"], PG_DNS_WAIT_SECONDS="1", PG_DNS_CHECK_INTERVAL="0.2")
+    assert result.returncode == 0, result.stderr  # without the -e it would wait 600 s and time out
+    assert "WARNING dns-pending rdo-studio.net" in result.stdout
+    assert any(
+        re.search(r"compose -p postal run --rm -T -e PG_DNS_WAIT_SECONDS=1 -e PG_DNS_CHECK_INTERVAL=0.2 runner ", c)
+        for c in fresh.changes()
+    )
+    checks = fresh.file(".fake/postal.log").read_text().splitlines().count("check_dns rdo-studio.net")
+    assert 3 <= checks <= 7  # every 0.2 s for 1 s
+
+
+def test_credentials_exist_before_the_dns_wait(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": -1}', PG_DNS_WAIT_SECONDS="0")
+    writes = postal.writes()
+    first_check = next(i for i, w in enumerate(writes) if w.startswith("check_dns "))
+    credentials = [i for i, w in enumerate(writes) if w.startswith(("create Credential", "update_column Credential"))]
+    assert len(credentials) >= len(provision_spec["credentials"]) and max(credentials) < first_check
+
+
+@pytest.mark.parametrize("record", ["organization", "server"])
+def test_a_suspended_organization_or_server_fails_the_step(tmp_path, provision_spec, record):
+    """Postal refuses all mail of a suspended server or organization (Server#suspended?, server.rb)."""
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    target = 'o = Organization.find_by(permalink: "postal-gateway")'
+    if record == "server":
+        target += '; o = o.servers.find_by(permalink: "gateway")'
+    made = postal.ruby(
+        f"-e {target}; o.attributes[:suspended_at] = Time.utc(2026, 12, 1); o.attributes[:suspension_reason] = 'abuse'"
+    )
+    assert made.returncode == 0, made.stderr
+    err = postal.run(provision_spec, ok=False)
+    what = "organization postal-gateway" if record == "organization" else "mail server postal-gateway/gateway"
+    assert f"ERROR: {what} is suspended since 2026-12-01 00:00:00 UTC (abuse): Postal refuses all its mail" in err
+    kept = (
+        postal.records("Organization")["postal-gateway"]
+        if record == "organization"
+        else postal.records("Server")["gateway"]
+    )
+    assert kept["suspended_at"]  # reported, never undone
+
+
 def test_provision_reports_a_domain_whose_dns_never_passes_without_failing(tmp_path, provision_spec):
     postal = FakePostal(tmp_path)
     out = postal.run(provision_spec, FAKE_POSTAL_DNS='{"rdo-studio.net": -1}', PG_DNS_WAIT_SECONDS="0")
@@ -1008,6 +1079,27 @@ def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_p
     )
     assert check.stdout == "[false, false, true, true]"
     assert postal.records("Organization")["postal-gateway"]["owner"] == "platform@rdo-dev.com"
+    writes = postal.writes()  # promoted, then demoted: never a moment without an admin
+    assert writes.index("update User platform@rdo-dev.com admin") < writes.index(
+        "update User ops@rdo-dev.com admin,password_digest"
+    )
+
+
+def test_a_failed_demotion_rolls_the_handover_back(tmp_path, provision_spec):
+    postal = FakePostal(tmp_path)
+    postal.run(provision_spec)
+    made = postal.ruby(
+        '-e User.create!(email_address: "platform@rdo-dev.com", first_name: "P", last_name: "O", '
+        'password: "someone-elses", admin: false)'
+    )
+    assert made.returncode == 0, made.stderr
+    changed = json.loads(json.dumps(provision_spec))
+    changed["admin"]["email"] = "platform@rdo-dev.com"
+    err = postal.run(changed, ok=False, FAKE_POSTAL_FAIL="User#update!(admin,password_digest)")
+    assert "ERROR: ActiveRecord::StatementInvalid" in err
+    assert "rollback" in postal.writes()
+    users = postal.records("User")  # one transaction: the promotion went with the failed demotion
+    assert users["ops@rdo-dev.com"]["admin"] == "true" and users["platform@rdo-dev.com"]["admin"] == "false"
 
 
 def test_a_soft_deleted_organization_and_server_are_restored(tmp_path, provision_spec):
