@@ -103,11 +103,21 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
     return yaml.safe_dump(config, sort_keys=False, default_flow_style=False)
 
 
+# tls=internal: Caddy's internal issuer signs 12-hour leaves with a 7-day intermediate by default, so
+# the web's certificate, and with it Postal's SMTP certificate (a restart of the smtp container each
+# time), would change several times a day. Leaves signed by the 10-year root itself (sign_with_root)
+# may live INTERNAL_LIFETIME (modules/caddytls/internalissuer.go clamps a leaf only to its signer's
+# NotAfter); Caddy renews one with a third of its life left, so the SMTP server restarts about every
+# 60 days, as with Let's Encrypt's 90-day certificates. Clients trust the same root as before.
+INTERNAL_LIFETIME = "90d"
+
+
 def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT_DIR) -> str:
     """Caddyfile for the TLS mode: letsencrypt (ACME, account e-mail), internal or custom."""
     site_tls = {
         "letsencrypt": "",
-        "internal": "\ttls internal\n",
+        "internal": f"\ttls {{\n\t\tissuer internal {{\n\t\t\tlifetime {INTERNAL_LIFETIME}\n"
+        "\t\t\tsign_with_root\n\t\t}\n\t}\n",
         "custom": f"\ttls {cert_dir}/cert.pem {cert_dir}/key.pem\n",
     }[tls]
     email = f"\temail {admin_email}\n" if tls == "letsencrypt" else ""

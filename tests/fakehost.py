@@ -555,7 +555,8 @@ def caddy_load(host, container: dict) -> None:
         text = f.read()
     site = [line for line in text.splitlines() if line.endswith(" {") and not line.startswith("{")]
     container["site"] = site[0].split()[0] if site else ""
-    container["tls"] = "internal" if "tls internal" in text else "custom" if "tls /" in text else "letsencrypt"
+    internal = "tls internal" in text or "issuer internal" in text
+    container["tls"] = "internal" if internal else "custom" if "tls /" in text else "letsencrypt"
     if container["tls"] == "letsencrypt" and host.state.get("acme_error"):
         container["logs"] = container.get("logs", "") + (
             '{"level":"error","logger":"tls.obtain","msg":"could not get certificate from issuer",'

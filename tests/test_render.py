@@ -210,6 +210,11 @@ def test_caddyfile_validates_for_every_tls_mode(tls, tmp_path, certs):
     )
     assert json.loads(adapted.stdout)["admin"] == {"listen": render.CADDY_ADMIN}
     assert render.CADDY_ADMIN == "unix//run/caddy-admin.sock"
+    if tls == "internal":
+        # leaves signed by the internal root for 90 days (not 12 hours under a 7-day intermediate):
+        # the SMTP certificate, and Postal's smtp restart, changes about every 60 days
+        (policy,) = json.loads(adapted.stdout)["apps"]["tls"]["automation"]["policies"]
+        assert policy["issuers"] == [{"module": "internal", "lifetime": 90 * 86400 * 10**9, "sign_with_root": True}]
 
 
 def test_caddy_validate_rejects_a_broken_custom_pair(tmp_path):

@@ -399,7 +399,8 @@ def test_tls_change_is_validated_then_reloaded_gracefully(fresh, registered, var
         assert not (certs / "key.pem").exists()  # a mode change away from custom removes the key
         assert not fresh.file("/opt/postal/caddy/next/certs/key.pem").exists()
     else:
-        assert "tls internal" in caddyfile
+        # leaves from the root, 90 days: the SMTP certificate (and Postal's smtp restart) every ~60 days
+        assert "issuer internal {\n\t\t\tlifetime 90d\n\t\t\tsign_with_root\n" in caddyfile
         # https is checked against Caddy's own internal root
         assert any("--cacert /opt/postal/caddy-data/caddy/pki/authorities/local/root.crt" in q for q in queries)
 
@@ -931,7 +932,8 @@ def test_postal_step_fails_when_another_process_holds_a_health_port(fresh, regis
 
 def test_a_caddyfile_caddy_rejects_keeps_the_running_configuration(fresh, registered):
     create, stdin = registered["internal"]["caddy"]
-    broken = create.replace("tls internal", "tls internal\n\tbogus_directive on")
+    broken = create.replace("\treverse_proxy 127.0.0.1:5000", "\tbogus_directive on\n\treverse_proxy 127.0.0.1:5000")
+    assert broken != create
     live = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
     start = len(fresh.calls())
     result = fresh.run((broken, stdin))
