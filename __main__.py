@@ -89,6 +89,7 @@ monitoring = MailMonitoring(
         vpc_self_link=network.vpc.self_link,
         target_tag=network.target_tag,
         apis=apis,
+        postal_running=[bootstrap.steps["smtp-tls"], bootstrap.steps["ops"]],
     ),
 )
 

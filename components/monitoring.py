@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pulumi
@@ -58,6 +59,7 @@ DISK_METRIC = "agent.googleapis.com/disk/percent_used"
 #   for SCRAPE_GAP means the process, its /metrics or the agent is gone;
 # - relay errors: a DELTA log-based metric, queried with increase() like Google's own PromQL example on
 #   the delta metric logging_googleapis_com:billing_bytes_ingested.
+ABSENCE = ("worker-down", "smtp-down")
 SCRAPE_GAP = "10m"  # 10 scrapes of 60 s: a reboot or a container restart does not page
 PROMQL = {
     "queue-latency": "sum(increase(postal_message_queue_latency_sum{{{vm}}}[15m]))"
@@ -83,6 +85,9 @@ class MonitoringArgs:
     vpc_self_link: pulumi.Input[str]
     target_tag: str
     apis: ProjectApis
+    # what makes Postal's series exist (the steps that start the agent and Postal's SMTP server): the
+    # policies on their absence come after them, so a first `up` does not page while it bootstraps
+    postal_running: Sequence[pulumi.Resource] = ()
 
 
 def uptime_source_ranges(ips) -> list[str]:
@@ -348,7 +353,10 @@ class MailMonitoring(pulumi.ComponentResource):
                 documentation=doc,
                 alert_strategy={"auto_close": "86400s"},
                 user_labels=cfg.gcp_labels,
-                opts=child,
+                opts=pulumi.ResourceOptions.merge(
+                    child,
+                    pulumi.ResourceOptions(depends_on=list(args.postal_running) if key in ABSENCE else []),
+                ),
             )
             for key, (title, query, doc) in specs.items()
         }

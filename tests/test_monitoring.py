@@ -154,6 +154,15 @@ def test_relay_errors_are_a_log_based_metric_on_the_workers_journal(run):
     assert metric_urn in policy.depends_on  # the metric exists before a policy names it
 
 
+def test_absence_alerts_wait_for_postal_and_the_agent(run):
+    """A first `up` creates them after the steps that start Postal's SMTP server and the Ops Agent, so
+    they do not page while the VM bootstraps."""
+    steps = {r.name: r.urn for r in run.of_type("command:remote:Command")}
+    for key in ("worker-down", "smtp-down"):
+        policy = next(r for r in run.of_type(POLICY) if r.name == f"postal-alert-{key}")
+        assert {steps["postal-smtp-tls"], steps["postal-ops"]} <= set(policy.depends_on), key
+
+
 def test_the_first_up_creates_the_log_metric_policy_without_a_threshold_on_a_new_descriptor(run):
     """A threshold (filter) condition on a log-based metric created in the same `up` is refused with
     404 "Cannot find metric(s) ... could take up to 10 minutes" (hashicorp/terraform-provider-google
@@ -163,9 +172,11 @@ def test_the_first_up_creates_the_log_metric_policy_without_a_threshold_on_a_new
         if threshold is None:
             assert policy["conditions"][0]["conditionPrometheusQueryLanguage"]["disableMetricValidation"], key
             continue
-        # what remains are metrics that exist before any resource: uptime checks and the agent's own
+        # what remains are Google's predefined metrics (uptime checks, the agent's, services'), never a
+        # user-defined one, whose descriptor a resource or a first write creates
         (metric_type,) = re.findall(r'metric\.type="([^"]+)"', threshold["filter"])
-        assert metric_type.split("/")[0] in ("monitoring.googleapis.com", "agent.googleapis.com"), key
+        user_defined = ("logging.googleapis.com/user/", "custom.", "workload.", "prometheus.", "external.")
+        assert not metric_type.startswith(user_defined), key
 
 
 @pytest.mark.parametrize(
