@@ -26,6 +26,7 @@ network = MailNetwork(
         ssh_source_ranges=cfg.ssh_source_ranges,
         smtp_source_ranges=cfg.smtp_source_ranges,
         web_source_ranges=cfg.web_source_ranges,
+        bounce_source_ranges=cfg.bounce_source_ranges,
         labels=cfg.gcp_labels,
         apis=apis,
     ),

@@ -38,6 +38,7 @@ KNOBS = {
     "adminEmail": "platform@rdo-dev.com",
     "sshSourceRanges": '["198.51.100.7/32"]',
     "smtpSourceRanges": '["10.0.0.0/8"]',
+    "bounceSourceRanges": '["209.85.128.0/17"]',
     "webSourceRanges": '["198.51.100.0/24"]',
     "tls": "internal",
     "machineType": "e2-standard-2",

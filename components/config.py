@@ -20,7 +20,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from components import certificate, render
+from components import certificate, google_ranges, render
 from components.parse import (
     _PROJECT,
     _REGION,
@@ -55,6 +55,10 @@ DMARC_POLICIES = ("none", "quarantine", "reject")
 DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"))
 PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))  # RFC 1918
 CERT_WARNING_DAYS = 14
+BRUTE_FORCE_NOTE = (
+    "the VM blocks an address on port 25 for an hour after 5 failed SMTP AUTH attempts within 10 minutes "
+    "(scripts/remote/smtp-guard.sh)"
+)
 # Keys whose values are secret whether or not they were set with --secret.
 SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")
 
@@ -88,6 +92,7 @@ KEYS = (
     "adminEmail",
     "sshSourceRanges",
     "smtpSourceRanges",
+    "bounceSourceRanges",
     "webSourceRanges",
     "tls",
     "tlsCertificate",
@@ -159,6 +164,8 @@ class MailConfig:
     relay_failure_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     backup_retention_days: int = 3
+    # who may deliver bounces on port 25: Google's outbound mail ranges (components/google_ranges.py)
+    bounce_source_ranges: tuple[str, ...] = google_ranges.DEFAULT_BOUNCE_RANGES
     tls_certificate_expires: datetime | None = None  # tls=custom: the leaf's notAfter
     tls_chain_incomplete: bool = False  # tls=custom: a CA-issued leaf without its issuer
     tls_self_signed: bool = False  # tls=custom: a leaf that is its own issuer
@@ -333,6 +340,14 @@ def load(stack: str | None = None) -> MailConfig:
         "pulumi config set --path 'smtpSourceRanges[0]' 10.0.0.0/8",
         required=True,
     )
+    bounce = r.value(
+        "bounceSourceRanges",
+        parse_cidrs,
+        cidr,
+        "pulumi config set --path 'bounceSourceRanges[0]' 209.85.128.0/17 (or unset it: Google's outbound mail ranges)",
+    )
+    if bounce is None and r.raw("bounceSourceRanges") is None:
+        bounce = google_ranges.DEFAULT_BOUNCE_RANGES  # pinned, reviewed (components/google_ranges.py)
     web = r.value(
         "webSourceRanges",
         parse_cidrs,
@@ -510,6 +525,7 @@ def load(stack: str | None = None) -> MailConfig:
         relay_failure_alert_count=relay_alert,
         worker_error_alert_count=worker_alert,
         backup_retention_days=backup_days,
+        bounce_source_ranges=bounce,
     )
 
 
@@ -604,10 +620,19 @@ def warnings(cfg: MailConfig, now: datetime | None = None) -> list[str]:
         ("sshSourceRanges", "22 (SSH)", cfg.ssh_source_ranges),
         ("smtpSourceRanges", "25 (SMTP)", cfg.smtp_source_ranges),
         ("webSourceRanges", "443 (Postal's web UI and API)", cfg.web_source_ranges),
+        ("bounceSourceRanges", "25 (SMTP, for bounces)", cfg.bounce_source_ranges),
     )
     for name, port, ranges in ranges_by_key:
         hidden = name in cfg.secret_keys
-        if world_open(ranges):
+        if world_open(ranges) and name in ("smtpSourceRanges", "bounceSourceRanges"):
+            notes.append(
+                f"{NAMESPACE}:{name} opens port {port} to the whole Internet ("
+                f"{'its ranges' if hidden else ', '.join(world_open(ranges))} cover most of it): Postal offers "
+                "SMTP AUTH to every client, before STARTTLS too, so anyone may try to guess the SMTP password "
+                f"(and read it in clear from a client that skips STARTTLS); {BRUTE_FORCE_NOTE}. Bounces need only "
+                "Google's outbound mail ranges: pulumi config rm bounceSourceRanges"
+            )
+        elif world_open(ranges):
             notes.append(
                 f"{NAMESPACE}:{name} opens port {port} to the whole Internet ("
                 f"{'its ranges' if hidden else ', '.join(world_open(ranges))} cover most of it); "

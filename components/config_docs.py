@@ -55,6 +55,13 @@ KEY_DOCS: dict[str, Doc] = {
         "unset: 22 open only to IAP's TCP forwarding (35.235.240.0/20)",
     ),
     "smtpSourceRanges": Doc("list of IPv4 CIDR", f"who may submit mail on port 25; {CIDR_RULES}", "required"),
+    "bounceSourceRanges": Doc(
+        "list of IPv4 CIDR",
+        "who may deliver bounces on port 25 (DSNs to `psrp.<domain>` / `rp.<hostname>`, rule "
+        "`postal-allow-bounce`); a world-open value is warned about: Postal offers SMTP AUTH to every client "
+        f"([security](security.md#bounces)); {CIDR_RULES}",
+        "Google's outbound mail ranges, pinned in `components/google_ranges.py`",
+    ),
     "webSourceRanges": Doc(
         "list of IPv4 CIDR",
         "who may reach 443 (web UI, API); 80 stays open to all for Let's Encrypt and redirects to 443; " + CIDR_RULES,

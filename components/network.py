@@ -1,6 +1,7 @@
 """MailNetwork: a VPC without IPv6, the static public IP and firewall rules (22 from IAP's TCP
-forwarding range and, opt-in, from sshSourceRanges; 25 from smtpSourceRanges; 80 from anywhere for
-ACME; 443 from webSourceRanges)."""
+forwarding range and, opt-in, from sshSourceRanges; 25 from smtpSourceRanges and, for bounces, from
+bounceSourceRanges — by default Google's outbound mail servers —; 80 from anywhere for ACME; 443
+from webSourceRanges)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class NetworkArgs:
     web_source_ranges: tuple[str, ...]
     labels: dict[str, str]
     apis: ProjectApis
+    bounce_source_ranges: tuple[str, ...] = ()  # empty: no bounce rule
 
 
 class MailNetwork(pulumi.ComponentResource):
@@ -62,6 +64,8 @@ class MailNetwork(pulumi.ComponentResource):
             "ssh": (["22"], (IAP_RANGE,)),  # pulumi up's remote steps and operators, through IAP
             **({"ssh-direct": (["22"], args.ssh_source_ranges)} if args.ssh_source_ranges else {}),
             "smtp": (["25"], args.smtp_source_ranges),
+            # Bounces (DSNs to <token>@psrp.<domain>) come from Google's mail servers, whose MX is port 25.
+            **({"bounce": (["25"], args.bounce_source_ranges)} if args.bounce_source_ranges else {}),
             # Let's Encrypt's HTTP-01 challenge comes from anywhere; Caddy redirects the rest to 443.
             "http": (["80"], ("0.0.0.0/0",)),
             "https": (["443"], args.web_source_ranges),

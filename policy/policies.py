@@ -75,8 +75,10 @@ def _ingress(props: Mapping, guarded) -> tuple[set[int], list[str]]:
     return ports, ranges
 
 
-def _open_message(rules: str, port: int, open_ranges, together: bool = False) -> str:
+def _open_message(rules: str, port: int, open_ranges, together: bool = False, bounce: bool = False) -> str:
     what, key, example = GUARDED_PORTS[port]
+    if bounce and port == 25:  # the bounce rule (components/network.py) has its own key
+        what, key, example = "SMTP, for bounces", "bounceSourceRanges", "209.85.128.0/17 (or unset it)"
     return (
         f"{rules} open{'' if together else 's'} port {port} ({what}) to the whole Internet "
         f"({', '.join(map(str, open_ranges))} {'together ' if together else ''}cover most of it). Fix: set "
@@ -97,7 +99,10 @@ def _firewall_check(guarded: tuple[int, ...]):
         open_ranges = [r for r in ranges if r.startswith("0.0.0.0/0 (")] or world_open(ranges)
         if ports and open_ranges:
             for port in sorted(ports):
-                report_violation(_open_message(f"Firewall '{args.name}'", port, open_ranges), args.urn)
+                message = _open_message(
+                    f"Firewall '{args.name}'", port, open_ranges, bounce="allow-bounce" in args.name
+                )
+                report_violation(message, args.urn)
 
     return check
 

@@ -10,7 +10,7 @@ import pulumi
 import pytest
 import yaml
 
-from components import certificate, config
+from components import certificate, config, google_ranges
 
 NS = "postal-gateway:"
 CERT, KEY = certs.pair()
@@ -66,6 +66,10 @@ BAD = [
     ("sshSourceRanges", {"sshSourceRanges": '["10.0.0.0/8\\n"]'}, "whitespace or a control character"),
     ("smtpSourceRanges", {"smtpSourceRanges": "[]"}, "empty"),
     ("webSourceRanges", {"webSourceRanges": '["everyone"]'}, "not an IPv4 CIDR range"),
+    ("bounceSourceRanges", {"bounceSourceRanges": "[]"}, "empty"),
+    ("bounceSourceRanges", {"bounceSourceRanges": '["209.85.128.1/17"]'}, "has host bits set"),
+    ("bounceSourceRanges", {"bounceSourceRanges": '["2a00:1450:4000::/36"]'}, "IPv6"),
+    ("bounceSourceRanges", {"bounceSourceRanges": '"209.85.128.0/17"'}, "not a list"),
     ("tls", {"tls": "acme"}, "not one of letsencrypt, internal, custom"),
     ("tls", {"tls": "internal\n"}, "whitespace or a control character"),
     ("tlsCertificate", {"tls": "custom"}, "is required"),
@@ -411,6 +415,24 @@ def test_warnings_for_open_ports_and_foreign_hostname():
     assert "webSourceRanges opens port 443" in notes  # derived from the SMTP ranges, so world-open too
 
 
+def test_bounces_come_from_googles_mail_ranges_by_default_and_are_not_warned():
+    cfg = load()
+    assert cfg.bounce_source_ranges == google_ranges.DEFAULT_BOUNCE_RANGES
+    assert "209.85.128.0/17" in cfg.bounce_source_ranges and "35.191.0.0/16" not in cfg.bounce_source_ranges
+    assert not [n for n in config.warnings(cfg) if "bounceSourceRanges" in n]
+
+
+@pytest.mark.parametrize("ranges", ['["0.0.0.0/1", "128.0.0.0/1"]', '["0.0.0.0/2", "64.0.0.0/2"]'])
+def test_world_open_bounce_ranges_are_accepted_with_what_they_expose(ranges):
+    cfg = load({NS + "bounceSourceRanges": ranges})
+    (note,) = [n for n in config.warnings(cfg) if "bounceSourceRanges" in n]
+    assert "opens port 25 (SMTP, for bounces) to the whole Internet" in note
+    assert "SMTP AUTH to every client, before STARTTLS too" in note and "failed SMTP AUTH" in note
+    assert "pulumi config rm bounceSourceRanges" in note
+    secret = config.warnings(load({NS + "bounceSourceRanges": ranges}, secret_keys=(NS + "bounceSourceRanges",)))
+    assert not [n for n in secret if "0.0.0.0" in n]
+
+
 @pytest.mark.parametrize(
     "machine",
     [
@@ -608,6 +630,11 @@ ACCEPTED = [
         {"smtpSourceRanges": '["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]'},
         "smtp_source_ranges",
         ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"),
+    ),
+    (
+        {"bounceSourceRanges": '["209.85.128.0/255.255.128.0", "74.125.0.0/16"]'},
+        "bounce_source_ranges",
+        ("209.85.128.0/17", "74.125.0.0/16"),
     ),
     ({"manageSpf": "False"}, "manage_spf", False),
     (

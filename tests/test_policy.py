@@ -111,6 +111,14 @@ def test_ssh_and_smtp_open_to_the_internet_are_flagged():
     assert "'postal-allow-smtp'" in smtp and "port 25" in smtp and "postal-gateway:smtpSourceRanges" in smtp
 
 
+def test_a_world_open_bounce_rule_is_refused_naming_its_key():
+    bad = program.run({NS + "bounceSourceRanges": '["0.0.0.0/1", "128.0.0.0/1"]'})
+    assert bad.error is None, bad.error  # config accepts it (with a warning); the policy stops it
+    found = [(p, urn, m) for p, urn, m in violations(bad.resources) if p == "no-open-ssh-smtp"]
+    assert [(p, urn) for p, urn, _ in found] == [("no-open-ssh-smtp", bad.named("postal-allow-bounce").urn)]
+    assert "port 25 (SMTP, for bounces)" in found[0][2] and "postal-gateway:bounceSourceRanges" in found[0][2]
+
+
 @pytest.mark.parametrize(
     "changes, flagged",
     [

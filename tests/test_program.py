@@ -1,9 +1,11 @@
 """The real program under mocks: resources, properties, parenting, zones, outputs and secrecy."""
 
+import ipaddress
+
 import program
 import pytest
 
-from components import dns
+from components import dns, google_ranges
 
 NS = "postal-gateway:"
 CONTRACT = {
@@ -115,15 +117,32 @@ def test_ssh_source_ranges_add_direct_ssh_besides_iap():
 
 
 def test_firewall_rules_exactly_as_configured(run):
-    rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in run.of_type("gcp:compute/firewall:Firewall")}
+    firewalls = run.of_type("gcp:compute/firewall:Firewall")
+    rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in firewalls if r.name != "postal-allow-bounce"}
     assert set(rules) == {("22",), ("25",), ("80",), ("443",), ("443", "25")}  # the last: uptime checkers
     assert rules[("22",)]["sourceRanges"] == ["35.235.240.0/20"]
     assert rules[("25",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]
+    # port 25 also admits bounces, by default from Google's outbound mail servers only
+    bounce = run.named("postal-allow-bounce").inputs
+    assert bounce["allows"] == [{"protocol": "tcp", "ports": ["25"]}]
+    assert bounce["sourceRanges"] == list(google_ranges.DEFAULT_BOUNCE_RANGES)
+    rules["bounce"] = bounce
     assert rules[("80",)]["sourceRanges"] == ["0.0.0.0/0"]  # ACME HTTP-01 from anywhere; Caddy redirects the rest
     assert rules[("443",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]  # the SMTP ranges; never IAP's
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     assert all(r["targetTags"] == vm.inputs["tags"] for r in rules.values())
     assert all(r["direction"] == "INGRESS" and r["allows"][0]["protocol"] == "tcp" for r in rules.values())
+
+
+def test_port_25_admits_no_customer_drivable_google_range_by_default(run):
+    """Cloud Load Balancing proxies and health checks (35.191.0.0/16, 130.211.0.0/22) connect wherever a
+    customer points them; the rules that carry mail (SMTP intake, bounces) never admit them."""
+    drivable = [ipaddress.ip_network(r) for r in google_ranges.CUSTOMER_DRIVABLE]
+    for name in ("postal-allow-smtp", "postal-allow-bounce"):
+        rule = run.named(name).inputs
+        assert rule["allows"][0]["ports"] == ["25"]
+        sources = [ipaddress.ip_network(r) for r in rule["sourceRanges"]]
+        assert not [(s, d) for s in sources for d in drivable if s.overlaps(d)], name
 
 
 def test_service_account_has_only_log_and_metric_roles(run):
