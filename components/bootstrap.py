@@ -195,6 +195,7 @@ class PostalBootstrap(pulumi.ComponentResource):
                 "PG_REBOOT_SH": render.script_text("pg-reboot.sh"),
                 "PG_BACKUP_SH": render.script_text("pg-backup.sh"),
                 "PG_RESTORE_SH": render.script_text("pg-restore-db.sh"),
+                "PG_GUARD_PY": render.script_text("smtp_guard.py"),
             },
             after=[os_step],
         )

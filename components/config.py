@@ -20,7 +20,7 @@ from typing import Any
 import pulumi
 from pulumi.runtime import config as runtime_config
 
-from components import certificate, google_ranges, render
+from components import certificate, google_ranges, render, units
 from components.parse import (
     _PROJECT,
     _REGION,
@@ -56,8 +56,9 @@ DOCUMENTATION_RANGES = tuple(ipaddress.ip_network(n) for n in ("192.0.2.0/24", "
 PRIVATE_RANGES = tuple(ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"))  # RFC 1918
 CERT_WARNING_DAYS = 14
 BRUTE_FORCE_NOTE = (
-    "the VM blocks an address on port 25 for an hour after 5 failed SMTP AUTH attempts within 10 minutes "
-    "(scripts/remote/smtp-guard.sh)"
+    f"the VM refuses an address on port 25 for {units.GUARD_BAN_S // 60} minutes after "
+    f"{units.GUARD_FAILURES} failed SMTP AUTH attempts within {units.GUARD_WINDOW_S // 60} minutes "
+    "(postal-gateway-guard)"
 )
 # Keys whose values are secret whether or not they were set with --secret.
 SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")

@@ -15,6 +15,11 @@ BACKUP_DIR = "/opt/postal/backup/mariadb"
 BACKUP_LEAD = timedelta(minutes=30)  # the backup is on the data disk before the snapshot starts
 MARIADB_CONTAINER = "postal-mariadb"
 SMTP_TLS_UNIT = "postal-gateway-smtp-tls"
+# Brute-force guard on port 25 (scripts/remote/smtp_guard.py): an address with GUARD_FAILURES failed
+# SMTP AUTH attempts within GUARD_WINDOW_S is refused on 25/tcp for GUARD_BAN_S.
+GUARD_FAILURES, GUARD_WINDOW_S, GUARD_BAN_S = 5, 600, 3600
+GUARD_SCRIPT = "/usr/local/sbin/postal-gateway-guard"
+SMTP_CONTAINER = "postal-smtp-1"  # compose project `postal`, service `smtp`
 SMTP_TLS_HOOK = "/usr/local/sbin/postal-gateway-smtp-tls"
 STAMP_DIR = "/var/lib/postal-gateway"  # lib.sh's pg_mark_applied
 
@@ -107,7 +112,7 @@ def path(description: str, watched: Sequence[str], unit: str) -> str:
 
 
 def ops(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_days: int) -> dict[str, str]:
-    """The `ops` step: the reboot window and the MariaDB backup."""
+    """The `ops` step: the reboot window, the MariaDB backup and the port-25 guard."""
     d = UNIT_DIR
     return {
         f"{d}/postal-gateway-reboot.service": service(
@@ -130,7 +135,19 @@ def ops(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_da
         f"{d}/postal-gateway-backup.timer": timer(
             "postal-gateway: daily MariaDB backup", backup_calendar(snapshot_start_utc)
         ),
+        f"{d}/postal-gateway-guard.service": guard(),
     }
+
+
+def guard() -> str:
+    """The port-25 brute-force guard: a long-running service, restarted whenever it stops."""
+    return (
+        "[Unit]\nDescription=postal-gateway: refuse an address on port 25 after repeated failed SMTP AUTH\n"
+        "After=firewalld.service\nRequires=firewalld.service\n\n"
+        f"[Service]\nType=simple\nExecStart={GUARD_SCRIPT} --failures {GUARD_FAILURES} --window {GUARD_WINDOW_S} "
+        f"--ban {GUARD_BAN_S} --container {SMTP_CONTAINER}\nRestart=always\nRestartSec=5\n\n"
+        "[Install]\nWantedBy=multi-user.target\n"
+    )
 
 
 def smtp_tls(*, data_dir: str, certs: Sequence[str], keys: Sequence[str]) -> dict[str, str]:

@@ -20,6 +20,7 @@ import io
 import marshal
 import os
 import socketserver
+import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -286,9 +287,29 @@ def dnf(host, args):
 
 
 def firewall_cmd(host, args):
-    """Rules go to the permanent configuration; `--reload` makes them the runtime one."""
+    """Rules go to the permanent configuration; `--reload` makes them the runtime one. A runtime rich rule
+    (`--add-rich-rule=<rule> [--timeout=<s>]`, firewall-cmd(1)) goes to the runtime configuration only,
+    checked with firewalld's own parser (firewall.core.rich, Debian's python3-firewall) when one is given."""
     permanent, runtime = host.get("firewall", []), host.get("firewall_runtime", [])
-    (action,) = [a for a in args if a.startswith("--") and a != "--permanent"]
+    (action,) = [a for a in args if a.startswith("--") and a != "--permanent" and not a.startswith("--timeout=")]
+    if action.startswith("--add-rich-rule=") and "--permanent" not in args:
+        _change(host, ["firewall-cmd", *args])
+        rule = action.split("=", 1)[1]
+        check = subprocess.run(
+            [
+                "/usr/bin/python3",
+                "-c",
+                "import sys; from firewall.core.rich import Rich_Rule; Rich_Rule(rule_str=sys.argv[1])",
+                rule,
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if check.returncode:
+            fail(f"Error: INVALID_RULE: {check.stderr.strip().splitlines()[-1]}")
+        timeout = [a.split("=", 1)[1] for a in args if a.startswith("--timeout=")]
+        runtime.append(f"rich-rule={rule}" + (f" timeout={timeout[0]}" if timeout else ""))
+        return 0
     if action.startswith("--query-"):
         _query(host, ["firewall-cmd", *args])
         return 0 if action.split("=", 1)[1] in (permanent if "--permanent" in args else runtime) else 1
@@ -834,6 +855,9 @@ def curl_https(host, args, url):
 
 
 def ss(host, args):
+    if "-K" in args:  # ss -K <filter>: ends the matching sockets (none are open on the fake host)
+        _change(host, ["ss", *args])
+        return 0
     _query(host, ["ss", *args])
     port = args[-1].split(":")[-1]
     other = host.get("listeners", {}).get(port)

@@ -21,7 +21,7 @@ from test_scripts import Machine, index
 
 from components import operations, render
 from components.host import SNAPSHOT_START_UTC
-from components.units import BACKUP_DIR
+from components.units import BACKUP_DIR, GUARD_SCRIPT
 
 NS = "postal-gateway:"
 SCHEMA = program.ROOT / "tests" / "ops_agent.schema.json"
@@ -218,6 +218,7 @@ def test_ops_step_installs_and_enables_everything(host, units):
         "dnf-automatic.timer",
         "postal-gateway-reboot.timer",
         "postal-gateway-backup.timer",
+        "postal-gateway-guard.service",
     ):
         assert state["units"][unit] == {"is-enabled": True, "is-active": True}, unit
     assert host.file(operations.AGENT_CONFIG).read_text() == operations.ops_agent_config()
@@ -225,7 +226,9 @@ def test_ops_step_installs_and_enables_everything(host, units):
         "packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all"
         in host.file("/etc/yum.repos.d/google-cloud-ops-agent.repo").read_text()
     )
-    for tool in ("postal-gateway-reboot", "postal-gateway-backup", "postal-gateway-restore-db"):
+    guard = host.file(GUARD_SCRIPT)
+    assert guard.read_text() == (program.ROOT / "scripts/remote/smtp_guard.py").read_text()
+    for tool in ("postal-gateway-reboot", "postal-gateway-backup", "postal-gateway-restore-db", "postal-gateway-guard"):
         assert host.file(f"/usr/local/sbin/{tool}").stat().st_mode & 0o777 == 0o755
     for path, text in units.items():
         assert host.file(path).read_text() == text

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # ops: the Ops Agent (journal, host metrics, Postal's /metrics), dnf-automatic security updates,
-# reboots only in the maintenance window, and the daily MariaDB backup before the disk snapshot.
+# reboots only in the maintenance window, the daily MariaDB backup before the disk snapshot, and the
+# port-25 guard against SMTP AUTH guessing.
 : "${PG_AGENT_CONFIG:?}" "${PG_AUTOMATIC_CONF:?}" "${PG_UNITS:?}" "${PG_REBOOT_SH:?}" "${PG_BACKUP_SH:?}" \
-  "${PG_RESTORE_SH:?}"
+  "${PG_RESTORE_SH:?}" "${PG_GUARD_PY:?}"
 
 # shellcheck disable=SC2016  # $basearch is dnf's variable. Spaces around the gpgkey '=' (dnf accepts
 # them) keep the policy pack from reading a KEY assignment.
@@ -28,6 +29,7 @@ pg_install_text 0644 root:root /etc/dnf/automatic.conf "$PG_AUTOMATIC_CONF"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-reboot "$PG_REBOOT_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup "$PG_BACKUP_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore-db "$PG_RESTORE_SH"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-guard "$PG_GUARD_PY"
 
 pg_install_units units
 units=$PG_RESULT
@@ -39,4 +41,12 @@ if [[ $units == changed ]]; then
   systemctl restart postal-gateway-reboot.timer postal-gateway-backup.timer
 fi
 pg_mark_applied units "$PG_UNITS_FINGERPRINT"
-pg_log "done: Ops Agent, security updates, reboot window, MariaDB backup"
+# The guard (a running service) restarts only for a new script or unit of its own.
+guard=$(pg_fingerprint /usr/local/sbin/postal-gateway-guard /etc/systemd/system/postal-gateway-guard.service)
+pg_enable_unit postal-gateway-guard.service
+if [[ $PG_RESULT == unchanged ]] && ! pg_applied guard "$guard"; then
+  pg_log "restarting postal-gateway-guard for its new script or unit"
+  systemctl restart postal-gateway-guard.service
+fi
+pg_mark_applied guard "$guard"
+pg_log "done: Ops Agent, security updates, reboot window, MariaDB backup, port-25 guard"
