@@ -35,7 +35,8 @@ def shipped(run) -> dict[str, str]:
 
 def verify(tmp_path, units: dict[str, str]) -> subprocess.CompletedProcess:
     """`systemd-analyze verify` on the units as files. Their ExecStart programs are installed by the
-    steps, so each points at a stub here; docker.service (the backup requires it) is a stub unit."""
+    steps, so each points at a stub here; docker.service (the backup requires it) and firewalld.service
+    (the guard requires it) are stub units."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     names = []
@@ -47,7 +48,8 @@ def verify(tmp_path, units: dict[str, str]) -> subprocess.CompletedProcess:
             text = text.replace(f"ExecStart={program_path}", f"ExecStart={stub}")
         (tmp_path / os.path.basename(path)).write_text(text)
         names.append(os.path.basename(path))
-    (tmp_path / "docker.service").write_text("[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n")
+    for needed in ("docker.service", "firewalld.service"):  # the guard requires firewalld
+        (tmp_path / needed).write_text("[Unit]\nDescription=stub\n[Service]\nExecStart=/bin/true\n")
     return subprocess.run(
         [program.tool("systemd-analyze"), "verify", *(f"./{name}" for name in names)],
         cwd=tmp_path,
@@ -67,6 +69,7 @@ def test_every_shipped_unit_passes_systemd_analyze_verify(tmp_path, tls):
         "postal-gateway-backup.service",
         "postal-gateway-smtp-tls.path",
         "postal-gateway-smtp-tls.timer",
+        "postal-gateway-guard.service",
     }
     result = verify(tmp_path, units)
     assert result.returncode == 0 and result.stdout + result.stderr == "", result.stdout + result.stderr
