@@ -144,7 +144,8 @@ KEY_DOCS: dict[str, Doc] = {
     ),
     "diskAlertPercent": Doc("int, 50..99", "alert when the boot or data disk is fuller"),
     "queueLatencyAlertSeconds": Doc(
-        "int, 10..86400", "alert when Postal's queue latency (99th percentile over 15 min) is higher"
+        "int, 10..86400",
+        "alert when the messages Postal's worker dequeued in the last 15 min waited longer than this on average",
     ),
     "relayFailureAlertCount": Doc("int", "alert when Postal logs more relay delivery errors than this in 15 min"),
     "workerErrorAlertCount": Doc("int", "alert when Postal's worker counts more errors than this in 15 min"),
