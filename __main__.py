@@ -29,6 +29,7 @@ network = MailNetwork(
         bounce_source_ranges=cfg.bounce_source_ranges,
         labels=cfg.gcp_labels,
         apis=apis,
+        ephemeral=cfg.ephemeral,
     ),
 )
 
@@ -49,6 +50,7 @@ host = MailHost(
         public_ip=network.public_ip,
         target_tag=network.target_tag,
         apis=apis,
+        ephemeral=cfg.ephemeral,
     ),
 )
 

@@ -60,6 +60,8 @@ BRUTE_FORCE_NOTE = (
     f"{units.GUARD_FAILURES} failed SMTP AUTH attempts within {units.GUARD_WINDOW_S // 60} minutes "
     "(postal-gateway-guard)"
 )
+# Stacks that may never be ephemeral (nothing protected, nothing retained).
+PRODUCTION_STACKS = ("prod",)
 # Keys whose values are secret whether or not they were set with --secret.
 SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")
 
@@ -85,6 +87,7 @@ DEFAULTS: dict[str, Any] = {
     "relayFailureAlertCount": 5,
     "workerErrorAlertCount": 5,
     "backupRetentionDays": 3,
+    "ephemeral": False,
 }
 KEYS = (
     "hostname",
@@ -120,6 +123,7 @@ KEYS = (
     "relayFailureAlertCount",
     "workerErrorAlertCount",
     "backupRetentionDays",
+    "ephemeral",
 )
 
 
@@ -167,6 +171,7 @@ class MailConfig:
     backup_retention_days: int = 3
     # who may deliver bounces on port 25: Google's outbound mail ranges (components/google_ranges.py)
     bounce_source_ranges: tuple[str, ...] = google_ranges.DEFAULT_BOUNCE_RANGES
+    ephemeral: bool = False  # throwaway stack (scripts/e2e.py): static IP and data disk neither protected nor retained
     tls_certificate_expires: datetime | None = None  # tls=custom: the leaf's notAfter
     tls_chain_incomplete: bool = False  # tls=custom: a CA-issued leaf without its issuer
     tls_self_signed: bool = False  # tls=custom: a leaf that is its own issuer
@@ -209,7 +214,9 @@ class MailConfig:
 
     @property
     def gcp_labels(self) -> dict[str, str]:
-        return {"app": "postal-gateway", "stack": _label_value(self.stack), **dict(self.labels)}
+        labels = {"app": "postal-gateway", "stack": _label_value(self.stack), **dict(self.labels)}
+        # the policy pack admits an unprotected static IP or data disk only with this label, off production
+        return {**labels, "ephemeral": "true"} if self.ephemeral else labels
 
 
 def _within(name: str, zone: str) -> bool:
@@ -450,6 +457,16 @@ def load(stack: str | None = None) -> MailConfig:
     backup_days = r.value(
         "backupRetentionDays", parse_int(1, 30), "days, 1..30", "pulumi config set backupRetentionDays 3"
     )
+    ephemeral = r.value(
+        "ephemeral", parse_bool, "true or false", "pulumi config set ephemeral false (true only for e2e stacks)"
+    )
+    stack = stack or pulumi.get_stack()
+    if ephemeral and stack in PRODUCTION_STACKS:
+        r.fail(
+            "ephemeral",
+            f"is true on stack {stack!r}: production's static IP and data disk must stay protected and retained",
+            "pulumi config rm ephemeral (ephemeral is for throwaway stacks such as scripts/e2e.py's e2e-<id>)",
+        )
 
     zone_fix = "pulumi config set cloudflareZone example.com"
     cf_zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
@@ -484,7 +501,7 @@ def load(stack: str | None = None) -> MailConfig:
         project=project,
         region=region,
         zone=zone,
-        stack=stack or pulumi.get_stack(),
+        stack=stack,
         hostname=hostname,
         sending_domains=domains,
         cloudflare_zone=cf_zone,
@@ -527,6 +544,7 @@ def load(stack: str | None = None) -> MailConfig:
         worker_error_alert_count=worker_alert,
         backup_retention_days=backup_days,
         bounce_source_ranges=bounce,
+        ephemeral=ephemeral,
     )
 
 

@@ -152,4 +152,10 @@ KEY_DOCS: dict[str, Doc] = {
     "backupRetentionDays": Doc(
         "int, 1..30", "days of MariaDB backups kept on the data disk ([backups](operations.md#backups))"
     ),
+    "ephemeral": Doc(
+        "bool",
+        "throwaway stack (`scripts/e2e.py`): the static IP and the data disk are neither protected nor retained, "
+        "so `destroy` deletes them, and GCP resources get the label `ephemeral=true`; refused on `prod` (the "
+        "policy pack also refuses it on its `productionStacks`)",
+    ),
 }

@@ -35,6 +35,7 @@ class HostArgs:
     target_tag: str
     apis: ProjectApis
     data_disk_snapshot: str | None = None  # set to restore: the data disk is recreated from it
+    ephemeral: bool = False  # throwaway stack: the data disk is neither protected nor retained
 
 
 def service_account_id(stack: str) -> str:
@@ -79,7 +80,10 @@ class MailHost(pulumi.ComponentResource):
             snapshot=args.data_disk_snapshot,
             # A restore (a new `snapshot`) replaces the disk: auto-named, so the new one is created
             # next to the old one, which is only dropped from the state (retained), never deleted.
-            opts=apis.after("compute.googleapis.com", parent=self, protect=True, retain_on_delete=True),
+            # An ephemeral stack (e2e) must be destroyable: neither protected nor retained.
+            opts=apis.after(
+                "compute.googleapis.com", parent=self, protect=not args.ephemeral, retain_on_delete=not args.ephemeral
+            ),
         )
         self.snapshot_policy = gcp.compute.ResourcePolicy(
             f"{name}-snapshots",
@@ -90,7 +94,8 @@ class MailHost(pulumi.ComponentResource):
                 "schedule": {"daily_schedule": {"days_in_cycle": 1, "start_time": SNAPSHOT_START_UTC}},
                 "retention_policy": {
                     "max_retention_days": args.snapshot_retention_days,
-                    "on_source_disk_delete": "KEEP_AUTO_SNAPSHOTS",
+                    # an ephemeral stack's snapshots expire with the retention instead of outliving its disk
+                    "on_source_disk_delete": "APPLY_RETENTION_POLICY" if args.ephemeral else "KEEP_AUTO_SNAPSHOTS",
                 },
                 "snapshot_properties": {"labels": args.labels, "guest_flush": False},
             },

@@ -29,6 +29,7 @@ class NetworkArgs:
     labels: dict[str, str]
     apis: ProjectApis
     bounce_source_ranges: tuple[str, ...] = ()  # empty: no bounce rule
+    ephemeral: bool = False  # throwaway stack: the static IP is not protected
 
 
 class MailNetwork(pulumi.ComponentResource):
@@ -58,7 +59,7 @@ class MailNetwork(pulumi.ComponentResource):
             network_tier="PREMIUM",
             labels=args.labels,
             description="postal-gateway public IP: the Google Workspace SMTP relay allowlist entry",
-            opts=args.apis.after("compute.googleapis.com", parent=self, protect=True),
+            opts=args.apis.after("compute.googleapis.com", parent=self, protect=not args.ephemeral),
         )
         rules = {
             "ssh": (["22"], (IAP_RANGE,)),  # pulumi up's remote steps and operators, through IAP

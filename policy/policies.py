@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from netranges import world_open  # policy/ is on sys.path in the pack (and in the tests)
 from pulumi_policy import (
     EnforcementLevel,
+    PolicyConfigSchema,
     ReportViolation,
     ResourceValidationArgs,
     ResourceValidationPolicy,
@@ -138,11 +139,58 @@ def _firewalls_together(guarded: tuple[int, ...]):
     return check
 
 
-# --- static-ip-protected, data-disk-protected -------------------------------------------------
+# --- static-ip-protected, data-disk-protected, no-ephemeral-in-production ----------------------
+# An ephemeral stack (postal-gateway:ephemeral, scripts/e2e.py) labels its GCP resources
+# `ephemeral: "true"` and leaves the static IP and the data disk unprotected so that destroy
+# removes them. Only such a labelled resource may be unprotected, and never on a production
+# stack: the stack named in the URN (urn:pulumi:<stack>::<project>::...) and listed in the
+# pack's `productionStacks` config (default: prod).
+
+PRODUCTION_STACKS = ("prod",)
+PRODUCTION_SCHEMA = PolicyConfigSchema(
+    properties={
+        "productionStacks": {
+            "type": "array",
+            "items": {"type": "string"},
+            "default": list(PRODUCTION_STACKS),
+            "description": "stacks that may never be ephemeral",
+        }
+    }
+)
+
+
+def stack_of(urn: str) -> str:
+    return urn.split("::", 1)[0].removeprefix("urn:pulumi:") if urn.startswith("urn:pulumi:") else ""
+
+
+def _production(args: ResourceValidationArgs) -> bool:
+    stacks = (args.get_config() or {}).get("productionStacks") or PRODUCTION_STACKS
+    return stack_of(args.urn) in stacks
+
+
+def _ephemeral(args: ResourceValidationArgs) -> bool:
+    labels = args.props.get("labels") or {}
+    return str(labels.get("ephemeral", "")).lower() == "true"
+
+
+def _throwaway(args: ResourceValidationArgs) -> bool:
+    """An ephemeral resource outside production: it may go unprotected (no-ephemeral-in-production reports the rest)."""
+    return _ephemeral(args) and not _production(args)
+
+
+def _check_ephemeral(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
+    if args.resource_type.startswith("gcp:") and _ephemeral(args) and _production(args):
+        report_violation(
+            f"Resource '{args.name}' is labelled ephemeral on the production stack '{stack_of(args.urn)}': "
+            "an ephemeral stack leaves the static IP and the data disk unprotected so that destroy deletes them. "
+            "Fix: pulumi config rm postal-gateway:ephemeral (it is for throwaway stacks such as scripts/e2e.py's "
+            "e2e-<id>), and remove an `ephemeral` entry from postal-gateway:labels.",
+            args.urn,
+        )
 
 
 def _check_address(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type == ADDRESS and not args.opts.protect:
+    if args.resource_type == ADDRESS and not args.opts.protect and not _throwaway(args):
         report_violation(
             f"Static IP '{args.name}' is not protected. It is the Google Workspace SMTP relay allowlist entry: "
             "deleting or replacing it stops all mail. Fix: create it with "
@@ -158,7 +206,7 @@ def _is_data_disk(args: ResourceValidationArgs) -> bool:
 
 
 def _check_disk(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
-    if args.resource_type == DISK and _is_data_disk(args) and not args.opts.protect:
+    if args.resource_type == DISK and _is_data_disk(args) and not args.opts.protect and not _throwaway(args):
         report_violation(
             f"Data disk '{args.name}' is not protected. It holds MariaDB, Postal's config and Caddy's "
             "certificates; a delete or replace loses all of it. Fix: create it with "
@@ -375,9 +423,11 @@ def _check_command(args: ResourceValidationArgs, report_violation: ReportViolati
 
 
 def _policy(
-    name: str, description: str, validate, level: EnforcementLevel = EnforcementLevel.MANDATORY
+    name: str, description: str, validate, level: EnforcementLevel = EnforcementLevel.MANDATORY, config_schema=None
 ) -> ResourceValidationPolicy:
-    return ResourceValidationPolicy(name=name, description=description, validate=validate, enforcement_level=level)
+    return ResourceValidationPolicy(
+        name=name, description=description, validate=validate, enforcement_level=level, config_schema=config_schema
+    )
 
 
 POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
@@ -396,13 +446,23 @@ POLICIES: list[ResourceValidationPolicy | StackValidationPolicy] = [
     ),
     _policy(
         "static-ip-protected",
-        "The static IP (the Workspace SMTP relay allowlist entry) must be protected.",
+        "The static IP (the Workspace SMTP relay allowlist entry) must be protected, except on an ephemeral "
+        "(e2e) stack that is not a production stack.",
         _check_address,
+        config_schema=PRODUCTION_SCHEMA,
     ),
     _policy(
         "data-disk-protected",
-        "The data disk (MariaDB, Postal config, certificates) must be protected; the boot disk need not be.",
+        "The data disk (MariaDB, Postal config, certificates) must be protected, except on an ephemeral (e2e) "
+        "stack that is not a production stack; the boot disk need not be.",
         _check_disk,
+        config_schema=PRODUCTION_SCHEMA,
+    ),
+    _policy(
+        "no-ephemeral-in-production",
+        "A production stack (the pack's productionStacks config, default prod) must not be ephemeral.",
+        _check_ephemeral,
+        config_schema=PRODUCTION_SCHEMA,
     ),
     _policy(
         "mail-records-unproxied",

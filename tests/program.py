@@ -64,12 +64,13 @@ def run(
     missing_zones: tuple = (),
     replace: bool = False,
     dns_records: list | None = None,
+    stack: str = STACK,
 ) -> Run:
-    """Run __main__.py with BASE_CONFIG updated by `config` (None values remove keys)."""
+    """Run __main__.py as `stack` with BASE_CONFIG updated by `config` (None values remove keys)."""
     merged = dict(config or {}) if replace else {**copy.deepcopy(BASE_CONFIG), **(config or {})}
     merged = {k: v for k, v in merged.items() if v is not None}
     TUNNELS.clear()
-    run = offline.execute(Mocks(txt_records, missing_zones, dns_records), merged, secret_keys, STACK)
+    run = offline.execute(Mocks(txt_records, missing_zones, dns_records), merged, secret_keys, stack)
     run.tunnels = list(TUNNELS)
     return run
 

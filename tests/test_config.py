@@ -220,6 +220,8 @@ BAD = [
         custom(CERT, KEY.replace("EC PRIVATE KEY", "OPENSSH PRIVATE KEY")),
         "does not parse as a private key",
     ),
+    ("ephemeral", {"ephemeral": "true"}, "is true on stack 'prod'"),  # program.STACK is prod
+    ("ephemeral", {"ephemeral": "sometimes"}, "expected true or false"),
     (
         "tlsCertificate",
         custom(CERT.replace("CERTIFICATE", "TRUSTED CERTIFICATE"), KEY),
@@ -544,6 +546,20 @@ def test_warnings_never_show_a_secret_value():
 def test_user_labels_join_ours():
     cfg = load({NS + "labels": '{"team": "platform", "cost-center": "c42"}'})
     assert cfg.gcp_labels == {"app": "postal-gateway", "stack": "prod", "team": "platform", "cost-center": "c42"}
+
+
+@pytest.mark.parametrize(
+    "stack, value, ephemeral",
+    [("e2e-3f9a1c", "true", True), ("staging", "True", True), ("prod", "false", False), ("e2e-3f9a1c", None, False)],
+)
+def test_ephemeral_is_a_bool_off_production_and_labels_the_stack(stack, value, ephemeral):
+    pulumi.runtime.set_mocks(program.Mocks(), project=program.PROJECT, stack=stack)
+    merged = {**program.BASE_CONFIG, NS + "ephemeral": value, NS + "labels": '{"ephemeral": "false"}'}
+    pulumi.runtime.set_all_config({k: v for k, v in merged.items() if v is not None}, [])
+    cfg = config.load()
+    assert cfg.stack == stack and cfg.ephemeral is ephemeral
+    # ours wins over a user label of the same name: the policy pack reads it
+    assert cfg.gcp_labels["ephemeral"] == ("true" if ephemeral else "false")
 
 
 # Values that reach the Caddyfile, rendered as they are and given to the real Caddy: each one the

@@ -51,10 +51,10 @@ def opts_for(res: program.Registered) -> PolicyResourceOptions:
     )
 
 
-def args_for(res: program.Registered) -> ResourceValidationArgs:
-    """What the analyzer hands a policy for this resource."""
+def args_for(res: program.Registered, config=None) -> ResourceValidationArgs:
+    """What the analyzer hands a policy for this resource (`config`: the policy's pack config)."""
     return ResourceValidationArgs(
-        res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name, opts_for(res), None
+        res.type, unknown_checking_proxy(copy.deepcopy(res.inputs)), res.urn, res.name, opts_for(res), None, config
     )
 
 
@@ -71,8 +71,8 @@ def stack_args_for(resources) -> StackValidationArgs:
     )
 
 
-def violations(resources, policies=POLICIES):
-    """(policy name, urn, message) for every violation."""
+def violations(resources, policies=POLICIES, config=None):
+    """(policy name, urn, message) for every violation; `config` is the policy's pack config."""
     found = []
     resources = list(resources)
     for policy in policies:
@@ -81,7 +81,7 @@ def violations(resources, policies=POLICIES):
             assert policy.validate(stack_args_for(resources), report) is None  # synchronous
             continue
         for res in resources:
-            assert policy.validate(args_for(res), report) is None  # all checks are synchronous
+            assert policy.validate(args_for(res, config), report) is None  # all checks are synchronous
     return found
 
 
@@ -171,6 +171,60 @@ def test_static_ip_and_data_disk_must_be_protected(run):
     # a blank disk under another name is still data; one built from an image is not
     renamed = dataclasses.replace(data, name="postal-spare", protect=False)
     assert [p for p, _, _ in violations([renamed])] == ["data-disk-protected"]
+
+
+E2E = "e2e-3f9a1c"
+
+
+@pytest.fixture(scope="module")
+def ephemeral_run():
+    result = program.run({NS + "ephemeral": "true"}, stack=E2E)
+    assert result.error is None, result.error
+    return result
+
+
+def as_stack(res, stack):
+    return dataclasses.replace(res, urn=res.urn.replace(f"urn:pulumi:{E2E}::", f"urn:pulumi:{stack}::", 1))
+
+
+def test_only_an_ephemeral_stack_leaves_the_static_ip_and_data_disk_destroyable(run, ephemeral_run):
+    for result, kept in ((run, True), (ephemeral_run, False)):
+        (address,) = result.of_type(ADDRESS)
+        data = result.named("postal-data")
+        assert (address.protect, data.protect, data.retain_on_delete) == (kept, kept, kept)
+        schedule = result.named("postal-snapshots").inputs["snapshotSchedulePolicy"]["retentionPolicy"]
+        assert schedule["onSourceDiskDelete"] == ("KEEP_AUTO_SNAPSHOTS" if kept else "APPLY_RETENTION_POLICY")
+    labelled = [r for r in ephemeral_run.resources if (r.inputs.get("labels") or {}).get("ephemeral") == "true"]
+    assert {ADDRESS, DISK} <= {r.type for r in labelled}
+    assert not [r for r in run.resources if "ephemeral" in (r.inputs.get("labels") or {})]
+    # off production the pack admits it as it is
+    assert violations(ephemeral_run.resources) == []
+
+
+def test_the_pack_refuses_ephemeral_on_a_production_stack(ephemeral_run):
+    moved = [as_stack(r, "prod") for r in ephemeral_run.resources]
+    found = violations(moved)
+    address, data = (as_stack(ephemeral_run.named(n), "prod").urn for n in ("postal-ip", "postal-data"))
+    assert {(p, urn) for p, urn, _ in found if p != "no-ephemeral-in-production"} == {
+        ("static-ip-protected", address),
+        ("data-disk-protected", data),
+    }
+    flagged = {urn for p, urn, _ in found if p == "no-ephemeral-in-production"}
+    assert flagged == {r.urn for r in moved if (r.inputs.get("labels") or {}).get("ephemeral") == "true"}
+    assert len(flagged) >= 4  # the IP, both disks, the VM
+    message = next(m for p, _, m in found if p == "no-ephemeral-in-production")
+    assert "'prod'" in message and "pulumi config rm postal-gateway:ephemeral" in message
+    # production is the pack's productionStacks config: another name can be declared production
+    assert violations(ephemeral_run.resources, config={"productionStacks": [E2E]}) != []
+    assert violations(moved, config={"productionStacks": ["production"]}) == []
+
+
+def test_an_unprotected_disk_without_the_ephemeral_label_is_refused_on_any_stack(ephemeral_run):
+    for stack in ("staging", E2E):
+        data = as_stack(ephemeral_run.named("postal-data"), stack)
+        labels = {k: v for k, v in data.inputs["labels"].items() if k != "ephemeral"}
+        found = violations([with_inputs(data, labels=labels)])
+        assert [p for p, _, _ in found] == ["data-disk-protected"], stack
 
 
 def test_proxied_dns_record_is_flagged(run):
@@ -285,7 +339,7 @@ def test_real_commands_are_not_flagged_even_with_secret_looking_scripts(run):
 
 def test_pack_entry_point_uses_every_policy():
     names = [p.name for p in POLICIES]
-    assert len(names) == len(set(names)) == 8
+    assert len(names) == len(set(names)) == 9
     assert set(names) == {
         "no-open-ssh-smtp",
         "no-open-ssh-smtp-together",
@@ -293,6 +347,7 @@ def test_pack_entry_point_uses_every_policy():
         "web-ui-not-world-open-together",
         "static-ip-protected",
         "data-disk-protected",
+        "no-ephemeral-in-production",
         "mail-records-unproxied",
         "no-plain-secrets-in-commands",
     }
