@@ -29,6 +29,8 @@ FILES = (
     "docs/configuration.md",
     ".github/workflows/deploy.yml",
     ".github/workflows/preview.yml",
+    ".github/workflows/e2e.yml",
+    ".github/workflows/drift.yml",
 )
 BLOCK = re.compile(
     r"^(?P<head>(?P<indent>[ \t]*)(?P<lead><!--|#)(?P<pad>[ \t]*)generated: (?P<name>[\w-]+)\b[^\n]*\n)"

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "Pulumi.e2e.yaml"
 PROJECT = "postal-gateway"
 PLACEHOLDER = re.compile(r"<[^<>]+>")
-SHORT_ID = re.compile(r"[a-z0-9]{1,12}")
+SHORT_ID = re.compile(r"[a-z0-9]{1,16}")  # the VM's service account id (postal-gw-e2e-<id>) takes 30
 KNOB = f"{PROJECT}:maintenanceWindow"
 KNOB_VALUES = ("Sun 02:00", "Sat 03:00")  # the default, and the value the second up sets
 SMOKE_TEST = [sys.executable, "-m", "scripts.smoke_test"]
@@ -506,7 +506,7 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     short_id = args.short_id or secrets.token_hex(3)
     if not SHORT_ID.fullmatch(short_id):
-        parser.error(f"--id {short_id!r}: 1 to 12 lowercase letters and digits (the stack is e2e-<id>)")
+        parser.error(f"--id {short_id!r}: 1 to 16 lowercase letters and digits (the stack is e2e-<id>)")
     return Options(
         template=args.template,
         overrides=args.overrides,

@@ -61,7 +61,7 @@ def cli(tmp_path):
 
 
 def command(cli, *extra, smoke=True):
-    smoke_cmd = f"{sys.executable} {TESTS / 'fake_smoke_test.py'}"
+    smoke_cmd = f"{sys.executable} {TESTS / 'stand_in_smoke.py'}"
     base = [sys.executable, "-m", "scripts.e2e", "--template", str(cli["template"]), "--id", "t1"]
     base += ["--summary", str(cli["tmp"] / "summary.md")] + (["--smoke-test", smoke_cmd] if smoke else [])
     return base + list(extra)

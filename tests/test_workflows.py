@@ -12,6 +12,8 @@ import yaml
 
 WORKFLOWS = program.ROOT / ".github" / "workflows"
 PREVIEW, DEPLOY = WORKFLOWS / "preview.yml", WORKFLOWS / "deploy.yml"
+E2E, DRIFT = WORKFLOWS / "e2e.yml", WORKFLOWS / "drift.yml"
+ALL = (PREVIEW, DEPLOY, E2E, DRIFT)
 # base/: the base branch's policy pack, checked out by the preview job
 REQUIREMENTS = {"requirements.txt", "requirements-dev.txt", "policy/requirements.txt", "base/policy/requirements.txt"}
 
@@ -67,11 +69,12 @@ def actionlint(*paths):
 
 def references(doc) -> set[str]:
     """Every `vars.X` / `secrets.X` a workflow (or one job of it) reads."""
-    return set(re.findall(r"\$\{\{[^}]*?\b((?:vars|secrets)\.[A-Z_]+)", yaml.safe_dump(doc, width=1000)))
+    return set(re.findall(r"\$\{\{[^}]*?\b((?:vars|secrets)\.[A-Z][A-Z0-9_]*)", yaml.safe_dump(doc, width=1000)))
 
 
 def test_workflows_match_the_github_schema():
-    result = check_jsonschema(PREVIEW, DEPLOY)
+    assert set(WORKFLOWS.glob("*.yml")) == set(ALL)
+    result = check_jsonschema(*ALL)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -90,7 +93,7 @@ def test_a_broken_workflow_is_rejected(tmp_path, old, new, error):
 
 
 def test_workflows_pass_actionlint():
-    result = actionlint(PREVIEW, DEPLOY)
+    result = actionlint(*ALL)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -103,7 +106,7 @@ def test_actionlint_flags_an_action_on_node20(tmp_path):
     assert result.returncode == 1 and 'runtime "node20" is deprecated' in result.stdout, result.stdout
 
 
-@pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_every_action_is_pinned_to_the_commit_of_its_node24_release(path):
     uses = list(USES.finditer(path.read_text()))
     assert len(uses) == len([s for _, s in steps(load(path)) if "uses" in s])  # every `uses:` line parsed
@@ -444,3 +447,94 @@ def test_codeowners_cover_what_production_runs():
         matching = [owners for pattern, *owners in lines if guarded.startswith(pattern.lstrip("/")) or pattern == "*"]
         assert matching and matching[-1], guarded
         assert (program.ROOT / guarded).exists()
+
+
+# --- e2e.yml and drift.yml ---
+
+
+def job_steps(doc, job):
+    return doc["jobs"][job]["steps"]
+
+
+def auth_of(job):
+    return next(s for s in job["steps"] if s.get("uses", "").startswith("google-github-actions/auth@"))
+
+
+def test_e2e_runs_by_hand_or_weekly_when_enabled_in_its_own_sandbox_environment():
+    doc = load(E2E)
+    assert "workflow_dispatch" in doc["on"] and doc["on"]["schedule"][0]["cron"].split()[2:] == ["*", "*", "1"]
+    # the schedule is off unless the repository variable turns it on
+    assert doc["jobs"]["test"]["if"] == "github.event_name == 'workflow_dispatch' || vars.E2E_WEEKLY == 'true'"
+    job = doc["jobs"]["e2e"]
+    assert job["needs"] == "test" and job["runs-on"] == "ubuntu-latest"  # GitHub-hosted
+    assert job["environment"] == "e2e" and doc["concurrency"] == {"group": "e2e", "cancel-in-progress": False}
+    assert auth_of(job)["with"] == {
+        "workload_identity_provider": "${{ vars.GCP_E2E_WORKLOAD_IDENTITY_PROVIDER }}",
+        "service_account": "${{ vars.GCP_E2E_SERVICE_ACCOUNT }}",
+    }
+    assert job["env"]["PULUMI_BACKEND_URL"] == "${{ vars.E2E_PULUMI_BACKEND_URL }}"  # not prod's state
+    assert references(doc) & (DEPLOY_ONLY | {"vars.PULUMI_BACKEND_URL", "vars.GCP_PREVIEW_SERVICE_ACCOUNT"}) == set()
+    assert not any(j.get("environment") in ("production", "preview") for j in doc["jobs"].values())
+    assert {r for r in references(doc["jobs"]["test"])} == set()
+
+
+def test_e2e_destroys_even_after_a_cancel_and_its_timeout_fits_in_the_job():
+    job = load(E2E)["jobs"]["e2e"]
+    run = next(s for s in job["steps"] if "-m scripts.e2e" in s.get("run", ""))
+    timeout = int(run["run"].split("--timeout ")[1].split()[0])
+    assert timeout + 20 * 60 <= job["timeout-minutes"] * 60  # room for the destroy after the script's deadline
+    assert '--id "$STACK_ID"' in run["run"] and run["env"]["PG_E2E_INBOX"] == "${{ vars.E2E_INBOX }}"
+    last = job["steps"][-1]
+    assert last["if"] == "always()" and job["steps"].index(last) > job["steps"].index(run)
+    assert 'stack="e2e-$STACK_ID"' in last["run"] and "pulumi destroy --yes" in last["run"]
+    assert "pulumi stack rm --yes" in last["run"] and "|| true" not in last["run"]
+    # the timing table reaches the job summary: e2e.py appends to $GITHUB_STEP_SUMMARY by default
+    from scripts import e2e
+
+    os.environ["GITHUB_STEP_SUMMARY"], saved = "/tmp/summary.md", os.environ.get("GITHUB_STEP_SUMMARY")
+    try:
+        assert str(e2e.parse_args(["--id", "x1"]).summary) == "/tmp/summary.md"
+    finally:
+        os.environ.pop("GITHUB_STEP_SUMMARY")
+        if saved is not None:
+            os.environ["GITHUB_STEP_SUMMARY"] = saved
+
+
+def test_drift_previews_every_committed_stack_daily_with_the_read_only_identity():
+    doc = load(DRIFT)
+    minute, hour, *rest = doc["on"]["schedule"][0]["cron"].split()
+    assert rest == ["*", "*", "*"] and "workflow_dispatch" in doc["on"]
+    job = doc["jobs"]["drift"]
+    assert job["strategy"]["matrix"]["stack"] == ["prod", "staging"] and job["strategy"]["fail-fast"] is False
+    assert job["environment"] == "preview" and job["timeout-minutes"] <= 60
+    assert auth_of(job)["with"] == {
+        "workload_identity_provider": "${{ vars.GCP_PREVIEW_WORKLOAD_IDENTITY_PROVIDER }}",
+        "service_account": "${{ vars.GCP_PREVIEW_SERVICE_ACCOUNT }}",
+    }
+    assert references(doc) & DEPLOY_ONLY == set()
+    check = next(s for s in job["steps"] if ".ci/check-stack" in s.get("run", ""))
+    drift = next(s for s in job["steps"] if "-m scripts.drift" in s.get("run", ""))
+    assert job["steps"].index(check) < job["steps"].index(drift)
+    assert '--stack "${{ matrix.stack }}"' in drift["run"]
+    assert drift["env"]["CLOUDFLARE_API_TOKEN"] == "${{ secrets.CLOUDFLARE_API_TOKEN_READONLY }}"
+    from scripts import drift as drift_script
+
+    assert drift_script.PREVIEW_ARGS[:4] == ["pulumi", "preview", "--refresh", "--expect-no-changes"]
+
+
+@pytest.mark.parametrize("path", [E2E, DRIFT], ids=lambda p: p.name)
+def test_new_workflows_document_their_settings_and_never_show_secrets(path):
+    text, doc = path.read_text(), load(path)
+    header = text.split("\nname:", 1)[0]
+    for name in {r.split(".")[1] for r in references(doc)}:
+        assert name in header, f"{path.name}: {name} is not documented in the header comment"
+    sensitive = re.compile(r"(TOKEN|PASSPHRASE|PASSWORD|SECRET|API_KEY|CREDENTIALS)", re.I)
+    envs = [doc["jobs"][j].get("env", {}) for j in doc["jobs"]] + [s.get("env", {}) for _, s in steps(doc)]
+    for env in envs:
+        for key, value in env.items():
+            if sensitive.search(key):
+                assert re.fullmatch(r"\$\{\{ secrets\.[A-Z0-9_]+ \}\}", str(value)), (path.name, key, value)
+    assert not any("--show-secrets" in s.get("run", "") for _, s in steps(doc))
+    for name, job in doc["jobs"].items():
+        secrets = {r for r in references(job) if r.startswith("secrets.")}
+        assert not secrets or job.get("environment") in ("e2e", "preview"), name
