@@ -32,7 +32,6 @@ FILLED = {
     "postal-gateway:sendingDomains": ["e2e.rdo-dev.com"],
     "postal-gateway:adminEmail": "ops@rdo-dev.com",
     "postal-gateway:alertEmail": "ops@rdo-dev.com",
-    "postal-gateway:sshSourceRanges": ["198.51.100.7/32"],
     "postal-gateway:smtpSourceRanges": ["198.51.100.7/32"],
 }
 
