@@ -1,6 +1,7 @@
 """Smoke test of a deployed postal-gateway: DNS, HTTPS, the SMTP intake, the send API, delivery through the relay.
 
     python -m scripts.smoke_test --stack prod --recipient you@example.com
+    python -m scripts.smoke_test --stack prod --bounce      # the bounce path instead (scripts/bounce.py)
 
 Reads the stack outputs (`pulumi stack output --json --show-secrets`, a JSON file, or the
 POSTAL_GATEWAY_OUTPUTS environment variable), prints one PASS/FAIL line per check with the fix
@@ -300,7 +301,9 @@ class SmokeTest:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         check_smtp_intake: bool = True,
+        bounce_timeout: float | None = None,  # --bounce: wait this long for Postal to link the bounce
     ):
+        self.bounce_timeout = bounce_timeout
         self.o, self.recipient, self.sender = outputs, recipient, sender
         self.check_smtp_intake = check_smtp_intake
         self.timeout, self.poll, self.verify, self.resolver = timeout, poll, verify, resolver
@@ -672,13 +675,19 @@ class SmokeTest:
         else:
             print("SKIP  smtp      --skip-smtp: the SMTP intake (STARTTLS, credential) was not checked", file=self.out)
         message_id = self.send()
-        if message_id is not None:
+        if message_id is not None and self.bounce_timeout is not None:
+            from scripts import bounce  # --bounce (scripts/bounce.py)
+
+            bounce.wait(self, message_id, self.recipient, self.bounce_timeout)
+        elif message_id is not None:
             self.wait_for_delivery(message_id)
         failed = [c for c in self.results if not c.ok]
-        delivered = any(c.name == "delivery" and c.ok for c in self.results)
+        goal = "bounce" if self.bounce_timeout is not None else "delivery"
+        delivered = any(c.name == goal and c.ok for c in self.results)
+        verdict = ("bounce linked" if delivered else "NO bounce linked") if goal == "bounce" else None
         print(
             f"{len(self.results) - len(failed)} passed, {len(failed)} failed; "
-            f"{'delivered' if delivered else 'NOT delivered'}",
+            f"{verdict or ('delivered' if delivered else 'NOT delivered')}",
             file=self.out,
         )
         return 0 if delivered and not failed else 1
@@ -697,9 +706,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tls.add_argument("--ca-bundle", help="CA file to trust (tls=internal: Caddy's root certificate)")
     tls.add_argument("--insecure", action="store_true", help="do not verify the HTTPS certificate")
     parser.add_argument(
+        "--bounce",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="send to an address the relay accepts and then bounces (default: a fresh one at a domain that "
+        "does not exist) and wait until Postal links the bounce (scripts/bounce.py)",
+    )
+    parser.add_argument(
+        "--bounce-timeout", type=float, default=900, help="seconds to wait for the bounce (default 900)"
+    )
+    parser.add_argument(
         "--skip-smtp", action="store_true", help="skip the SMTP intake check (this machine is outside smtpSourceRanges)"
     )
     return parser.parse_args(argv)
+
+
+def bounce_recipient(args: argparse.Namespace) -> str | None:
+    if args.bounce is None:
+        return None
+    from scripts import bounce
+
+    return args.bounce or bounce.default_address()
 
 
 def main(argv: list[str] | None = None, resolver=None) -> int:
@@ -721,13 +749,14 @@ def main(argv: list[str] | None = None, resolver=None) -> int:
             resolver.nameservers = args.nameserver
     smoke = SmokeTest(
         outputs,
-        recipient=args.recipient or outputs.get("adminEmail", ""),
+        recipient=bounce_recipient(args) or args.recipient or outputs.get("adminEmail", ""),
         sender=args.sender or f"smoke-test@{outputs['sendingDomains'][0]}",
         timeout=args.timeout,
         poll=args.poll,
         resolver=resolver,
         verify=False if args.insecure else (args.ca_bundle or True),
         check_smtp_intake=not args.skip_smtp,
+        bounce_timeout=None if args.bounce is None else args.bounce_timeout,
     )
     if not smoke.recipient:
         print("no recipient: pass --recipient", file=sys.stderr)
