@@ -3,7 +3,9 @@
 # Postal's models as far as scripts/remote/provision.rb uses them, in memory, kept between runs in
 # the Marshal file $FAKE_POSTAL_DB. Every write is logged to $FAKE_POSTAL_LOG. Postal's own quirks
 # are kept: a new domain gets a generated DKIM key and selector, a new credential a random key that
-# validations then forbid changing, and passwords are only stored as digests.
+# validations then forbid changing, passwords are only stored as digests, a Domain object keeps the
+# resolver of its first lookup, and Organization/Server carry suspended_at. Like ActiveRecord, `find`
+# returns a new object on the row and `transaction` rolls every row back when its block raises.
 require "digest"
 require "json"
 require "securerandom"
