@@ -218,6 +218,7 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
     smoke = after[1]
     assert smoke["if"] == "vars.SMOKE_TEST_RECIPIENT != ''" and smoke["continue-on-error"] is False
     assert "-m scripts.smoke_test --stack prod --recipient" in smoke["run"]
+    assert smoke["env"]["SMOKE_TEST_SMTP"] == "${{ vars.SMOKE_TEST_SMTP }}"
     assert smoke["env"]["SMOKE_TEST_RECIPIENT"] == "${{ vars.SMOKE_TEST_RECIPIENT }}"
 
 
@@ -538,3 +539,19 @@ def test_new_workflows_document_their_settings_and_never_show_secrets(path):
     for name, job in doc["jobs"].items():
         secrets = {r for r in references(job) if r.startswith("secrets.")}
         assert not secrets or job.get("environment") in ("e2e", "preview"), name
+
+
+@pytest.mark.parametrize("setting, checks_smtp", [("", False), ("false", False), ("true", True)])
+def test_the_deploy_smoke_test_checks_smtp_only_from_inside_smtp_source_ranges(tmp_path, setting, checks_smtp):
+    """A GitHub-hosted runner is never inside smtpSourceRanges: port 25 is checked only when the
+    repository says the runner is (SMOKE_TEST_SMTP=true). The step's script runs against a stub Python."""
+    smoke = next(s for _, s in steps(load(DEPLOY)) if s.get("name") == "Smoke test")
+    (tmp_path / "venv/bin").mkdir(parents=True)
+    stub = tmp_path / "venv/bin/python"
+    stub.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$(dirname "$0")/args"\n')
+    stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SMOKE_TEST_RECIPIENT": "ops@example.com", "SMOKE_TEST_SMTP": setting}
+    subprocess.run(["bash", "-e", "-c", smoke["run"]], cwd=tmp_path, env=env, check=True, timeout=30)
+    args = (tmp_path / "venv/bin/args").read_text().split()
+    assert args[:6] == ["-m", "scripts.smoke_test", "--stack", "prod", "--recipient", "ops@example.com"]
+    assert ("--skip-smtp" not in args) == checks_smtp
