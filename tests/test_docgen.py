@@ -141,3 +141,16 @@ def test_readme_replaces_every_example_value_whole():
         if isinstance(value, (list, dict)):
             assert sets[name].lstrip("'\"").startswith(("[", "{", '\\"[', "[\\")), f"{key} must be set whole"
     assert "postal-gateway:dmarcPolicy" not in stack  # most Workspace domains publish DMARC already
+
+
+def test_the_runbook_opens_with_mail_isnt_going_out():
+    """The most common page first: numbered checks, each with a command to run and a doc to read."""
+    runbook = (ROOT / "docs/runbook.md").read_text()
+    first = re.search(r"^## (.+)$", runbook, re.M)[1]
+    assert first == "Mail isn't going out"
+    body = runbook.split("## Mail isn't going out", 1)[1].split("\n## ", 1)[0]
+    checks = re.split(r"^\d+\. ", body, flags=re.M)[1:]
+    assert len(checks) >= 6
+    for check in checks:
+        assert re.search(r"`[^`]+`", check), check  # a command or a value to look at
+        assert re.search(r"\]\([\w.]*#[\w-]+\)", check), check  # and where it is explained
