@@ -690,7 +690,18 @@ class SmokeTest:
             f"{verdict or ('delivered' if delivered else 'NOT delivered')}",
             file=self.out,
         )
+        if any("on the VM" in (c.fix or "") for c in failed):
+            print(f"on the VM: {vm_shell(self.o)}", file=self.out)
         return 0 if delivered and not failed else 1
+
+
+def vm_shell(outputs: dict) -> str:
+    """How to get a shell on the VM: through IAP, port 22 being open to nothing else by default."""
+    user, vm = outputs.get("sshUser") or "postal-ops", outputs.get("instanceName") or "<instanceName>"
+    return (
+        f"gcloud compute ssh {user}@{vm} --tunnel-through-iap --zone <gcp:zone> "
+        "--ssh-key-file ~/.ssh/postal-gateway (docs/runbook.md, SSH in)"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

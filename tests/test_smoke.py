@@ -625,3 +625,20 @@ def test_the_smtplib_example_in_docs_sends_over_starttls_with_the_stack_credenti
     assert "Subject: Render complete: shot 001" in data
     commands = [c.split()[0].upper() for c in postal_smtp.commands[postal_smtp.port][seen:]]
     assert commands[:4] == ["EHLO", "STARTTLS", "EHLO", "AUTH"]  # the password never crosses in clear
+
+
+def test_a_fix_on_the_vm_says_how_to_get_there_through_iap(tmp_path, capsys, postal, certs):
+    postal.blocked = True  # the send fails with a fix to read on the VM
+    code, out, _ = smoke(
+        tmp_path, capsys, postal.server_port, certs, instanceName="postal-vm-1a2b3c4", sshUser="postal-ops"
+    )
+    assert code == 1 and any("on the VM" in fix for _, fix in failures(out))
+    assert out.splitlines()[-1] == (
+        "on the VM: gcloud compute ssh postal-ops@postal-vm-1a2b3c4 --tunnel-through-iap --zone <gcp:zone> "
+        "--ssh-key-file ~/.ssh/postal-gateway (docs/runbook.md, SSH in)"
+    )
+
+
+def test_a_passing_run_names_no_vm_command(tmp_path, capsys, postal, certs):
+    code, out, _ = smoke(tmp_path, capsys, postal.server_port, certs, instanceName="postal-vm-1a2b3c4")
+    assert code == 0 and "gcloud compute ssh" not in out
