@@ -154,3 +154,13 @@ def test_the_runbook_opens_with_mail_isnt_going_out():
     for check in checks:
         assert re.search(r"`[^`]+`", check), check  # a command or a value to look at
         assert re.search(r"\]\([\w.]*#[\w-]+\)", check), check  # and where it is explained
+
+
+def test_readme_names_every_firewall_rule():
+    """The README's picture names each rule the program can create (security.md has the details)."""
+    run = program.run({"postal-gateway:sshSourceRanges": '["203.0.113.7/32"]'})  # ssh-direct exists only then
+    picture = code_blocks(README.read_text())[0]
+    names = {r.name.removeprefix("postal-allow-") for r in run.of_type("gcp:compute/firewall:Firewall")}
+    assert "ssh-direct" in names
+    for name in names:
+        assert re.search(rf"(postal-allow|\s)-?{re.escape(name)}\b", picture), name
