@@ -360,6 +360,8 @@ class Run:
                 self.failures.append(f"pulumi failed: {err}")
             except Exception as err:  # noqa: BLE001 - whatever failed, destroy still runs
                 self.failures.append(f"{type(err).__name__}: {err}")
+            if self.interrupt.reason and not any(f.startswith("interrupted") for f in self.failures):
+                self.failures.append(f"interrupted: {self.interrupt.reason}")
             for failure in self.failures:
                 self.say(f"e2e: FAILED: {failure}")
             left_over = self.cleanup()
@@ -467,7 +469,7 @@ class Run:
             with self.opts.summary.open("a") as f:
                 f.write(self.redact(f"## e2e {self.stack_name}\n\n{table}\n\n{verdict}\n"))
                 for failure in self.failures:
-                    f.write(self.redact(f"\n- {failure.splitlines()[0] if failure else ''}"))
+                    f.write(self.redact(f"\n- {brief(failure)}"))
                 f.write("\n")
 
     def spanned_snapshot_time(self) -> bool:
@@ -476,6 +478,14 @@ class Run:
             return False
         day = dt.datetime.fromtimestamp(start, dt.UTC).replace(hour=4, minute=0, second=0, microsecond=0)
         return any(start <= (day + dt.timedelta(days=d)).timestamp() <= end for d in (0, 1))
+
+
+def brief(failure: str) -> str:
+    """One line of a failure for the job summary: its kind and the CLI's last error line."""
+    lines = [line.strip() for line in failure.splitlines() if line.strip()]
+    kind = lines[0] if lines else failure
+    errors = [line[line.index("error:") :] for line in lines if "error:" in line]  # CommandError: " stderr: error: …"
+    return kind if not errors or errors[-1] in kind else f"{kind} {errors[-1]}"
 
 
 def parse_args(argv: list[str] | None) -> Options:

@@ -15,7 +15,7 @@ What the SDK runs and reads (pulumi 3.272.0, pulumi/automation/):
 - Engine events are apitype.EngineEvent JSON (pulumi/pulumi sdk/go/common/apitype/events.go): `sequence`,
   `timestamp` (Unix seconds), one of preludeEvent, resourcePreEvent / resOutputsEvent / resOpFailedEvent
   ({metadata: StepEventMetadata{op, urn, type, old, new, provider}}), diagnosticEvent, summaryEvent, and
-  cancelEvent last (https://www.pulumi.com/docs/iac/using-pulumi/automation-api/ describes on_event).
+  cancelEvent last (documented as EngineEvent in https://www.pulumi.com/docs/reference/cloud-rest-api/schema/appengineevent/).
 
 State lives in $FAKE_PULUMI_HOME/state.json, every call is logged to calls.jsonl. $FAKE_PULUMI_FAIL
 (comma-separated) makes a stage fail: stack-init, up, up-pending (the CLI dies mid-create, leaving a

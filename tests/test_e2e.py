@@ -186,6 +186,9 @@ def test_every_failure_still_destroys_and_removes_the_stack(cli, fail, smoke_exi
     assert verbs(cli)[-1] == ["stack", "rm"] and stacks(cli) == {}
     assert says in output and "e2e: clean: stack e2e-t1 destroyed and removed" in output
     assert_no_secret(output, cli)
+    if code:  # the job summary names the failure on one line, with the CLI's own error
+        summary = (cli["tmp"] / "summary.md").read_text()
+        assert "\n- " in summary and ("error: update failed" in summary or "smoke test failed" in summary)
 
 
 def test_a_stack_that_cannot_be_created_has_nothing_to_destroy(cli):
@@ -252,6 +255,7 @@ def test_an_interrupted_up_is_cancelled_then_destroyed(cli, how, says):
     output, _ = proc.communicate(timeout=120)
     assert proc.returncode == 1, output
     assert says in output and "^C received; cancelling" in output and "update canceled" in output
+    assert f"- interrupted: {says}" in (cli["tmp"] / "summary.md").read_text()
     assert [v[0] for v in verbs(cli) if v[0] in ("up", "destroy")] == ["up", "destroy"]  # no second up
     assert stacks(cli) == {} and "e2e: clean: stack e2e-t1 destroyed and removed" in output
     if how != "timeout":
