@@ -59,6 +59,7 @@ KNOBS = {
     "maintenanceWindow": "Sat 01:00",
     "backupRetentionDays": "7",
     "diskAlertPercent": "90",
+    "bounceRateAlertPercent": "10",
     "queueLatencyAlertSeconds": "60",
     "relayFailureAlertCount": "20",
     "workerErrorAlertCount": "20",

@@ -86,6 +86,7 @@ DEFAULTS: dict[str, Any] = {
     "queueLatencyAlertSeconds": 300,
     "relayFailureAlertCount": 5,
     "workerErrorAlertCount": 5,
+    "bounceRateAlertPercent": 5,
     "backupRetentionDays": 3,
     "ephemeral": False,
 }
@@ -122,6 +123,7 @@ KEYS = (
     "queueLatencyAlertSeconds",
     "relayFailureAlertCount",
     "workerErrorAlertCount",
+    "bounceRateAlertPercent",
     "backupRetentionDays",
     "ephemeral",
 )
@@ -168,6 +170,7 @@ class MailConfig:
     queue_latency_alert_seconds: int = 300
     relay_failure_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
+    bounce_rate_alert_percent: int = 5  # bounces received per message sent, over monitoring.BOUNCE_WINDOW
     backup_retention_days: int = 3
     # who may deliver bounces on port 25: Google's outbound mail ranges (components/google_ranges.py)
     bounce_source_ranges: tuple[str, ...] = google_ranges.DEFAULT_BOUNCE_RANGES
@@ -454,6 +457,12 @@ def load(stack: str | None = None) -> MailConfig:
     worker_alert = r.value(
         "workerErrorAlertCount", parse_int(1, 100000), "a count, 1..100000", "pulumi config set workerErrorAlertCount 5"
     )
+    bounce_alert = r.value(
+        "bounceRateAlertPercent",
+        parse_int(1, 100),
+        "a percentage, 1..100",
+        "pulumi config set bounceRateAlertPercent 5",
+    )
     backup_days = r.value(
         "backupRetentionDays", parse_int(1, 30), "days, 1..30", "pulumi config set backupRetentionDays 3"
     )
@@ -544,6 +553,7 @@ def load(stack: str | None = None) -> MailConfig:
         worker_error_alert_count=worker_alert,
         backup_retention_days=backup_days,
         bounce_source_ranges=bounce,
+        bounce_rate_alert_percent=bounce_alert,
         ephemeral=ephemeral,
     )
 

@@ -149,6 +149,11 @@ KEY_DOCS: dict[str, Doc] = {
     ),
     "relayFailureAlertCount": Doc("int", "alert when Postal logs more relay delivery errors than this in 15 min"),
     "workerErrorAlertCount": Doc("int", "alert when Postal's worker counts more errors than this in 15 min"),
+    "bounceRateAlertPercent": Doc(
+        "int, 1..100",
+        "alert when the bounces Postal received in the last 6 hours pass this percentage of the messages it "
+        "handled (at least 20) ([alerts](operations.md#alerts))",
+    ),
     "backupRetentionDays": Doc(
         "int, 1..30", "days of MariaDB backups kept on the data disk ([backups](operations.md#backups))"
     ),

@@ -6,8 +6,8 @@
   Google's uptime checkers (`gcp.monitoring.get_uptime_check_i_ps`) reach exactly 443 and 25;
 - alert policies on the checks, the disks (Ops Agent), Postal's Prometheus metrics (scraped by the
   Ops Agent: prometheus_target, namespace `<instance id>/<name>`): queue latency, worker errors, and
-  the worker's or SMTP server's series going absent (a dead process pages), and a log-based metric
-  counting the worker's relay delivery errors (its journal lines, shipped by the Ops Agent).
+  the worker's or SMTP server's series going absent (a dead process pages), the bounce rate, and a
+  log-based metric counting the worker's relay delivery errors (its journal lines, shipped by the Ops Agent).
 Every policy's documentation says what the alert means and what to do.
 """
 
@@ -69,6 +69,39 @@ PROMQL = {
     "smtp-down": "absent_over_time(postal_smtp_server_connections_total{{{vm}}}[" + SCRAPE_GAP + "])",
     "relay-errors": 'sum(increase({metric}{{monitored_resource="gce_instance"}}[15m])) > {threshold}',
 }
+
+
+# Bounce rate (issue 22): the bounces Postal's SMTP server accepted for a return path
+# (postal_smtp_server_messages_total{type="bounce"}, app/lib/smtp_server/client.rb at 3.3.6, counted
+# at DATA) over the messages the worker dequeued (postal_message_queue_latency_count, observed at every
+# dequeue, initial_processor.rb; the bounces themselves are dequeued too, so they are taken off), over
+# BOUNCE_WINDOW and only from BOUNCE_MIN_MESSAGES on, so one bounce in a quiet hour does not page.
+# Relay refusals in the dialogue (HardFail) are not bounces here: the relay-errors alert counts them.
+BOUNCE_WINDOW, BOUNCE_MIN_MESSAGES = "6h", 20
+_BOUNCES = 'sum(increase(postal_smtp_server_messages_total{{{vm},type="bounce"}}[' + BOUNCE_WINDOW + "]))"
+_HANDLED = "sum(increase(postal_message_queue_latency_count{{{vm}}}[" + BOUNCE_WINDOW + "]))"
+PROMQL["bounce-rate"] = (
+    f"100 * {_BOUNCES} / ({_HANDLED} - {_BOUNCES}) > {{threshold}}"
+    f" and ({_HANDLED} - {_BOUNCES}) >= {BOUNCE_MIN_MESSAGES}"
+)
+
+
+def bounce_rate_spec(cfg: MailConfig, on_postal: pulumi.Output) -> tuple:
+    """(title, PromQL, documentation) of the bounce-rate alert."""
+    percent = cfg.bounce_rate_alert_percent
+    return (
+        f"more than {percent}% of the messages bounced in {BOUNCE_WINDOW}",
+        on_postal.apply(lambda vm: PROMQL["bounce-rate"].format(vm=vm, threshold=percent)),
+        _doc(
+            "many messages bounce",
+            f"In the last {BOUNCE_WINDOW}, recipients' servers bounced more than {percent}% of the messages "
+            f"Postal sent (at least {BOUNCE_MIN_MESSAGES} sent): a sender mails dead addresses, and Google's "
+            "relay throttles senders with many bounces.",
+            "find the sender: Postal's web UI → Messages, filter on status Bounced (the bounce quotes the "
+            "recipient's answer); fix or stop the script, and let Postal's suppression list hold the "
+            "addresses. If bounces stop arriving altogether, run `scripts.smoke_test --bounce`.",
+        ),
+    )
 
 
 def promql_name(metric_type: str) -> str:
@@ -302,6 +335,7 @@ class MailMonitoring(pulumi.ComponentResource):
                 ),
             ),
         }
+        specs["bounce-rate"] = bounce_rate_spec(cfg, on_postal)
         aggregations = {
             "uptime-https": {
                 "alignment_period": "300s",

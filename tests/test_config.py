@@ -67,6 +67,8 @@ BAD = [
     ("smtpSourceRanges", {"smtpSourceRanges": "[]"}, "empty"),
     ("webSourceRanges", {"webSourceRanges": '["everyone"]'}, "not an IPv4 CIDR range"),
     ("bounceSourceRanges", {"bounceSourceRanges": "[]"}, "empty"),
+    ("bounceRateAlertPercent", {"bounceRateAlertPercent": "0"}, "outside 1..100"),
+    ("bounceRateAlertPercent", {"bounceRateAlertPercent": "5%"}, "not a whole number"),
     ("bounceSourceRanges", {"bounceSourceRanges": '["209.85.128.1/17"]'}, "has host bits set"),
     ("bounceSourceRanges", {"bounceSourceRanges": '["2a00:1450:4000::/36"]'}, "IPv6"),
     ("bounceSourceRanges", {"bounceSourceRanges": '"209.85.128.0/17"'}, "not a list"),
