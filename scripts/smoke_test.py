@@ -685,13 +685,13 @@ class SmokeTest:
         goal = "bounce" if self.bounce_timeout is not None else "delivery"
         delivered = any(c.name == goal and c.ok for c in self.results)
         verdict = ("bounce linked" if delivered else "NO bounce linked") if goal == "bounce" else None
+        if any("on the VM" in (c.fix or "") for c in failed):
+            print(f"on the VM: {vm_shell(self.o)}", file=self.out)
         print(
             f"{len(self.results) - len(failed)} passed, {len(failed)} failed; "
             f"{verdict or ('delivered' if delivered else 'NOT delivered')}",
             file=self.out,
         )
-        if any("on the VM" in (c.fix or "") for c in failed):
-            print(f"on the VM: {vm_shell(self.o)}", file=self.out)
         return 0 if delivered and not failed else 1
 
 

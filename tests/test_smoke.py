@@ -633,7 +633,8 @@ def test_a_fix_on_the_vm_says_how_to_get_there_through_iap(tmp_path, capsys, pos
         tmp_path, capsys, postal.server_port, certs, instanceName="postal-vm-1a2b3c4", sshUser="postal-ops"
     )
     assert code == 1 and any("on the VM" in fix for _, fix in failures(out))
-    assert out.splitlines()[-1] == (
+    assert out.splitlines()[-1].endswith("NOT delivered")  # the verdict stays the last line
+    assert out.splitlines()[-2] == (
         "on the VM: gcloud compute ssh postal-ops@postal-vm-1a2b3c4 --tunnel-through-iap --zone <gcp:zone> "
         "--ssh-key-file ~/.ssh/postal-gateway (docs/runbook.md, SSH in)"
     )
