@@ -329,3 +329,32 @@ def test_the_timing_table_from_a_recorded_event_stream():
     table = timings.table()
     assert "| postal-postal (bootstrap step) | create | 205 |" in table
     assert "| to the first Sent (smoke test) |  | not reached |" in table  # no marks: only events
+
+
+def test_overlapping_operations_and_a_failure_are_timed_by_urn():
+    """The engine runs independent resources in parallel: their events interleave, each pair is matched by URN."""
+
+    def event(seq, ts, kind, name, typ, op="create", custom=True):
+        urn = f"urn:pulumi:e2e-t1::postal-gateway::{typ}::{name}"
+        state = {"type": typ, "urn": urn, "custom": custom, "id": "", "parent": ""}
+        meta = {"op": op, "urn": urn, "type": typ, "old": None, "new": state, "provider": "", "detailedDiff": None}
+        body = {"metadata": meta} if kind != "resOpFailedEvent" else {"metadata": meta, "status": 1, "steps": 1}
+        return EngineEvent.from_json({"sequence": seq, "timestamp": ts, kind: body})
+
+    disk, ip, step = "gcp:compute/disk:Disk", "gcp:compute/address:Address", "command:remote:Command"
+    timings = e2e.Timings(phase="up")
+    for args in [
+        (0, 100, "resourcePreEvent", "postal-data", disk),
+        (1, 101, "resourcePreEvent", "postal-ip", ip),
+        (2, 104, "resOutputsEvent", "postal-ip", ip),
+        (3, 109, "resOutputsEvent", "postal-data", disk),
+        (4, 110, "resourcePreEvent", "postal-os", step),
+        (5, 250, "resOpFailedEvent", "postal-os", step),
+        (6, 110, "resourcePreEvent", "postal", "postal-gateway:index:MailHost", "create", False),
+    ]:
+        timings.on_event(event(*args))
+    table = timings.table()
+    assert "| postal-data (gcp:compute/disk:Disk) | create | 9 |" in table
+    assert "| postal-ip (gcp:compute/address:Address) | create | 3 |" in table
+    assert "| postal-os (bootstrap step) | create | 140 (failed) |" in table
+    assert "MailHost" not in table  # a component has no time of its own
