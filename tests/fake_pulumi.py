@@ -143,7 +143,7 @@ class Events:
             with self.cond:
                 self.closed = True
                 self.cond.notify()
-            self.call.result(timeout=10)
+            self.call.result(timeout=60)  # a loaded machine can take seconds to drain the stream
             self.channel.close()
 
 
