@@ -4,6 +4,7 @@ import pulumi
 
 from components import config, dns, tunnel
 from components.apis import ApisArgs, ProjectApis
+from components.backup import BackupArgs, OffsiteBackup
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
 from components.monitoring import MailMonitoring, MonitoringArgs
@@ -95,6 +96,10 @@ monitoring = MailMonitoring(
         postal_running=[bootstrap.steps["smtp-tls"], bootstrap.steps["ops"]],
     ),
 )
+
+backup = OffsiteBackup(
+    "postal", BackupArgs(cfg, host.service_account.email, monitoring.channel.name, apis)
+)  # encrypted on the VM, which may only create objects
 
 web_url = f"https://{cfg.hostname}"
 pulumi.export("publicIp", network.public_ip)

@@ -33,6 +33,7 @@ APIS = (
     "cloudresourcemanager.googleapis.com",  # project IAM members
     "logging.googleapis.com",  # the VM writes logs (roles/logging.logWriter)
     "monitoring.googleapis.com",  # the VM writes metrics (roles/monitoring.metricWriter)
+    "storage.googleapis.com",  # the off-site backup bucket and its IAM member
 )
 
 

@@ -27,7 +27,9 @@ from components.parse import (
     _ZONE,
     Invalid,
     _pattern,
+    openpgp_fingerprint,
     parse_bool,
+    parse_bucket,
     parse_choice,
     parse_cidrs,
     parse_domain,
@@ -37,6 +39,7 @@ from components.parse import (
     parse_int,
     parse_labels,
     parse_machine_type,
+    parse_openpgp_public_key,
     parse_pem,
     parse_relay_host,
     parse_snapshot,
@@ -62,6 +65,9 @@ BRUTE_FORCE_NOTE = (
 )
 # Stacks that may never be ephemeral (nothing protected, nothing retained).
 PRODUCTION_STACKS = ("prod",)
+# The backup key committed in the example stack files (Pulumi.prod.yaml, Pulumi.staging.yaml): its
+# private key was discarded when it was made, so nobody can ever decrypt backups encrypted to it.
+EXAMPLE_BACKUP_KEY = "669ED3CC5B8A6F62C862A9A747E30448D1F4A65E"
 # Keys whose values are secret whether or not they were set with --secret.
 SECRET_KEYS = ("tlsCertificate", "tlsPrivateKey")
 
@@ -126,6 +132,9 @@ KEYS = (
     "bounceRateAlertPercent",
     "backupRetentionDays",
     "ephemeral",
+    "backupPublicKey",
+    "backupBucket",
+    "backupLockDays",
 )
 
 
@@ -171,7 +180,11 @@ class MailConfig:
     relay_failure_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     worker_error_alert_count: int = 5  # per monitoring.ALERT_WINDOW
     bounce_rate_alert_percent: int = 5  # bounces received per message sent, over monitoring.BOUNCE_WINDOW
-    backup_retention_days: int = 3
+    backup_retention_days: int = 3  # on the data disk, and in the backup bucket (lifecycle deletion)
+    backup_public_key: str = ""  # armored OpenPGP public key the VM encrypts its backups to
+    backup_key_fingerprint: str = ""
+    backup_bucket: str | None = None  # an existing bucket (any project); unset = the program creates one
+    backup_lock_days: int = 3  # the created bucket's retention policy; 0 = none (object versioning instead)
     # who may deliver bounces on port 25: Google's outbound mail ranges (components/google_ranges.py)
     bounce_source_ranges: tuple[str, ...] = google_ranges.DEFAULT_BOUNCE_RANGES
     ephemeral: bool = False  # throwaway stack (scripts/e2e.py): static IP and data disk neither protected nor retained
@@ -476,6 +489,7 @@ def load(stack: str | None = None) -> MailConfig:
             f"is true on stack {stack!r}: production's static IP and data disk must stay protected and retained",
             "pulumi config rm ephemeral (ephemeral is for throwaway stacks such as scripts/e2e.py's e2e-<id>)",
         )
+    backup_key, backup_bucket, lock_days = _backup(r, backup_days)
 
     zone_fix = "pulumi config set cloudflareZone example.com"
     cf_zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
@@ -555,7 +569,58 @@ def load(stack: str | None = None) -> MailConfig:
         bounce_source_ranges=bounce,
         bounce_rate_alert_percent=bounce_alert,
         ephemeral=ephemeral,
+        backup_public_key=backup_key,
+        backup_key_fingerprint=openpgp_fingerprint(backup_key),
+        backup_bucket=backup_bucket,
+        backup_lock_days=lock_days,
     )
+
+
+BACKUP_KEY_FIX = (
+    "generate a key pair on an operator machine, never on the VM: gpg --quick-gen-key "
+    "'postal-gateway backups <you@example.com>' default default never; then pulumi config set backupPublicKey "
+    '"$(gpg --armor --export <fingerprint>)" and keep the private key offline (docs/operations.md#backups)'
+)
+
+
+def _backup(r: _Reader, retention: int | None) -> tuple[str | None, str | None, int | None]:
+    """The backup key, the existing bucket (or None) and the created bucket's retention-policy days."""
+    key = r.value(
+        "backupPublicKey",
+        parse_openpgp_public_key,
+        "an ASCII-armored OpenPGP public key that can encrypt (gpg --armor --export)",
+        BACKUP_KEY_FIX,
+        required=True,
+    )
+    bucket = r.value(
+        "backupBucket",
+        parse_bucket,
+        "the name of an existing Cloud Storage bucket, or unset (the program creates one)",
+        "pulumi config set backupBucket <bucket>, or pulumi config rm backupBucket",
+    )
+    lock = r.value(
+        "backupLockDays",
+        parse_int(0, 30),
+        "days, 0..backupRetentionDays (0: no retention policy, object versioning instead)",
+        "pulumi config set backupLockDays 3",
+    )
+    if bucket is not None and r.raw("backupLockDays") is not None:
+        r.fail(
+            "backupLockDays",
+            "only applies to the bucket the program creates; an existing backupBucket keeps its own policy",
+            "pulumi config rm backupLockDays",
+        )
+    if lock is None and r.raw("backupLockDays") is None:
+        lock = retention  # every backup is locked for its whole life
+    if lock is not None and retention is not None and lock > retention:
+        r.fail(
+            "backupLockDays",
+            f"{r.show('backupLockDays', lock)} is longer than backupRetentionDays "
+            f"({r.show('backupRetentionDays', retention)}): the lifecycle rule could not delete a "
+            "backup that the retention policy still locks",
+            f"pulumi config set backupLockDays {retention}, or raise backupRetentionDays",
+        )
+    return key, bucket, lock
 
 
 def _check_names(r: _Reader, hostname: str, domains: tuple[str, ...]) -> None:
@@ -713,4 +778,9 @@ def warnings(cfg: MailConfig, now: datetime | None = None) -> list[str]:
         )
     if cfg.relay_tls == "none":
         notes.append(f"{NAMESPACE}:relayTls none sends mail to the relay in plain text")
+    if cfg.backup_key_fingerprint == EXAMPLE_BACKUP_KEY:
+        notes.append(
+            f"{NAMESPACE}:backupPublicKey is the example key from the committed stack files: nobody holds its "
+            "private key, so no backup encrypted to it can ever be restored; " + BACKUP_KEY_FIX
+        )
     return notes

@@ -7,7 +7,9 @@ import ipaddress
 import json
 import re
 import unicodedata
+import warnings
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 MIN_POSTAL_VERSION = (3, 3, 1)  # smtp_relays were broken before 3.3.1
@@ -290,3 +292,77 @@ def _pattern(pattern: re.Pattern, problem: str) -> Callable[[str], str]:
         return raw
 
     return parse
+
+
+# Cloud Storage bucket names (https://cloud.google.com/storage/docs/buckets#naming): 3-63 characters
+# of lowercase letters, digits, dashes, underscores and dots, starting and ending with a letter or
+# digit, not starting with "goog" nor containing "google". Dotted (domain) names need domain
+# verification and are left out.
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9_-]{1,61}[a-z0-9]")
+
+
+def parse_bucket(raw: str) -> str:
+    """A bucket name; `gs://name` and a trailing slash are accepted and dropped."""
+    name = _token(raw).removeprefix("gs://").rstrip("/")
+    if "/" in name:
+        raise Invalid("a path inside a bucket; give the bucket name alone (the stack's objects go under <stack>/)")
+    if not _BUCKET.fullmatch(name):
+        raise Invalid("not a bucket name (3-63 lowercase letters, digits, dashes and underscores)")
+    if name.startswith("goog") or "google" in name:
+        raise Invalid('Cloud Storage refuses names that start with "goog" or contain "google"')
+    return name
+
+
+_PUBLIC_BLOCK = "-----BEGIN PGP PUBLIC KEY BLOCK-----"
+
+
+def parse_openpgp_public_key(raw: str) -> str:
+    """One ASCII-armored OpenPGP v4 public key (what `gpg --armor --export` writes) that can encrypt
+    now: gpg on the VM encrypts the backups to it. Read by Sequoia-PGP (pysequoia); a trial
+    encryption proves a valid encryption-capable (sub)key."""
+    import pysequoia  # imported here: only this key needs it
+
+    text = raw.lstrip("\ufeff").strip()
+    if "PRIVATE KEY BLOCK" in text:
+        raise Invalid(
+            "is a PRIVATE key: set only the public key (gpg --armor --export <fingerprint>); the private "
+            "key must never reach the stack or the VM"
+        )
+    if _PUBLIC_BLOCK not in text:
+        raise Invalid(f"no ASCII-armored OpenPGP public key ({_PUBLIC_BLOCK})")
+    try:
+        certs = pysequoia.Cert.split_bytes(text.encode())
+    except (RuntimeError, ValueError) as err:
+        raise Invalid(f"not a readable OpenPGP key ({str(err).splitlines()[0]})") from None
+    if len(certs) != 1:
+        raise Invalid(f"holds {len(certs)} keys; set exactly one")
+    cert = certs[0]
+    with warnings.catch_warnings():  # pysequoia 0.1.35 deprecates the check in favour of its Tsk type
+        warnings.simplefilter("ignore", DeprecationWarning)
+        secret = cert.has_secret_keys
+    if secret:
+        raise Invalid("holds private key material; set only the public key (gpg --armor --export <fingerprint>)")
+    if len(cert.fingerprint) != 40:
+        raise Invalid(
+            "not a version 4 key: gpg 2.3 on Rocky Linux 9 reads only v4 keys (gpg --quick-gen-key makes one)"
+        )
+    if cert.is_revoked:
+        raise Invalid("the key is revoked")
+    expires = cert.expiration  # the primary key's; gpg refuses an expired key ("unusable public key")
+    if expires is not None and expires <= datetime.now(UTC):
+        raise Invalid(f"the key expired on {expires:%Y-%m-%d}; extend it (gpg --quick-set-expire) and export it again")
+    try:
+        pysequoia.encrypt(b"", recipients=[cert])
+    except (RuntimeError, ValueError):
+        raise Invalid(
+            "has no valid encryption key (expired, revoked, or a signing-only key); add an encryption subkey "
+            "(gpg --quick-add-key <fingerprint> cv25519 encr) or generate a new key"
+        ) from None
+    return text + "\n"
+
+
+def openpgp_fingerprint(armored: str) -> str:
+    """The upper-case v4 fingerprint of a key `parse_openpgp_public_key` accepted."""
+    import pysequoia
+
+    return pysequoia.Cert.from_bytes(armored.encode()).fingerprint.upper()

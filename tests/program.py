@@ -54,6 +54,8 @@ BASE_CONFIG: dict[str, Any] = {
     "postal-gateway:sendingDomains": '["rdo-dev.com", "rdo-studio.net"]',
     "postal-gateway:adminEmail": "ops@rdo-dev.com",
     "postal-gateway:smtpSourceRanges": '["10.0.0.0/8", "198.51.100.0/24"]',
+    # public half only; its private key was discarded (the restore drill makes its own pair)
+    "postal-gateway:backupPublicKey": (ROOT / "tests" / "data" / "test-backup-key.asc").read_text(),
 }
 
 

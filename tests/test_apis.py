@@ -26,6 +26,9 @@ API_BY_TYPE = {  # exact type, or a prefix ending in "/" for a whole module
     "gcp:projects/iAMMember:IAMMember": ("cloudresourcemanager.googleapis.com", "iam.googleapis.com"),
     "gcp:monitoring/": ("monitoring.googleapis.com",),
     "gcp:logging/": ("logging.googleapis.com",),
+    "gcp:storage/bucket:Bucket": ("storage.googleapis.com",),
+    # the member is a service account (iam); the bucket's policy is set through the storage API
+    "gcp:storage/bucketIAMMember:BucketIAMMember": ("storage.googleapis.com", "iam.googleapis.com"),
     SERVICE: (),
 }
 
@@ -116,9 +119,9 @@ def test_a_component_dependency_does_not_count_for_its_children(run):
 
 def test_an_unmapped_gcp_type_fails(run):
     (vm,) = run.of_type("gcp:compute/instance:Instance")
-    bucket = dataclasses.replace(vm, name="logs", type="gcp:storage/bucket:Bucket", urn=vm.urn + "-bucket")
-    assert missing_apis(run.resources + [bucket]) == [
-        "logs: no API known for gcp:storage/bucket:Bucket: add it to API_BY_TYPE"
+    topic = dataclasses.replace(vm, name="logs", type="gcp:pubsub/topic:Topic", urn=vm.urn + "-topic")
+    assert missing_apis(run.resources + [topic]) == [
+        "logs: no API known for gcp:pubsub/topic:Topic: add it to API_BY_TYPE"
     ]
 
 

@@ -5,6 +5,7 @@ import pathlib
 import re
 
 import certs
+import pgp
 import program
 import pulumi
 import pytest
@@ -16,6 +17,7 @@ NS = "postal-gateway:"
 CERT, KEY = certs.pair()
 OTHER_CERT, OTHER_KEY = certs.issue("postal.rdo-dev.com")
 TLS = {"tls": "custom"}
+BACKUP_KEY = pgp.operator()
 
 
 def custom(cert, key):
@@ -157,6 +159,35 @@ BAD = [
     ("relayFailureAlertCount", {"relayFailureAlertCount": "0"}, "outside 1..100000"),
     ("workerErrorAlertCount", {"workerErrorAlertCount": "many"}, "not a whole number"),
     ("backupRetentionDays", {"backupRetentionDays": "0"}, "outside 1..30"),
+    ("backupPublicKey", {"backupPublicKey": None}, "is required"),
+    ("backupPublicKey", {"backupPublicKey": BACKUP_KEY.secret}, "is a PRIVATE key"),
+    ("backupPublicKey", {"backupPublicKey": BACKUP_KEY.public + BACKUP_KEY.public}, "holds 2 keys"),
+    (
+        "backupPublicKey",
+        {"backupPublicKey": pgp.make("signer <s@rdo-dev.com>", subkey=None).public},
+        "no valid encryption",
+    ),
+    (
+        "backupPublicKey",
+        {"backupPublicKey": pgp.make("old <o@rdo-dev.com>", expire="1y", when="20200101T000000").public},
+        "the key expired on 2020-12-31",
+    ),
+    (
+        "backupPublicKey",
+        {"backupPublicKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMq ops"},
+        "no ASCII-armored OpenPGP",
+    ),
+    (
+        "backupPublicKey",
+        {"backupPublicKey": BACKUP_KEY.public.replace("\n\n", "\n\n!!", 1)},
+        "not a readable OpenPGP key",
+    ),
+    ("backupBucket", {"backupBucket": "Acme_Backups"}, "not a bucket name"),
+    ("backupBucket", {"backupBucket": "google-mail-backups"}, 'contain "google"'),
+    ("backupBucket", {"backupBucket": "gs://acme-backups/postal"}, "a path inside a bucket"),
+    ("backupLockDays", {"backupLockDays": "5"}, "longer than backupRetentionDays"),
+    ("backupLockDays", {"backupLockDays": "-1"}, "outside 0..30"),
+    ("backupLockDays", {"backupBucket": "acme-backups", "backupLockDays": "2"}, "only applies to the bucket"),
     ("gcp:project", {"gcp:project": None}, "is required"),
     ("gcp:project", {"gcp:project": "Acme Mail"}, "whitespace or a control character"),
     ("gcp:region", {"gcp:region": "europe-west1\n"}, "whitespace or a control character"),
