@@ -121,3 +121,4 @@ pulumi.export("instanceName", host.instance.name)  # gcloud compute ssh --tunnel
 pulumi.export("relayStatus", bootstrap.relay_status)
 pulumi.export("relayStatusByDomain", bootstrap.relay_status_by_domain)
 pulumi.export("monitoringUrl", monitoring.url)
+pulumi.export("backupLocation", backup.location)

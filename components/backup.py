@@ -79,7 +79,7 @@ class BackupArgs:
 
 
 class OffsiteBackup(pulumi.ComponentResource):
-    """Outputs: `bucket` (its name), `writer` (the IAM member), `policy` (the stale-backup alert)."""
+    """Outputs: `bucket` (its name), `location` (gs://<bucket>/<stack>/), `writer`, `policy` (stale-backup alert)."""
 
     def __init__(self, name: str, args: BackupArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("postal-gateway:index:OffsiteBackup", name, None, opts)
@@ -163,4 +163,5 @@ class OffsiteBackup(pulumi.ComponentResource):
             user_labels=cfg.gcp_labels,
             opts=apis.after("monitoring.googleapis.com", parent=self, depends_on=[self.uploads]),
         )
-        self.register_outputs({"bucket": self.bucket})
+        self.location = f"gs://{bucket_name(cfg)}/{object_prefix(cfg)}"
+        self.register_outputs({"bucket": self.bucket, "location": self.location})

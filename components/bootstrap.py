@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import pulumi
 from pulumi_command import remote
 
-from components import operations, render, units
+from components import backup, operations, render, units
 from components.config import MailConfig
 from components.host import DATA_DEVICE, SNAPSHOT_START_UTC
 from components.secrets import MailSecrets
@@ -190,8 +190,14 @@ class PostalBootstrap(pulumi.ComponentResource):
                         maintenance_window=cfg.maintenance_window,
                         snapshot_start_utc=SNAPSHOT_START_UTC,
                         backup_retention_days=cfg.backup_retention_days,
+                        backup_bucket=backup.bucket_name(cfg),
+                        backup_prefix=backup.object_prefix(cfg),
+                        backup_key_fingerprint=cfg.backup_key_fingerprint,
                     )
                 ),
+                "PG_BACKUP_PUBLIC_KEY": cfg.backup_public_key,
+                "PG_BACKUP_UPLOAD_SH": render.script_text("pg-backup-upload.sh"),
+                "PG_RESTORE_BUNDLE_SH": render.script_text("pg-restore.sh"),
                 "PG_REBOOT_SH": render.script_text("pg-reboot.sh"),
                 "PG_BACKUP_SH": render.script_text("pg-backup.sh"),
                 "PG_RESTORE_SH": render.script_text("pg-restore-db.sh"),

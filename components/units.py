@@ -14,6 +14,9 @@ UNIT_DIR = "/etc/systemd/system"
 BACKUP_DIR = "/opt/postal/backup/mariadb"
 BACKUP_LEAD = timedelta(minutes=30)  # the backup is on the data disk before the snapshot starts
 MARIADB_CONTAINER = "postal-mariadb"
+CONFIG_DIR = "/opt/postal/config"  # postal.yml, signing.key (the postal step)
+BACKUP_KEY = "/etc/postal-gateway/backup-key.asc"  # backupPublicKey: the upload encrypts to it
+BACKUP_UPLOAD = "/usr/local/sbin/postal-gateway-backup-upload"
 SMTP_TLS_UNIT = "postal-gateway-smtp-tls"
 # Brute-force guard on port 25 (scripts/remote/smtp_guard.py): an address with GUARD_FAILURES failed
 # SMTP AUTH attempts within GUARD_WINDOW_S is refused on 25/tcp for GUARD_BAN_S.
@@ -50,14 +53,18 @@ def service(
     after: str = "",
     requires: bool = True,
     sandbox: Mapping[str, str] | None = None,
+    post: str = "",
 ) -> str:
     """A oneshot service, ordered after `after` and, with `requires`, needing it (the backup needs Docker);
-    `sandbox`: systemd.exec(5) settings that confine it."""
+    `sandbox`: systemd.exec(5) settings that confine it; `post` runs only once ExecStart succeeded
+    (ExecStartPost=, systemd.service(5))."""
     env = "".join(f"Environment={_assignment(k, v)}\n" for k, v in (environment or {}).items())
     order = (f"After={after}\n" + (f"Requires={after}\n" if requires else "")) if after else ""
+    then = f"ExecStartPost={post}\n" if post else ""
     confine = "".join(f"{k}={v}\n" for k, v in (sandbox or {}).items())
     return (
-        f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n{confine}"
+        f"[Unit]\nDescription={description}\n{order}\n[Service]\nType=oneshot\n{env}ExecStart={exec_start}\n"
+        f"{then}{confine}"
     )
 
 
@@ -111,8 +118,17 @@ def path(description: str, watched: Sequence[str], unit: str) -> str:
     )
 
 
-def ops(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_days: int) -> dict[str, str]:
-    """The `ops` step: the reboot window, the MariaDB backup and the port-25 guard."""
+def ops(
+    *,
+    maintenance_window: str,
+    snapshot_start_utc: str,
+    backup_retention_days: int,
+    backup_bucket: str,
+    backup_prefix: str,
+    backup_key_fingerprint: str,
+) -> dict[str, str]:
+    """The `ops` step: the reboot window, the MariaDB backup (then its encrypted off-site upload) and the
+    port-25 guard."""
     d = UNIT_DIR
     return {
         f"{d}/postal-gateway-reboot.service": service(
@@ -123,14 +139,20 @@ def ops(*, maintenance_window: str, snapshot_start_utc: str, backup_retention_da
             "postal-gateway: maintenance window for reboots", calendar(maintenance_window)
         ),
         f"{d}/postal-gateway-backup.service": service(
-            "postal-gateway: hot MariaDB backup onto the data disk before its snapshot",
+            "postal-gateway: hot MariaDB backup onto the data disk before its snapshot, then encrypted off-site",
             "/usr/local/sbin/postal-gateway-backup",
             {
                 "PG_BACKUP_DIR": BACKUP_DIR,
                 "PG_BACKUP_RETENTION_DAYS": str(backup_retention_days),
                 "PG_MARIADB_CONTAINER": MARIADB_CONTAINER,
+                "PG_BACKUP_BUCKET": backup_bucket,
+                "PG_BACKUP_PREFIX": backup_prefix,
+                "PG_BACKUP_KEY": BACKUP_KEY,
+                "PG_BACKUP_KEY_FINGERPRINT": backup_key_fingerprint,
+                "PG_CONFIG_DIR": CONFIG_DIR,
             },
             after="docker.service",
+            post=BACKUP_UPLOAD,
         ),
         f"{d}/postal-gateway-backup.timer": timer(
             "postal-gateway: daily MariaDB backup", backup_calendar(snapshot_start_utc)

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 COMMANDS = (
     "sudo",
@@ -819,9 +820,12 @@ HEALTH_NAMES = {"worker": "worker", "smtp": "smtp-server"}  # script/worker.rb, 
 
 def curl(host, args):
     """Postal's web server (right Host only) and health servers (`GET /` names the process, as
-    app/util/health_server.rb does) once its service runs; https through postal-caddy."""
-    _query(host, ["curl", *args])
+    app/util/health_server.rb does) once its service runs; https through postal-caddy; the metadata
+    server and Cloud Storage's upload endpoint."""
     url = args[-1]
+    if url.startswith(("http://metadata.google.internal/", "https://storage.googleapis.com/")):
+        return cloud(host, args, url)
+    _query(host, ["curl", *args])
     if url.startswith("https://"):
         return curl_https(host, args, url)
     port = url.split(":")[2].split("/")[0]
@@ -852,6 +856,83 @@ def curl_https(host, args, url):
         return 35
     if "--write-out" in args:  # Caddy answers 502 until Postal's web server runs
         print("200" if "web" in host.get("postal", {}).get("running", []) else "502", end="")
+
+
+# The VM's side of Google Cloud, as documented:
+# - the metadata server answers the default service account's token only with `Metadata-Flavor:
+#   Google` (https://cloud.google.com/compute/docs/access/authenticate-workloads#applications);
+# - Cloud Storage's JSON API simple upload (POST …/upload/storage/v1/b/<bucket>/o?uploadType=media&name=)
+#   answers the object resource (size as a string, md5Hash base64); ifGenerationMatch=0 on an existing
+#   name is 412; without it, replacing needs storage.objects.delete, which roles/storage.objectCreator
+#   lacks: 403. Every other request of the VM's account (get, list, delete) is 403 as well
+#   (https://cloud.google.com/storage/docs/json_api/v1/objects/insert, …/status-codes).
+# A bucket exists when its directory does: `.fake/gcs/<bucket>/` (the test creates it, as pulumi up does).
+VM_TOKEN = "ya29.c.fake-postal-gateway-vm-token"
+TOKEN_PATH = "/computeMetadata/v1/instance/service-accounts/default/token"
+
+
+def _gcs_error(code: int, message: str) -> int:
+    import json
+
+    print(json.dumps({"error": {"code": code, "message": message, "errors": [{"message": message}]}}))
+    return 22  # curl --fail-with-body: HTTP >= 400
+
+
+def gcs_dir(root: str) -> str:
+    return os.path.join(str(root), ".fake", "gcs")
+
+
+def cloud(host, args, url):
+    import base64
+    import hashlib
+    import json
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    parts = urlsplit(url)
+    if parts.hostname == "metadata.google.internal":
+        _query(host, ["curl", *args])
+        if "Metadata-Flavor: Google" not in args or parts.path != TOKEN_PATH:
+            return 22
+        print(json.dumps({"access_token": VM_TOKEN, "expires_in": 3599, "token_type": "Bearer"}))
+        return
+    header_files = [args[i + 1][1:] for i, a in enumerate(args[:-1]) if a == "--header" and args[i + 1][:1] == "@"]
+    headers = "".join(Path(path).read_text() for path in header_files if os.path.exists(path))
+    if f"Authorization: Bearer {VM_TOKEN}" not in headers:
+        _query(host, ["curl", *args])
+        return _gcs_error(401, "Invalid Credentials")
+    query = parse_qs(parts.query)
+    path = parts.path.split("/")
+    if not parts.path.startswith("/upload/storage/v1/b/") or "--upload-file" not in args:
+        _query(host, ["curl", *args])
+        return _gcs_error(403, "postal-gateway-vm does not have storage.objects.get access")
+    bucket, name = path[5], unquote(query["name"][0])
+    _change(host, ["curl", *args])
+    store = os.path.join(gcs_dir(host.root), bucket)
+    if not os.path.isdir(store):
+        return _gcs_error(404, "The specified bucket does not exist.")
+    target = os.path.join(store, name)
+    if os.path.exists(target):
+        if query.get("ifGenerationMatch") == ["0"]:
+            return _gcs_error(412, "At least one of the pre-conditions you specified did not hold.")
+        return _gcs_error(403, "postal-gateway-vm does not have storage.objects.delete access")
+    with open(args[args.index("--upload-file") + 1], "rb") as f:
+        data = f.read()
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    with open(target, "wb") as f:
+        f.write(data)
+    print(
+        json.dumps(
+            {
+                "kind": "storage#object",
+                "name": name,
+                "bucket": bucket,
+                "generation": "1765078200000001",
+                "size": str(len(data)),
+                "md5Hash": base64.b64encode(hashlib.md5(data).digest()).decode(),
+                "contentType": "application/pgp-encrypted",
+            }
+        )
+    )
 
 
 def ss(host, args):

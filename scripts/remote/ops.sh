@@ -3,7 +3,8 @@
 # reboots only in the maintenance window, the daily MariaDB backup before the disk snapshot, and the
 # port-25 guard against SMTP AUTH guessing.
 : "${PG_AGENT_CONFIG:?}" "${PG_AUTOMATIC_CONF:?}" "${PG_UNITS:?}" "${PG_REBOOT_SH:?}" "${PG_BACKUP_SH:?}" \
-  "${PG_RESTORE_SH:?}" "${PG_GUARD_PY:?}"
+  "${PG_RESTORE_SH:?}" "${PG_GUARD_PY:?}" "${PG_BACKUP_PUBLIC_KEY:?}" "${PG_BACKUP_UPLOAD_SH:?}" \
+  "${PG_RESTORE_BUNDLE_SH:?}"
 
 # shellcheck disable=SC2016  # $basearch is dnf's variable. Spaces around the gpgkey '=' (dnf accepts
 # them) keep the policy pack from reading a KEY assignment.
@@ -13,8 +14,8 @@ pg_install_text 0644 root:root /etc/yum.repos.d/google-cloud-ops-agent.repo "$(p
   'baseurl=https://packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all' \
   'enabled=1' 'gpgcheck=1' 'repo_gpgcheck=1' \
   'gpgkey = https://packages.cloud.google.com/yum/doc/yum-key.gpg https://packages.cloud.google.com/yum/doc/rpm-package-key.gpg')"$'\n'
-# yum-utils carries needs-restarting on EL9.
-pg_dnf_install google-cloud-ops-agent dnf-automatic yum-utils
+# yum-utils carries needs-restarting on EL9; gnupg2 (BaseOS) encrypts the off-site backups, tar bundles them.
+pg_dnf_install google-cloud-ops-agent dnf-automatic yum-utils gnupg2 tar
 
 pg_install_text 0644 root:root /etc/google-cloud-ops-agent/config.yaml "$PG_AGENT_CONFIG"
 agent=$(pg_fingerprint /etc/google-cloud-ops-agent/config.yaml)
@@ -29,7 +30,8 @@ pg_install_text 0644 root:root /etc/dnf/automatic.conf "$PG_AUTOMATIC_CONF"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-reboot "$PG_REBOOT_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup "$PG_BACKUP_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore-db "$PG_RESTORE_SH"
-pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-guard "$PG_GUARD_PY"
+  "${PG_RESTORE_SH:?}" "${PG_GUARD_PY:?}" "${PG_BACKUP_PUBLIC_KEY:?}" "${PG_BACKUP_UPLOAD_SH:?}" \
+  "${PG_RESTORE_BUNDLE_SH:?}"
 
 pg_install_units units
 units=$PG_RESULT
@@ -49,4 +51,4 @@ if [[ $PG_RESULT == unchanged ]] && ! pg_applied guard "$guard"; then
   systemctl restart postal-gateway-guard.service
 fi
 pg_mark_applied guard "$guard"
-pg_log "done: Ops Agent, security updates, reboot window, MariaDB backup, port-25 guard"
+pg_log "done: Ops Agent, security updates, reboot window, MariaDB backup and its encrypted upload, port-25 guard"
