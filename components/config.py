@@ -578,7 +578,7 @@ def load(stack: str | None = None) -> MailConfig:
 
 BACKUP_KEY_FIX = (
     "generate a key pair on an operator machine, never on the VM: gpg --quick-gen-key "
-    "'postal-gateway backups <you@example.com>' default default never; then pulumi config set backupPublicKey "
+    "'postal-gateway backups <you@example.com>' default default never; then pulumi config set backupPublicKey -- "
     '"$(gpg --armor --export <fingerprint>)" and keep the private key offline (docs/operations.md#backups)'
 )
 

@@ -155,7 +155,29 @@ KEY_DOCS: dict[str, Doc] = {
         "handled (at least 20) ([alerts](operations.md#alerts))",
     ),
     "backupRetentionDays": Doc(
-        "int, 1..30", "days of MariaDB backups kept on the data disk ([backups](operations.md#backups))"
+        "int, 1..30",
+        "days of MariaDB backups kept on the data disk, and in the backup bucket the program creates "
+        "(lifecycle deletion) ([backups](operations.md#backups))",
+    ),
+    "backupPublicKey": Doc(
+        "ASCII-armored OpenPGP v4 public key (`gpg --armor --export`)",
+        "the VM encrypts every off-site backup to it; one key that can encrypt now (a private key, several "
+        "keys, a revoked, expired or signing-only key are refused); make the pair on an operator machine and "
+        "keep the private key offline ([backups](operations.md#backups)); the example stack files' key is "
+        "warned about: nobody holds its private key",
+        "required",
+    ),
+    "backupBucket": Doc(
+        "bucket name (`gs://` and a final `/` are dropped)",
+        "an existing bucket, in any project, for the off-site backups (objects under `<stack>/`); the program "
+        "then only grants the VM `roles/storage.objectCreator` on it and leaves its settings alone",
+        "unset: `<project>-<stack>-postal-backups`, created",
+    ),
+    "backupLockDays": Doc(
+        "int, 0..`backupRetentionDays`",
+        "the created bucket's retention policy: no backup can be deleted or replaced before it is this old, "
+        "by anybody; `0`: none, Object Versioning instead (Cloud Storage allows one or the other)",
+        "`backupRetentionDays`",
     ),
     "ephemeral": Doc(
         "bool",
