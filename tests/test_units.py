@@ -34,18 +34,18 @@ def shipped(run) -> dict[str, str]:
 
 
 def verify(tmp_path, units: dict[str, str]) -> subprocess.CompletedProcess:
-    """`systemd-analyze verify` on the units as files. Their ExecStart programs are installed by the
+    """`systemd-analyze verify` on the units as files. Their ExecStart(Post) programs are installed by the
     steps, so each points at a stub here; docker.service (the backup requires it) and firewalld.service
     (the guard requires it) are stub units."""
     stubs = tmp_path / "bin"
     stubs.mkdir()
     names = []
     for path, text in units.items():
-        for program_path in re.findall(r"^ExecStart=(\S+)", text, re.M):
+        for key, program_path in re.findall(r"^(ExecStart(?:Post)?)=(\S+)", text, re.M):
             stub = stubs / os.path.basename(program_path)
             stub.write_text("#!/bin/sh\n")
             stub.chmod(0o755)
-            text = text.replace(f"ExecStart={program_path}", f"ExecStart={stub}")
+            text = text.replace(f"{key}={program_path}", f"{key}={stub}")
         (tmp_path / os.path.basename(path)).write_text(text)
         names.append(os.path.basename(path))
     for needed in ("docker.service", "firewalld.service"):  # the guard requires firewalld
