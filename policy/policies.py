@@ -234,9 +234,11 @@ def _check_dns_record(args: ResourceValidationArgs, report_violation: ReportViol
 # environment value, and also by the name it is assigned to.
 
 # A PEM private key of any kind (RSA, EC, OPENSSH, ENCRYPTED, PGP ...). Certificates and public
-# keys are not secrets, so they pass.
+# keys (PEM, or an OpenPGP armored public key block) are not secrets, so they pass.
 PEM_PRIVATE = re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY[A-Z ]*-----")
-PEM_PUBLIC = re.compile(r"-----BEGIN (?P<label>CERTIFICATE|PUBLIC KEY|X509 CRL)-----.*?-----END (?P=label)-----", re.S)
+PEM_PUBLIC = re.compile(
+    r"-----BEGIN (?P<label>CERTIFICATE|PUBLIC KEY|X509 CRL|PGP PUBLIC KEY BLOCK)-----.*?-----END (?P=label)-----", re.S
+)
 BASE64_RUN = re.compile(r"[A-Za-z0-9+/]{40,}={0,2}")
 # `NAME=value`, `--name=value`: the name must not be glued to a word, `$` or `-` before it.
 ASSIGNMENT = re.compile(

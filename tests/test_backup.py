@@ -197,10 +197,10 @@ def test_the_alert_is_promql_on_the_upload_metric_without_metric_validation(run)
     assert promql["query"] == backup.stale_backup_query(metric.inputs["name"])
     # the descriptor exists only after the first upload: created in the same up, it must not be validated
     assert promql["disableMetricValidation"] is True and metric.urn in policy.depends_on
-    assert (
-        policy.inputs["notificationChannels"]
-        and "docs/operations.md#backups" in policy.inputs["documentation"]["content"]
-    )
+    # the same e-mail channel (alertEmail) as MailMonitoring's policies
+    others = {tuple(p.inputs["notificationChannels"]) for p in run.of_type(policy.type) if p is not policy}
+    assert others == {tuple(policy.inputs["notificationChannels"])}
+    assert "docs/operations.md#backups" in policy.inputs["documentation"]["content"]
 
 
 # --- the upload and the restore drill on the fake host ---

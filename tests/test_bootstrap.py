@@ -163,7 +163,7 @@ def changed(before, after):
         ({NS + "mariadbImage": "mariadb:11.8"}, {"postal-database"}),
         ({NS + "caddyImage": "caddy:2.11"}, {"postal-caddy"}),
         ({NS + "maintenanceWindow": "Sat 01:00"}, {"postal-ops"}),
-        ({NS + "backupRetentionDays": "7"}, {"postal-ops"}),
+        ({NS + "backupRetentionDays": "7"}, {"postal-ops", "postal-backups"}),  # and the bucket's lifecycle
     ],
 )
 def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):

@@ -14,6 +14,7 @@ import shlex
 import string
 
 import certs
+import pgp
 import program
 import pytest
 import yaml
@@ -297,6 +298,7 @@ def test_secret_material_is_found_by_what_it_is(run, field, text):
         {"UPSTREAM": f"{TOKEN}"},  # by its looks
         {"DATABASE_URL": "mysql://postal:hunter2@127.0.0.1/postal"},  # user:pass@
         {"TLS_KEY": PEM_KEY},  # PEM, under any name
+        {"BACKUP_KEY": pgp.operator().secret},  # an OpenPGP private key block
     ],
 )
 def test_secret_material_in_a_commands_environment_is_flagged(run, environment):
@@ -319,6 +321,7 @@ def test_secret_material_in_a_commands_environment_is_flagged(run, environment):
         """echo '{"password": "$DB_PASSWORD", "token": null}'""",
         "curl https://ops@postal.example.com/health",  # a user without a password
         "printf %s " + shlex.quote(CERT_PEM) + " > /certs/cert.pem",  # a certificate
+        "env " + shlex.quote("PG_BACKUP_PUBLIC_KEY=" + pgp.operator().public) + " bash",  # an OpenPGP public key
         "echo " + _b64(CERT_PEM) + " | base64 -d > /certs/cert.pem",  # base64 of a certificate
         "echo " + _b64("[Unit]\nDescription=postal-gateway: hourly check\n") + " | base64 -d > unit",
         "sudo env PG_STEP=caddy PG_TLS=letsencrypt PG_HOSTNAME=postal.rdo-dev.com bash -c true postal-gateway-caddy",

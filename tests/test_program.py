@@ -90,8 +90,16 @@ def test_restore_recreates_the_data_disk_and_never_deletes_the_live_one(run):
     assert disk.retain_on_delete and "name" not in disk.inputs and not disk.delete_before_replace
     (vm,) = restored.of_type("gcp:compute/instance:Instance")
     assert vm.inputs["attachedDisks"][0]["source"].endswith(disk.name)
-    # a restore protects and retains exactly what a normal run does: the static IP and the data disk
-    assert keeps(restored) == keeps(run) == ({"postal-ip", "postal-data"}, {"postal-data"})
+    # a restore protects and retains exactly what a normal run does: the static IP, the data disk and
+    # the off-site backup bucket
+    assert (
+        keeps(restored)
+        == keeps(run)
+        == (
+            {"postal-ip", "postal-data", "postal-backups"},
+            {"postal-data", "postal-backups"},
+        )
+    )
 
 
 def firewall_sources(run, port):

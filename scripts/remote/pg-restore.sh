@@ -19,7 +19,7 @@ allowed='^(SHA256SUMS|mariadb-[0-9]{8}T[0-9]{6}Z\.mbstream\.gz|postal\.yml|signi
 while read -r name; do
   [[ $name =~ $allowed ]] || fail "$bundle holds $name, which no postal-gateway backup holds"
 done <<<"$names"
-db=$(grep -E '^mariadb-' <<<"$names" || true)
+db=$(sed -n '/^mariadb-/p' <<<"$names")
 [[ -n $db && $(wc -l <<<"$db") == 1 ]] || fail "$bundle holds no MariaDB backup (or several)"
 
 mkdir -p "$root$data"
