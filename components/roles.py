@@ -35,12 +35,18 @@ DEPLOY = (
         "enable the APIs the program uses; use the project as quota project",
     ),
     Role("roles/monitoring.editor", PROJECT, "notification channel, uptime checks, alert policies"),
-    Role("roles/logging.configWriter", PROJECT, "the log-based metric the relay-error alert counts"),
+    Role("roles/logging.configWriter", PROJECT, "the log-based metrics the relay-error and stale-backup alerts count"),
     Role(
         "roles/iap.tunnelResourceAccessor",
         PROJECT,
         "SSH to the VM through IAP: `pulumi up` opens the bootstrap steps' tunnel with gcloud "
         "(`gcloud compute start-iap-tunnel` also needs `compute.instances.get`, in `roles/compute.admin`)",
+    ),
+    Role(
+        "roles/storage.admin",
+        PROJECT,
+        "the off-site backup bucket, its retention policy and the VM's create-only binding on it "
+        "(an existing `backupBucket` elsewhere: grant this role on that bucket instead)",
     ),
     Role("roles/storage.objectAdmin", BUCKET, "read and write the stack's state, take its lock"),
     Role("roles/cloudkms.cryptoKeyEncrypterDecrypter", KEY, "encrypt and decrypt the stack's secrets"),
