@@ -28,6 +28,7 @@ import pulumi_gcp as gcp
 
 from components.apis import ProjectApis
 from components.config import MailConfig
+from components.monitoring import promql_name
 
 STORAGE = "storage.googleapis.com"
 WRITER_ROLE = "roles/storage.objectCreator"
@@ -55,19 +56,14 @@ def metric_name(cfg: MailConfig) -> str:
     return f"postal-gateway-{cfg.stack}-backup-uploads"
 
 
-def promql_metric(metric: str) -> str:
-    """A log-based metric's name in PromQL: the first / becomes :, every other special character _
-    (https://cloud.google.com/monitoring/promql/promql-mapping)."""
-    domain, _, path = f"logging.googleapis.com/user/{metric}".partition("/")
-    return re.sub(r"[^A-Za-z0-9_]", "_", domain) + ":" + re.sub(r"[^A-Za-z0-9_]", "_", path)
-
-
 def stale_backup_query(metric: str, hours: int = BACKUP_ALERT_HOURS) -> str:
-    """True (a sample < 1) when no upload line was counted in `hours`. A log-based counter writes a point
-    only for intervals with matching entries, so a silent VM has no series at all: `or vector(0)`
-    makes that absence a 0 that fires, where a bare comparison would return nothing."""
-    series = f'{promql_metric(metric)}{{monitored_resource="gce_instance"}}'
-    return f"(sum(sum_over_time({series}[{hours}h])) or vector(0)) < 1"
+    """True (a sample < 1) when no upload line was counted in `hours`. The metric is DELTA, queried
+    with increase() as Google's PromQL example on a delta log metric does (like the relay-errors
+    alert). A log-based counter has no series before its first matching entry, so a VM that never
+    uploaded selects nothing: `or vector(0)` turns that absence into a 0 that fires, where a bare
+    comparison would return nothing."""
+    series = f'{promql_name(f"logging.googleapis.com/user/{metric}")}{{monitored_resource="gce_instance"}}'
+    return f"(sum(increase({series}[{hours}h])) or vector(0)) < 1"
 
 
 @dataclass(frozen=True)

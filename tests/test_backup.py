@@ -11,13 +11,13 @@ import subprocess
 import sys
 import tarfile
 import time
-from datetime import datetime, timedelta
 
 import fakehost
 import pgp
 import program
 import pytest
 from program import commands, env_of
+from test_monitoring import fires
 from test_operations import backup_env, sbin, units_of
 from test_scripts import Machine
 
@@ -139,23 +139,13 @@ def upload_metric_matches(line: str) -> bool:
     return re.match(f"^{backup.UPLOADED}{BUCKET}/prod/", line) is not None
 
 
-def stale(points: list[tuple[datetime, int]], at: datetime, hours: int = backup.BACKUP_ALERT_HOURS) -> bool:
-    """stale_backup_query evaluated as Prometheus does: sum_over_time sums the samples in the range
-    (at - hours, at] (https://prometheus.io/docs/prometheus/latest/querying/functions/#aggregation_over_time
-    and .../basics/#range-vector-selectors); `sum` of no series is no sample, `or vector(0)` then gives
-    0; `< 1` keeps the sample (the alert fires) only when it is below 1."""
-    window = [v for t, v in points if at - timedelta(hours=hours) < t <= at]
-    total = sum(window) if window else None  # no sample in the range: the selector selects nothing
-    value = total if total is not None else 0  # … or vector(0)
-    return value < 1
+UPLOADS = 'logging_googleapis_com:user_postal_gateway_prod_backup_uploads{monitored_resource="gce_instance"}'
+OTHER_METRIC = 'logging_googleapis_com:user_postal_gateway_prod_relay_errors{monitored_resource="gce_instance"}'
 
 
-def test_the_query_is_the_one_evaluated():
+def test_the_query_counts_the_upload_metric():
     query = backup.stale_backup_query(backup.metric_name(config_stub()))
-    assert query == (
-        "(sum(sum_over_time(logging_googleapis_com:user_postal_gateway_prod_backup_uploads"
-        '{monitored_resource="gce_instance"}[26h])) or vector(0)) < 1'
-    )
+    assert query == f"(sum(increase({UPLOADS}[26h])) or vector(0)) < 1"
 
 
 def config_stub():
@@ -164,18 +154,35 @@ def config_stub():
     return load()
 
 
-def test_stale_backup_alert_fires_after_26_hours_without_an_upload_and_not_before():
-    day = datetime(2026, 12, 1, 3, 31)
-    nightly = [(day + timedelta(days=n), 1) for n in range(5)]
-    for hour in range(0, 24 * 5):  # a daily upload: never stale
-        assert not stale(nightly, day + timedelta(hours=hour)), hour
-    missed = [p for p in nightly if p[0] != day + timedelta(days=2)]  # the third night's upload failed
-    last = day + timedelta(days=1)
-    assert not stale(missed, last + timedelta(hours=25, minutes=59))
-    assert stale(missed, last + timedelta(hours=26, minutes=1))
-    assert stale([], day)  # a new stack (or a metric without a single upload) fires too
-    failed = [(day, 0)]  # a point of 0 is no upload
-    assert stale(failed, day + timedelta(hours=1))
+STEP = "10m"  # promtool's sample and evaluation interval here: a day is 144 steps
+
+
+def nightly_uploads(days: int, missed: tuple[int, ...] = ()) -> str:
+    """The upload metric as a counter in promtool's notation (a sample every STEP): one upload at the
+    start of each day (none on the `missed` days), starting at 0."""
+    values, count = [], 0
+    for day in range(days):
+        count += day not in missed
+        values.append(f"{count}x143")
+    return "0 " + " ".join(values)
+
+
+def stale(query: str, series: dict[str, str], at: str, tmp_path) -> bool:
+    return fires(query, series, at, tmp_path, interval=STEP)
+
+
+def test_stale_backup_alert_fires_after_26_hours_without_an_upload_and_not_before(tmp_path):
+    """The query as rendered, evaluated by Prometheus's engine (promtool, tests/test_monitoring.py)."""
+    query = backup.stale_backup_query(backup.metric_name(config_stub()))
+    ours = {UPLOADS: nightly_uploads(3)}
+    for at in ("1d", "1d12h", "2d1h50m", "2d23h"):  # a daily upload: never stale
+        assert not stale(query, ours, at, tmp_path), at
+    missed = {UPLOADS: nightly_uploads(4, missed=(2,))}  # the third night's upload failed (day 2)
+    assert not stale(query, missed, "2d1h50m", tmp_path)  # 25h50m since the last upload (day 1)
+    assert stale(query, missed, "2d2h10m", tmp_path)  # 26h10m since it
+    assert not stale(query, missed, "3d1h", tmp_path)  # the next night's upload clears it
+    assert stale(query, {OTHER_METRIC: nightly_uploads(3)}, "2d", tmp_path)  # no series of ours at all
+    assert not stale(query.replace("< 1", "< 0"), {}, "1h", tmp_path)  # control: the comparison decides
 
 
 def test_the_alert_is_promql_on_the_upload_metric_without_metric_validation(run):

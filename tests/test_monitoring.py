@@ -202,9 +202,9 @@ HERE = 'namespace="4242424242/postal-vm"'  # the agent's label on this VM's Prom
 OTHER = 'namespace="999/another-vm"'
 
 
-def fires(query: str, series: dict[str, str], at: str, tmp_path) -> bool:
-    """Whether `query` returns anything at `at` over `series` (promtool input notation, 1-minute
-    steps: 'a+bxn' = n+1 samples from a by b, '_' = no sample)."""
+def fires(query: str, series: dict[str, str], at: str, tmp_path, interval: str = "1m") -> bool:
+    """Whether `query` returns anything at `at` over `series` (promtool input notation, samples and
+    evaluations every `interval`: 'a+bxn' = n+1 samples from a by b, '_' = no sample)."""
     (tmp_path / "rules.yml").write_text(
         yaml.safe_dump({"groups": [{"name": "postal-gateway", "rules": [{"alert": "condition", "expr": query}]}]})
     )
@@ -212,10 +212,10 @@ def fires(query: str, series: dict[str, str], at: str, tmp_path) -> bool:
     for expected in ("fires", "quiet"):
         test = {
             "rule_files": ["rules.yml"],
-            "evaluation_interval": "1m",
+            "evaluation_interval": interval,
             "tests": [
                 {
-                    "interval": "1m",
+                    "interval": interval,
                     "input_series": [{"series": k, "values": v} for k, v in series.items()],
                     "alert_rule_test": [
                         {
