@@ -58,6 +58,9 @@ KNOBS = {
     "caddyImage": "caddy:2.11",
     "maintenanceWindow": "Sat 01:00",
     "backupRetentionDays": "7",
+    "backupLockDays": "1",
+    "backupBucket": "rdo-vault-backups",
+    "backupPublicKey": (ROOT / "tests/data/example-backup-key.asc").read_text(),
     "diskAlertPercent": "90",
     "bounceRateAlertPercent": "10",
     "queueLatencyAlertSeconds": "60",
@@ -83,6 +86,8 @@ STEP_GOALS = {
     "caddyImage": {"caddy"},
     "maintenanceWindow": {"ops"},
     "backupRetentionDays": {"ops"},
+    "backupBucket": {"ops"},  # the upload's bucket
+    "backupPublicKey": {"ops"},  # the key file and the unit's fingerprint
 }
 # Inputs whose change forces replacement (terraform-provider-google: "Changing this forces a new resource").
 FORCE_NEW = {
@@ -112,6 +117,7 @@ FORCE_NEW = {
         "physicalBlockSizeBytes",
         "sourceDisk",
     },
+    "gcp:storage/bucket:Bucket": {"name", "project", "location"},
     "gcp:compute/resourcePolicy:ResourcePolicy": {"name", "project", "region", "description", "snapshotSchedulePolicy"},
     "gcp:compute/diskResourcePolicyAttachment:DiskResourcePolicyAttachment": {"name", "disk", "zone", "project"},
     "cloudflare:index/dnsRecord:DnsRecord": {"zoneId"},
