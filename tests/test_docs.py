@@ -208,11 +208,12 @@ def test_security_doc_lists_every_firewall_rule_with_its_ports():
 
 
 def test_security_doc_names_the_vms_roles_and_the_deployers_tunnel_role():
+    from components.backup import WRITER_ROLE
     from components.host import LOG_ROLES
 
     identities = section(text(ROOT / "docs" / "security.md"), "Identities")
     vm = next(line for line in identities.splitlines() if "service account `postal-gw-" in line)
-    assert set(re.findall(r"`(roles/[\w.]+)`", vm)) == set(LOG_ROLES)
+    assert set(re.findall(r"`(roles/[\w.]+)`", vm)) == {*LOG_ROLES, WRITER_ROLE}  # the last on the backup bucket
     assert "roles/iap.tunnelResourceAccessor" in identities
     assert "`roles/iap.tunnelResourceAccessor`" in section(text(ROOT / "README.md"), "Prerequisites")
 
