@@ -42,7 +42,8 @@ def test_plan_of_the_committed_prod_stack_shows_what_up_creates(prod, prod_run):
     assert sorted(listed) == sorted((r.type, r.name) for r in prod_run.resources)
     assert re.search(r"gcp:compute/address:Address  postal-ip  \[protected\]", resources)
     assert re.search(r"gcp:compute/disk:Disk  postal-data  \[protected, retained on delete\]", resources)
-    assert resources.count("[protected") == sum(r.protect for r in prod_run.resources) == 2
+    assert re.search(r"gcp:storage/bucket:Bucket  postal-backups  \[protected, retained on delete\]", resources)
+    assert resources.count("[protected") == sum(r.protect for r in prod_run.resources) == 3
 
 
 def test_every_firewall_rule_is_listed_with_its_sources(prod, prod_run):
