@@ -30,8 +30,11 @@ pg_install_text 0644 root:root /etc/dnf/automatic.conf "$PG_AUTOMATIC_CONF"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-reboot "$PG_REBOOT_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup "$PG_BACKUP_SH"
 pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore-db "$PG_RESTORE_SH"
-  "${PG_RESTORE_SH:?}" "${PG_GUARD_PY:?}" "${PG_BACKUP_PUBLIC_KEY:?}" "${PG_BACKUP_UPLOAD_SH:?}" \
-  "${PG_RESTORE_BUNDLE_SH:?}"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-guard "$PG_GUARD_PY"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-backup-upload "$PG_BACKUP_UPLOAD_SH"
+pg_install_text 0755 root:root /usr/local/sbin/postal-gateway-restore "$PG_RESTORE_BUNDLE_SH"
+# the operators' public key only: the private key never reaches the VM
+pg_install_text 0644 root:root /etc/postal-gateway/backup-key.asc "$PG_BACKUP_PUBLIC_KEY"
 
 pg_install_units units
 units=$PG_RESULT
