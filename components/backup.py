@@ -83,9 +83,11 @@ class OffsiteBackup(pulumi.ComponentResource):
         self.bucket_resource = None
         bucket: pulumi.Input[str] = bucket_name(cfg)
         if cfg.backup_bucket is None:
-            lock = cfg.backup_lock_days
+            # an ephemeral stack (e2e) must be destroyable: no lock, no versions, objects deleted with it
+            lock = 0 if cfg.ephemeral else cfg.backup_lock_days
+            versioned = not lock and not cfg.ephemeral
             rules = [{"action": {"type": "Delete"}, "condition": {"age": cfg.backup_retention_days}}]
-            if not lock:  # versioned: a deleted backup stays a noncurrent version for a day
+            if versioned:  # a deleted backup stays a noncurrent version for a day
                 rules.append({"action": {"type": "Delete"}, "condition": {"days_since_noncurrent_time": 1}})
             self.bucket_resource = gcp.storage.Bucket(
                 f"{name}-backups",
@@ -95,12 +97,13 @@ class OffsiteBackup(pulumi.ComponentResource):
                 storage_class="STANDARD",
                 uniform_bucket_level_access=True,
                 public_access_prevention="enforced",
-                versioning={"enabled": not lock},
+                versioning={"enabled": versioned},
                 retention_policy={"retention_period": str(lock * DAY_S)} if lock else None,
                 lifecycle_rules=rules,
                 labels=cfg.gcp_labels,
+                force_destroy=cfg.ephemeral,
                 # the backups outlive the stack: never deleted with it, and dropped only from the state
-                opts=apis.after(STORAGE, parent=self, protect=True, retain_on_delete=True),
+                opts=apis.after(STORAGE, parent=self, protect=not cfg.ephemeral, retain_on_delete=not cfg.ephemeral),
             )
             bucket = self.bucket_resource.name
         self.bucket = pulumi.Output.from_input(bucket)

@@ -70,6 +70,15 @@ def test_without_a_lock_the_bucket_is_versioned_instead():
     ]
 
 
+def test_an_ephemeral_stack_leaves_no_bucket_behind():
+    """scripts/e2e.py's throwaway stacks: destroy must delete the bucket with its objects."""
+    result = program.run({NS + "ephemeral": "true"}, stack="e2e-test")
+    assert result.error is None, result.error
+    (bucket,) = result.of_type("gcp:storage/bucket:Bucket")
+    assert not bucket.protect and not bucket.retain_on_delete and bucket.inputs["forceDestroy"] is True
+    assert "retentionPolicy" not in bucket.inputs and bucket.inputs["versioning"] == {"enabled": False}
+
+
 def test_the_vm_may_only_create_objects_in_that_bucket(run):
     (account,) = run.of_type("gcp:serviceaccount/account:Account")
     vm = f"serviceAccount:{account.inputs['accountId']}@acme-mail.iam.gserviceaccount.com"
