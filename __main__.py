@@ -7,7 +7,7 @@ from components.apis import ApisArgs, ProjectApis
 from components.backup import BackupArgs, OffsiteBackup
 from components.bootstrap import BootstrapArgs, PostalBootstrap
 from components.host import HostArgs, MailHost
-from components.monitoring import MailMonitoring, MonitoringArgs
+from components.monitoring import MailMonitoring, MonitoringArgs, uptime_checker_ranges
 from components.network import MailNetwork, NetworkArgs
 from components.render import ORGANIZATION, SERVER
 from components.secrets import MailSecrets, SecretsArgs
@@ -28,6 +28,7 @@ network = MailNetwork(
         smtp_source_ranges=cfg.smtp_source_ranges,
         web_source_ranges=cfg.web_source_ranges,
         bounce_source_ranges=cfg.bounce_source_ranges,
+        acme_http=cfg.tls == "letsencrypt",
         labels=cfg.gcp_labels,
         apis=apis,
         ephemeral=cfg.ephemeral,
@@ -68,6 +69,8 @@ mail_dns = dns.MailDns(
     ),
 )
 
+uptime_checkers = uptime_checker_ranges()  # the 443 rule admits them; Caddy lets them GET /login only
+
 ssh_port = tunnel.local_port(cfg.project, cfg.stack)  # pulumi up's SSH goes through IAP
 bootstrap = PostalBootstrap(
     "postal",
@@ -82,6 +85,7 @@ bootstrap = PostalBootstrap(
         data_disk_id=host.data_disk.id,
         web_dns=[mail_dns.records["host-a"]],
         mail_dns=list(mail_dns.records.values()),
+        uptime_checkers=uptime_checkers,
     ),
 )
 
@@ -93,6 +97,7 @@ monitoring = MailMonitoring(
         vpc_self_link=network.vpc.self_link,
         target_tag=network.target_tag,
         apis=apis,
+        checker_ranges=uptime_checkers,
         postal_running=[bootstrap.steps["smtp-tls"], bootstrap.steps["ops"]],
     ),
 )

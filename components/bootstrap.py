@@ -35,6 +35,8 @@ class BootstrapArgs:
     web_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # Caddy waits for these (ACME)
     mail_dns: Sequence[pulumi.Resource] = field(default_factory=list)  # provisioning's DNS check needs these
     data_disk_id: pulumi.Input[str] = ""  # a new disk (restore) reruns the os step: it remounts
+    # Google's uptime checkers (monitoring.uptime_checker_ranges): Caddy admits them to GET /login only
+    uptime_checkers: pulumi.Input[Sequence[str]] = ()
 
 
 def parse_relay_status(stdout: str | None) -> str:
@@ -125,7 +127,11 @@ class PostalBootstrap(pulumi.ComponentResource):
                 "PG_TLS": cfg.tls,
                 "PG_HOSTNAME": cfg.hostname,
                 "PG_CADDY_ADMIN": render.CADDY_ADMIN,
-                "PG_CADDYFILE": render.caddyfile(hostname=cfg.hostname, tls=cfg.tls, admin_email=cfg.admin_email),
+                "PG_CADDYFILE": pulumi.Output.from_input(args.uptime_checkers).apply(
+                    lambda checkers: render.caddyfile(
+                        hostname=cfg.hostname, tls=cfg.tls, admin_email=cfg.admin_email, uptime_checkers=checkers
+                    )
+                ),
             },
             {"tls_certificate": cfg.tls_certificate, "tls_private_key": cfg.tls_private_key},
             after=[os_step, *args.web_dns],
@@ -214,7 +220,7 @@ class PostalBootstrap(pulumi.ComponentResource):
     def _step(
         self,
         step: str,
-        env: Mapping[str, str],
+        env: Mapping[str, pulumi.Input[str]],
         files: Mapping[str, pulumi.Input] | None = None,
         after: Sequence[pulumi.Resource] = (),
         timeout: str = "20m",
@@ -223,13 +229,13 @@ class PostalBootstrap(pulumi.ComponentResource):
     ) -> remote.Command:
         """`withhold`: the secret values inside the payload's documents (postal.yml, JSON), sent as the
         payload file `withhold` so that the step's bootstrap log withholds every line holding one."""
-        create = render.command_line(step, env)
+        create = pulumi.Output.all(**env).apply(lambda values: render.command_line(step, values))
         files = {k: v for k, v in (files or {}).items() if v is not None}
         if withhold:
             files["withhold"] = pulumi.Output.all(*withhold).apply(render.withhold)
         stdin = pulumi.Output.all(**files).apply(render.payload) if files else None
-        fingerprint = (
-            stdin.apply(lambda text: render.digest(create, text)) if stdin is not None else render.digest(create)
+        fingerprint = pulumi.Output.all(create, *([stdin] if stdin is not None else [])).apply(
+            lambda parts: render.digest(*parts)
         )
         hidden = stdin is not None  # a step that receives secrets may echo them: keep its output secret
         command = remote.Command(

@@ -1,9 +1,11 @@
 """MailMonitoring: who is told when the gateway breaks, and what it watches (Cloud Monitoring).
 
 - a notification channel to `alertEmail`;
-- uptime checks: HTTPS on https://<hostname>/login matched against Postal's own login page (so a
-  Caddy answering without Postal fails it), and TCP on the SMTP intake (25); a firewall rule lets
-  Google's uptime checkers (`gcp.monitoring.get_uptime_check_i_ps`) reach exactly 443 and 25;
+- an uptime check: HTTPS on https://<hostname>/login matched against Postal's own login page (so a
+  Caddy answering without Postal fails it); a firewall rule lets Google's uptime checkers reach 443,
+  and Caddy lets them do nothing there but `GET /login` (any Cloud customer can point a check with any
+  method, headers and body at the VM from those addresses). Port 25 is not opened to them: the SMTP
+  server's liveness is its Prometheus series going absent (smtp-down);
 - alert policies on the checks, the disks (Ops Agent), Postal's Prometheus metrics (scraped by the
   Ops Agent: prometheus_target, namespace `<instance id>/<name>`): queue latency, worker errors, and
   the worker's or SMTP server's series going absent (a dead process pages), the bounce rate, and a
@@ -21,14 +23,15 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_gcp as gcp
 
+from components import render
 from components.apis import ProjectApis
 from components.config import MailConfig
 
 MONITORING = "monitoring.googleapis.com"
 UPTIME_PERIOD = "300s"
-UPTIME_PORTS = ("443", "25")
+UPTIME_PORTS = ("443",)
 # Postal's login page (app/views/sessions/new.html.haml at 3.3.6): only Postal renders it.
-LOGIN_PATH, LOGIN_TEXT = "/login", "Welcome to Postal"
+LOGIN_PATH, LOGIN_TEXT = render.UPTIME_CHECK_PATH, "Welcome to Postal"
 # Postal's SMTPSender logs through a logger tagged log_id=… (app/senders/smtp_sender.rb at 3.3.6), at
 # ERROR for every failed relay connection ("Cannot connect to …") and every refused or failed message
 # (Net::SMTPFatalError → HardFail, other errors → SoftFail); Klogger's default "go" format puts the
@@ -118,6 +121,7 @@ class MonitoringArgs:
     vpc_self_link: pulumi.Input[str]
     target_tag: str
     apis: ProjectApis
+    checker_ranges: pulumi.Input[list[str]]  # uptime_checker_ranges(): the addresses Caddy limits to GET /login
     # what makes Postal's series exist (the steps that start the agent and Postal's SMTP server): the
     # policies on their absence come after them, so a first `up` does not page while it bootstraps
     postal_running: Sequence[pulumi.Resource] = ()
@@ -129,6 +133,15 @@ def uptime_source_ranges(ips) -> list[str]:
         ipaddress.ip_address(entry["ip_address"] if isinstance(entry, dict) else entry.ip_address) for entry in ips
     }
     return [f"{a}/32" for a in sorted(a for a in addresses if a.version == 4)]
+
+
+def uptime_checker_ranges() -> pulumi.Output[list[str]]:
+    """Google's uptime checkers' IPv4 addresses as /32 ranges, read from Monitoring's uptimeCheckIps.list
+    at every run (https://cloud.google.com/monitoring/uptime-checks/using-uptime-checks, "List IP
+    addresses"): the firewall rule and Caddy's GET /login-only matcher use this one list, so they cannot
+    disagree when Google changes it."""
+    checkers = gcp.monitoring.get_uptime_check_i_ps_output()
+    return checkers.uptime_check_ips.apply(uptime_source_ranges)
 
 
 def console_url(project: str) -> str:
@@ -182,26 +195,15 @@ class MailMonitoring(pulumi.ComponentResource):
                 content_matchers=[{"content": LOGIN_TEXT, "matcher": "CONTAINS_STRING"}],
                 opts=child,
             ),
-            "smtp": gcp.monitoring.UptimeCheckConfig(
-                f"{name}-uptime-smtp",
-                project=project,
-                display_name=f"{stack}: SMTP {cfg.hostname}:25",
-                period=UPTIME_PERIOD,
-                timeout="10s",
-                monitored_resource=resource,
-                tcp_check={"port": 25},
-                opts=child,
-            ),
         }
-        checker_ips = gcp.monitoring.get_uptime_check_i_ps_output(opts=pulumi.InvokeOutputOptions(parent=self))
         self.firewall = gcp.compute.Firewall(
             f"{name}-allow-uptime-checks",
             project=project,
             network=args.vpc_self_link,
             direction="INGRESS",
-            description="Google Cloud Monitoring uptime checkers: HTTPS and SMTP only",
+            description="Google Cloud Monitoring uptime checkers: HTTPS only (Caddy admits them to GET /login only)",
             allows=[{"protocol": "tcp", "ports": list(UPTIME_PORTS)}],
-            source_ranges=checker_ips.uptime_check_ips.apply(uptime_source_ranges),
+            source_ranges=args.checker_ranges,
             target_tags=[args.target_tag],
             opts=apis.after("compute.googleapis.com", parent=self),
         )
@@ -241,16 +243,6 @@ class MailMonitoring(pulumi.ComponentResource):
                     "`curl -I https://<hostname>/login`; on the VM `sudo postal status`, `sudo postal logs web`, "
                     "`sudo docker logs postal-caddy`. A 502 means Postal's web server is down; a certificate "
                     "error means Let's Encrypt could not validate (docs/troubleshooting.md).",
-                ),
-            ),
-            "uptime-smtp": (
-                "the SMTP intake does not answer",
-                self._uptime_filter(self.checks["smtp"]),
-                _doc(
-                    f"SMTP on {cfg.hostname}:25 is down",
-                    "Google's checkers could not open a TCP connection to port 25 from several regions.",
-                    "on the VM `sudo postal status`, `sudo postal logs smtp`; `sudo firewall-cmd --list-all` "
-                    "must allow 25/tcp; the VM may be stopped or rebooting (maintenance window).",
                 ),
             ),
             "disk": (
@@ -345,13 +337,11 @@ class MailMonitoring(pulumi.ComponentResource):
             },
             "disk": {"alignment_period": "300s", "per_series_aligner": "ALIGN_MEAN"},
         }
-        aggregations["uptime-smtp"] = aggregations["uptime-https"]
         thresholds = {
             "uptime-https": 1,
-            "uptime-smtp": 1,
             "disk": cfg.disk_alert_percent,
         }
-        durations = {"uptime-https": "300s", "uptime-smtp": "300s", "disk": "600s"}
+        durations = {"uptime-https": "300s", "disk": "600s"}
 
         def condition(key: str, title: str, query: pulumi.Input[str]) -> dict:
             if key in PROMQL:

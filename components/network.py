@@ -1,7 +1,7 @@
 """MailNetwork: a VPC without IPv6, the static public IP and firewall rules (22 from IAP's TCP
 forwarding range and, opt-in, from sshSourceRanges; 25 from smtpSourceRanges and, for bounces, from
-bounceSourceRanges — by default Google's outbound mail servers —; 80 from anywhere for ACME; 443
-from webSourceRanges)."""
+bounceSourceRanges — by default Google's outbound mail servers —; 80 from anywhere for ACME, only with
+tls=letsencrypt; 443 from webSourceRanges)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class NetworkArgs:
     ssh_source_ranges: tuple[str, ...]
     smtp_source_ranges: tuple[str, ...]
     web_source_ranges: tuple[str, ...]
+    acme_http: bool  # tls=letsencrypt: Let's Encrypt's HTTP-01 challenge needs port 80
     labels: dict[str, str]
     apis: ProjectApis
     bounce_source_ranges: tuple[str, ...] = ()  # empty: no bounce rule
@@ -68,7 +69,7 @@ class MailNetwork(pulumi.ComponentResource):
             # Bounces (DSNs to <token>@psrp.<domain>) come from Google's mail servers, whose MX is port 25.
             **({"bounce": (["25"], args.bounce_source_ranges)} if args.bounce_source_ranges else {}),
             # Let's Encrypt's HTTP-01 challenge comes from anywhere; Caddy redirects the rest to 443.
-            "http": (["80"], ("0.0.0.0/0",)),
+            **({"http": (["80"], ("0.0.0.0/0",))} if args.acme_http else {}),
             "https": (["443"], args.web_source_ranges),
         }
         self.firewalls = {

@@ -8,7 +8,7 @@ import hashlib
 import json
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import yaml
@@ -18,6 +18,8 @@ INSTALL_REPO = "https://github.com/postalserver/install"
 INSTALL_COMMIT = "c82658da7fa16615a2fba9bae2d02c860816fdb3"  # 2024-03-21, "add `version` command"
 MARIADB_IMAGE = "mariadb:11.4"  # defaults of mariadbImage / caddyImage
 CADDY_IMAGE = "caddy:2.10"
+UPTIME_CHECK_PATH = "/login"  # the HTTPS uptime check's GET (components/monitoring.py LOGIN_PATH)
+UPTIME_CHECKER_MATCHER = "uptime_checker_beyond_login"
 CONFIG_DIR = "/config"  # /opt/postal/config inside Postal's containers
 CERT_DIR = "/certs"  # /opt/postal/caddy/live/certs inside postal-caddy
 # Caddy's admin API listens on a unix socket inside postal-caddy, never on TCP 2019 of the host
@@ -112,8 +114,12 @@ def postal_yml(*, hostname: str, relay_url: str, db_password: str, rails_secret_
 INTERNAL_LIFETIME = "90d"
 
 
-def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT_DIR) -> str:
-    """Caddyfile for the TLS mode: letsencrypt (ACME, account e-mail), internal or custom."""
+def caddyfile(
+    *, hostname: str, tls: str, admin_email: str, uptime_checkers: Sequence[str] = (), cert_dir: str = CERT_DIR
+) -> str:
+    """Caddyfile for the TLS mode: letsencrypt (ACME, account e-mail), internal or custom. Requests from
+    `uptime_checkers` (Google's, which any Cloud customer can aim at the VM with any method, headers and
+    body) get 403 unless they are `GET /login`, the uptime check's own request."""
     site_tls = {
         "letsencrypt": "",
         "internal": f"\ttls {{\n\t\tissuer internal {{\n\t\t\tlifetime {INTERNAL_LIFETIME}\n"
@@ -121,7 +127,17 @@ def caddyfile(*, hostname: str, tls: str, admin_email: str, cert_dir: str = CERT
         "custom": f"\ttls {cert_dir}/cert.pem {cert_dir}/key.pem\n",
     }[tls]
     email = f"\temail {admin_email}\n" if tls == "letsencrypt" else ""
-    return f"{{\n\tadmin {CADDY_ADMIN}\n{email}}}\n\n{hostname} {{\n{site_tls}\treverse_proxy 127.0.0.1:5000\n}}\n"
+    checkers = ""
+    if uptime_checkers:
+        checkers = (
+            f"\t@{UPTIME_CHECKER_MATCHER} {{\n\t\tremote_ip {' '.join(uptime_checkers)}\n"
+            f"\t\tnot {{\n\t\t\tmethod GET\n\t\t\tpath {UPTIME_CHECK_PATH}\n\t\t}}\n\t}}\n"
+            f"\trespond @{UPTIME_CHECKER_MATCHER} 403\n"
+        )
+    return (
+        f"{{\n\tadmin {CADDY_ADMIN}\n{email}}}\n\n"
+        f"{hostname} {{\n{site_tls}{checkers}\treverse_proxy 127.0.0.1:5000\n}}\n"
+    )
 
 
 def web_certificates(*, hostname: str, tls: str) -> list[tuple[str, str]]:

@@ -468,7 +468,19 @@ def postal(host, args):
     )
 
 
-RUN_OPTIONS_WITH_VALUE = {"--name", "--restart", "--network", "--env", "--volume", "--label", "--workdir"}
+RUN_OPTIONS_WITH_VALUE = {
+    "--name",
+    "--restart",
+    "--network",
+    "--env",
+    "--volume",
+    "--label",
+    "--workdir",
+    "--cap-drop",
+    "--cap-add",
+    "--security-opt",
+    "--tmpfs",
+}
 # mariadb-backup, as the MariaDB image runs it: `--backup --stream=xbstream` writes an mbstream
 # archive of the data directory to stdout, `mbstream -x` unpacks one into the working directory,
 # `--prepare` applies the redo log (the backup's checkpoints file then says log-applied).
@@ -644,6 +656,11 @@ def docker(host, args):
             "network": options.get("--network", [""])[0],
             "labels": dict(label.split("=", 1) for label in options.get("--label", [])),
             "restart": options.get("--restart", ["no"])[0],
+            "confinement": {
+                key: options.get(f"--{key}", [])
+                for key in ("cap-drop", "cap-add", "security-opt", "read-only", "tmpfs")
+                if f"--{key}" in options
+            },
         }
         containers[name] = container
         if "MARIADB_ROOT_PASSWORD_FILE" in env:  # the image initialises an empty data dir with it

@@ -73,9 +73,13 @@ def test_step_settings(run):
     assert postal["PG_POSTAL_VERSION"] == "3.3.6" and len(postal["PG_INSTALL_COMMIT"]) == 40
     assert "smtp://smtp-relay.gmail.com:587?ssl_mode=STARTLS" in payload_of(steps["postal"])["postal_yml"]
     caddy = env_of(steps["caddy"])
+    # the uptime checkers the 443 rule admits (tests/program.py's answer, IPv4 only) may GET /login only
+    checkers = ["34.94.157.51/32", "35.186.144.97/32", "35.187.242.246/32", "35.198.221.49/32"]
     assert caddy["PG_TLS"] == "letsencrypt" and caddy["PG_CADDYFILE"] == render.caddyfile(
-        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com"
+        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email="ops@rdo-dev.com", uptime_checkers=checkers
     )
+    (rule,) = [r for r in run.of_type("gcp:compute/firewall:Firewall") if r.name == "postal-allow-uptime-checks"]
+    assert rule.inputs["sourceRanges"] == checkers
     preflight = env_of(steps["preflight"])
     assert (preflight["PG_RELAY_HOST"], preflight["PG_RELAY_PORT"], preflight["PG_HOSTNAME"]) == (
         "smtp-relay.gmail.com",

@@ -49,9 +49,11 @@ def test_alerts_go_to_alert_email_defaulting_to_admin_email(run, tuned):
     assert channel.inputs["labels"] == {"email_address": "oncall@rdo-dev.com"}
 
 
-def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run, tuned):
+def test_the_uptime_check_proves_postal_answers_on_https(run, tuned):
+    """Only HTTPS: port 25 is not opened to Google's checkers (any Cloud customer can drive them); the
+    SMTP server's liveness is the smtp-down alert on its Prometheus series."""
     found = checks(run)
-    assert set(found) == {"https", "smtp"}
+    assert set(found) == {"https"}
     for check in found.values():
         assert check["monitoredResource"] == {
             "type": "uptime_url",
@@ -62,15 +64,20 @@ def test_uptime_checks_prove_postal_answers_on_https_and_smtp(run, tuned):
     assert https["httpCheck"]["useSsl"] is True and https["httpCheck"]["validateSsl"] is True
     # Postal's login page says it (app/views/sessions/new.html.haml at 3.3.6); Caddy's 502 does not
     assert https["contentMatchers"] == [{"content": "Welcome to Postal", "matcher": "CONTAINS_STRING"}]
-    assert found["smtp"]["tcpCheck"] == {"port": 25} and "httpCheck" not in found["smtp"]
     internal = checks(tuned)["https"]
     assert internal["httpCheck"]["validateSsl"] is False  # Caddy's own CA is not trusted by the checkers
 
 
-def test_uptime_checkers_reach_exactly_443_and_25(run):
+def test_uptime_checkers_reach_only_443(run):
     assert [t for t, _ in run.invokes if "Uptime" in t] == ["gcp:monitoring/getUptimeCheckIPs:getUptimeCheckIPs"]
     (rule,) = [r for r in run.of_type("gcp:compute/firewall:Firewall") if r.name == "postal-allow-uptime-checks"]
-    assert rule.inputs["allows"] == [{"protocol": "tcp", "ports": ["443", "25"]}]
+    assert rule.inputs["allows"] == [{"protocol": "tcp", "ports": ["443"]}]
+    assert not [
+        r
+        for r in run.of_type("gcp:compute/firewall:Firewall")
+        if "25" in r.inputs["allows"][0]["ports"] and "35.186.144.97/32" in r.inputs["sourceRanges"]
+    ]
+    assert "smtp-down" in policies(run) and "uptime-smtp" not in policies(run)
     assert rule.inputs["direction"] == "INGRESS"
     # IPv4 only (the VM has no IPv6), one /32 per checker, each once
     assert rule.inputs["sourceRanges"] == [
@@ -98,7 +105,7 @@ def test_every_policy_notifies_and_says_what_to_do(run):
 
 
 def test_uptime_policies_watch_their_own_check(run):
-    found, ids = policies(run), {k: f"postal-uptime-{k}-0123abcd" for k in ("https", "smtp")}
+    found, ids = policies(run), {k: f"postal-uptime-{k}-0123abcd" for k in ("https",)}
     for check, check_id in ids.items():
         condition = found[f"uptime-{check}"]["conditions"][0]["conditionThreshold"]
         assert f'metric.labels.check_id="{check_id}"' in condition["filter"]

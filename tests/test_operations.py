@@ -107,8 +107,9 @@ def test_agent_config_passes_the_agents_schema(tmp_path):
     broken = yaml.safe_load(rendered.read_text())
     broken["metrics"]["receivers"]["postal"]["config"]["scrape_configs"][0]["honor_labels"] = True
     broken["logging"]["receivers"]["journald"]["include_units"] = ["docker"]
+    broken["logging"]["processors"]["postal_debug"]["match_all"] = ["severity = DEBUG"]
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
-    assert len(list(validator.iter_errors(broken))) == 2  # the schema refuses what the agent refuses
+    assert len(list(validator.iter_errors(broken))) == 3  # the schema refuses what the agent refuses
 
 
 def test_agent_ships_the_journal_host_metrics_and_postals_prometheus_metrics():
@@ -118,7 +119,10 @@ def test_agent_ships_the_journal_host_metrics_and_postals_prometheus_metrics():
         for pipeline in config[section]["service"]["pipelines"].values():
             assert set(pipeline["receivers"]) <= set(receivers)
     assert config["logging"]["receivers"]["journald"] == {"type": "systemd_journald"}
-    assert config["logging"]["service"]["pipelines"]["default_pipeline"] == {"receivers": ["journald"]}
+    assert config["logging"]["service"]["pipelines"]["default_pipeline"] == {
+        "receivers": ["journald"],
+        "processors": ["postal_debug"],
+    }
     scrapes = config["metrics"]["receivers"]["postal"]["config"]["scrape_configs"]
     # Postal's worker and SMTP health servers (postal.yml defaults 9090 / 9091) serve /metrics
     assert {(s["metrics_path"], s["static_configs"][0]["targets"][0]) for s in scrapes} == {
@@ -126,6 +130,54 @@ def test_agent_ships_the_journal_host_metrics_and_postals_prometheus_metrics():
         ("/metrics", "127.0.0.1:9091"),
     }
     assert config["metrics"]["service"]["pipelines"]["default_pipeline"] == {"receivers": ["hostmetrics"]}
+
+
+def klogger_line(severity: str, message: str, **tags: str) -> str:
+    """A Postal log line as Klogger's default "go" formatter writes it (klogger-logger 1.4.0,
+    lib/klogger/formatters/go.rb: time, severity padded to 7 and upper-cased, message, key=value tags)."""
+    return f"2026-12-07 13:00:00 +0000 {severity.ljust(7).upper()}{message} " + " ".join(
+        f"{k}={v}" for k, v in tags.items()
+    )
+
+
+def shipped_by_agent(record: dict) -> bool:
+    """The agent's exclude_logs processors on a journal record (jsonPayload fields): this config's
+    filters are `field =~ "regex"` terms joined by AND (ops-agent confgenerator/filter; RE2 syntax,
+    which these expressions share with Python's re)."""
+    config = yaml.safe_load(operations.ops_agent_config())
+    pipeline = config["logging"]["service"]["pipelines"]["default_pipeline"]
+    for name in pipeline.get("processors", []):
+        for expression in config["logging"]["processors"][name]["match_any"]:
+            terms = expression.split(" AND ")
+            parsed = [re.fullmatch(r'jsonPayload\.(\w+) =~ "([^"\\]*)"', term) for term in terms]
+            assert all(parsed), expression  # a form this evaluator does not know
+            if all(re.search(m[2], record.get(m[1], "")) for m in parsed):
+                return False
+    return True
+
+
+@pytest.mark.parametrize(
+    "container,message,shipped",
+    [
+        ("postal-smtp-1", klogger_line("debug", "\x1b[32m<= MAIL FROM:<alice@rdo-dev.com>\x1b[0m"), False),
+        ("postal-smtp-1", klogger_line("debug", "\x1b[32m<= RCPT TO:<bob@example.net>\x1b[0m"), False),
+        ("postal-smtp-1", klogger_line("debug", "Connection opened from 10.1.2.3"), False),
+        ("postal-worker-1", klogger_line("debug", "Added external address 'bob@example.net'"), False),
+        ("postal-smtp-1", klogger_line("info", "Listening on 0.0.0.0:25"), True),
+        ("postal-smtp-1", klogger_line("warn", "Authentication failure for 10.1.2.3"), True),
+        ("postal-worker-1", klogger_line("error", "Cannot connect to smtp-relay.gmail.com", log_id="ABC123"), True),
+        ("postal-caddy", '{"level":"debug","logger":"http","msg":"DEBUG in a JSON line"}', True),
+        ("postal-mariadb", "2026-12-07 13:00:00 0 [Note] DEBUG mariadbd: ready", True),
+    ],
+)
+def test_the_agent_ships_postals_lines_at_info_and_above_only(container, message, shipped):
+    """Postal's SMTP dialogue (MAIL FROM / RCPT TO at debug) stays on the VM; what alerts read (the
+    worker's ERROR lines for relay-errors) and every other container's lines are shipped."""
+    assert shipped_by_agent({"CONTAINER_NAME": container, "MESSAGE": message}) is shipped
+    if "log_id=" in message:
+        from components.monitoring import RELAY_ERROR_RE
+
+        assert re.search(RELAY_ERROR_RE, message)  # the line the relay-errors metric counts is shipped
 
 
 def test_docker_logs_containers_to_the_journal_under_their_names():

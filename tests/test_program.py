@@ -127,7 +127,11 @@ def test_ssh_source_ranges_add_direct_ssh_besides_iap():
 def test_firewall_rules_exactly_as_configured(run):
     firewalls = run.of_type("gcp:compute/firewall:Firewall")
     rules = {tuple(r.inputs["allows"][0]["ports"]): r.inputs for r in firewalls if r.name != "postal-allow-bounce"}
-    assert set(rules) == {("22",), ("25",), ("80",), ("443",), ("443", "25")}  # the last: uptime checkers
+    assert set(rules) == {("22",), ("25",), ("80",), ("443",)}
+    assert [r.name for r in firewalls if r.inputs["allows"][0]["ports"] == ["443"]] == [
+        "postal-allow-https",
+        "postal-allow-uptime-checks",  # Google's checkers: Caddy lets them GET /login only
+    ]
     assert rules[("22",)]["sourceRanges"] == ["35.235.240.0/20"]
     assert rules[("25",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]
     # port 25 also admits bounces, by default from Google's outbound mail servers only
@@ -136,7 +140,7 @@ def test_firewall_rules_exactly_as_configured(run):
     assert bounce["sourceRanges"] == list(google_ranges.DEFAULT_BOUNCE_RANGES)
     rules["bounce"] = bounce
     assert rules[("80",)]["sourceRanges"] == ["0.0.0.0/0"]  # ACME HTTP-01 from anywhere; Caddy redirects the rest
-    assert rules[("443",)]["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]  # the SMTP ranges; never IAP's
+    assert run.named("postal-allow-https").inputs["sourceRanges"] == ["10.0.0.0/8", "198.51.100.0/24"]  # never IAP's
     (vm,) = run.of_type("gcp:compute/instance:Instance")
     assert all(r["targetTags"] == vm.inputs["tags"] for r in rules.values())
     assert all(r["direction"] == "INGRESS" and r["allows"][0]["protocol"] == "tcp" for r in rules.values())
@@ -151,6 +155,14 @@ def test_port_25_admits_no_customer_drivable_google_range_by_default(run):
         assert rule["allows"][0]["ports"] == ["25"]
         sources = [ipaddress.ip_network(r) for r in rule["sourceRanges"]]
         assert not [(s, d) for s in sources for d in drivable if s.overlaps(d)], name
+
+
+def test_port_80_is_open_only_for_lets_encrypt():
+    """Only tls=letsencrypt needs port 80 (the HTTP-01 challenge); the other modes leave it closed."""
+    run = program.run({NS + "tls": "internal"})
+    assert run.error is None, run.error
+    assert firewall_sources(run, "80") == []
+    assert "postal-allow-http" not in {r.name for r in run.of_type("gcp:compute/firewall:Firewall")}
 
 
 def test_service_account_has_only_log_and_metric_roles(run):

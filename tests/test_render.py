@@ -1,8 +1,15 @@
 """Rendered files checked by the real tools: caddy validate, Postal's config schema and relay parsing."""
 
 import base64
+import http.server
 import json
+import os
+import socket
 import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -195,7 +202,9 @@ def certs(tmp_path_factory):
 
 @pytest.mark.parametrize("tls", ["letsencrypt", "internal", "custom"])
 def test_caddyfile_validates_for_every_tls_mode(tls, tmp_path, certs):
-    text = render.caddyfile(hostname=HOST, tls=tls, admin_email="ops@rdo-dev.com", cert_dir=str(certs))
+    text = render.caddyfile(
+        hostname=HOST, tls=tls, admin_email="ops@rdo-dev.com", cert_dir=str(certs), uptime_checkers=CHECKERS
+    )
     result = caddy_validate(text, tmp_path)
     assert result.returncode == 0, result.stderr
     assert "reverse_proxy 127.0.0.1:5000" in text
@@ -215,6 +224,99 @@ def test_caddyfile_validates_for_every_tls_mode(tls, tmp_path, certs):
         # the SMTP certificate, and Postal's smtp restart, changes about every 60 days
         (policy,) = json.loads(adapted.stdout)["apps"]["tls"]["automation"]["policies"]
         assert policy["issuers"] == [{"module": "internal", "lifetime": 90 * 86400 * 10**9, "sign_with_root": True}]
+
+
+CHECKERS = ["34.94.157.51/32", "35.186.144.97/32"]
+
+
+class _Postal(http.server.BaseHTTPRequestHandler):
+    """Stands in for Postal's web server behind Caddy: 200 to any method on any path."""
+
+    def _answer(self):
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"Welcome to Postal")
+
+    do_GET = do_POST = do_HEAD = do_PUT = _answer
+
+    def log_message(self, *args):
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("local_is_checker", [True, False])
+def test_caddy_lets_uptime_checkers_only_get_the_login_page(tmp_path, local_is_checker):
+    """The real Caddy runs the rendered site block (served on 127.0.0.1 over plain HTTP, its upstream a
+    stand-in Postal): from a checker's address only GET /login reaches Postal, anything else gets 403;
+    other clients are not affected."""
+    backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Postal)
+    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    port = _free_port()
+    checkers = ["127.0.0.1/32", *CHECKERS] if local_is_checker else CHECKERS
+    text = render.caddyfile(hostname=HOST, tls="letsencrypt", admin_email="ops@rdo-dev.com", uptime_checkers=checkers)
+    text = (
+        text.replace(f"admin {render.CADDY_ADMIN}", "admin off")
+        .replace(f"{HOST} {{", f"http://{HOST}:{port} {{\n\tbind 127.0.0.1")
+        .replace("127.0.0.1:5000", f"127.0.0.1:{backend.server_address[1]}")
+    )
+    (tmp_path / "Caddyfile").write_text(text)
+    caddy = subprocess.Popen(
+        [program.tool("caddy"), "run", "--config", str(tmp_path / "Caddyfile"), "--adapter", "caddyfile"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )
+
+    def status(method: str, path: str) -> int:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method, headers={"Host": HOST})
+        request.data = b"x" if method in ("POST", "PUT") else None
+        try:
+            with urllib.request.urlopen(request, timeout=5) as answer:
+                return answer.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert caddy.poll() is None, caddy.stderr.read().decode()
+                time.sleep(0.1)
+        found = {
+            (method, path): status(method, path)
+            for method, path in [
+                ("GET", "/login"),
+                ("GET", "/login?return_to=%2F"),
+                ("HEAD", "/login"),
+                ("POST", "/login"),
+                ("GET", "/api/v1/send/message"),
+                ("POST", "/api/v1/send/message"),
+                ("PUT", "/login"),
+            ]
+        }
+    finally:
+        caddy.terminate()
+        caddy.wait(timeout=10)
+        backend.shutdown()
+    if local_is_checker:
+        assert found == {
+            ("GET", "/login"): 200,
+            ("GET", "/login?return_to=%2F"): 200,
+            ("HEAD", "/login"): 403,
+            ("POST", "/login"): 403,
+            ("GET", "/api/v1/send/message"): 403,
+            ("POST", "/api/v1/send/message"): 403,
+            ("PUT", "/login"): 403,
+        }
+    else:
+        assert set(found.values()) == {200}
 
 
 def test_caddy_validate_rejects_a_broken_custom_pair(tmp_path):

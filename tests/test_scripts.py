@@ -261,6 +261,17 @@ def test_fresh_host_ends_in_the_configured_state(fresh, registered):
     caddy = state["containers"]["postal-caddy"]
     assert caddy["image"] == render.CADDY_IMAGE and caddy["network"] == "host"
     assert "/opt/postal/caddy/live:/etc/caddy:ro" in caddy["volumes"]
+    # Internet-facing: binding 80/443 is its only capability, nothing gained through exec, read-only
+    # image with its writable places (the caddy image's XDG_CONFIG_HOME=/config; /run holds the admin
+    # socket, render.CADDY_ADMIN) in memory and /data on the data disk
+    assert caddy["confinement"] == {
+        "cap-drop": ["ALL"],
+        "cap-add": ["NET_BIND_SERVICE"],
+        "security-opt": ["no-new-privileges"],
+        "read-only": [""],
+        "tmpfs": ["/config", "/run", "/tmp"],
+    }
+    assert render.CADDY_ADMIN.startswith("unix//run/") and "/opt/postal/caddy-data:/data" in caddy["volumes"]
     assert state["postal"]["running"] == ["web", "smtp", "worker"] and state["postal"]["version"] == "3.3.6"
     assert state["postal"]["tasks"] == ["initialize 3.3.6"]
     assert state["postal"]["provisioned"]["server"]["mode"] == "Live"
@@ -275,7 +286,10 @@ def test_files_on_the_host_are_what_the_program_rendered(fresh, registered):
     assert "chown 999:999" in " ".join(fresh.changes())  # owned by the container user (uid 999)
     caddyfile = fresh.file("/opt/postal/caddy/live/Caddyfile").read_text()
     assert caddyfile == render.caddyfile(
-        hostname="postal.rdo-dev.com", tls="letsencrypt", admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"]
+        hostname="postal.rdo-dev.com",
+        tls="letsencrypt",
+        admin_email=program.BASE_CONFIG["postal-gateway:adminEmail"],
+        uptime_checkers=["34.94.157.51/32", "35.186.144.97/32", "35.187.242.246/32", "35.198.221.49/32"],
     )
     assert fresh.file("/opt/postal/config/provision.rb").read_text() == render.script_text("provision.rb")
     assert fresh.file("/usr/bin/postal").is_symlink()

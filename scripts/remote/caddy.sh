@@ -38,8 +38,13 @@ next=$PG_ROOT$caddy/next
 pg_caddy_files "$caddy/live" "$next/Caddyfile" "$next/certs/cert.pem" "$next/certs/key.pem"
 
 applied=$(pg_fingerprint "$caddy/live/Caddyfile" "$caddy/live/certs/cert.pem" "$caddy/live/certs/key.pem")
+# Caddy faces the Internet: no capability but binding 80/443, no privilege gained through exec, a
+# read-only image. It writes only /data (certificates, ACME state: the data disk), /config (its
+# autosaved config, XDG_CONFIG_HOME in the caddy image), /run (the admin socket) and /tmp.
 run_options=(--restart unless-stopped --network host --volume "$caddy/live:/etc/caddy:ro"
-  --volume "$caddy/live/certs:/certs:ro" --volume "$data:/data")
+  --volume "$caddy/live/certs:/certs:ro" --volume "$data:/data"
+  --cap-drop ALL --cap-add NET_BIND_SERVICE --security-opt no-new-privileges --read-only
+  --tmpfs /config --tmpfs /run --tmpfs /tmp)
 spec=$(pg_spec "${run_options[@]}")
 since=$(date +%s)
 pg_container "$name" "$PG_CADDY_IMAGE" "$spec"
