@@ -51,7 +51,7 @@ def test_every_firewall_rule_is_listed_with_its_sources(prod, prod_run):
     assert "postal-allow-ssh: ingress tcp:22 from IAP TCP forwarding (35.235.240.0/20)" in rules
     assert f"postal-allow-smtp: ingress tcp:25 from {', '.join(PROD['postal-gateway:smtpSourceRanges'])}" in rules
     assert "postal-allow-http: ingress tcp:80 from 0.0.0.0/0" in rules
-    assert "postal-allow-uptime-checks: ingress tcp:443,25 from Google's uptime-check addresses" in rules
+    assert "postal-allow-uptime-checks: ingress tcp:443 from Google's uptime-check addresses" in rules
     listed = {line.split(":")[0].strip() for line in rules.splitlines()[1:]}
     assert listed == {r.name for r in prod_run.of_type("gcp:compute/firewall:Firewall")}
 
