@@ -64,7 +64,8 @@ KEY_DOCS: dict[str, Doc] = {
     ),
     "webSourceRanges": Doc(
         "list of IPv4 CIDR",
-        "who may reach 443 (web UI, API); 80 stays open to all for Let's Encrypt and redirects to 443; " + CIDR_RULES,
+        "who may reach 443 (web UI, API); with `tls=letsencrypt` 80 is open to all for Let's Encrypt and "
+        "redirects to 443; " + CIDR_RULES,
         "`smtpSourceRanges` + `sshSourceRanges` (never IAP's range)",
     ),
     "tls": Doc("`letsencrypt`\\|`internal`\\|`custom`", "Caddy TLS mode"),
