@@ -6,7 +6,7 @@
 : "${PG_CADDY_IMAGE:?}" "${PG_TLS:?}" "${PG_HOSTNAME:?}" "${PG_CADDYFILE:?}" "${PG_CADDY_ADMIN:?}"
 pg_read_payload
 name=postal-caddy
-caddy=$PG_DATA_DIR/caddy  # next/: staged; live/: mounted at /etc/caddy (certs at /certs)
+caddy=$PG_DATA_DIR/caddy # next/: staged; live/: mounted at /etc/caddy (certs at /certs)
 data=$PG_DATA_DIR/caddy-data
 
 # pg_caddy_files <dir> <Caddyfile> [<cert> <key>]: the Caddyfile and, for tls=custom, the
@@ -77,7 +77,7 @@ case $PG_TLS in
   internal) ca=(--cacert "$PG_ROOT$data/caddy/pki/authorities/local/root.crt") ;;
   custom) ca=(--cacert "$PG_ROOT$caddy/live/certs/cert.pem") ;;
 esac
-tries=${PG_CADDY_TRIES:-24}  # x 5 s; Let's Encrypt gets 10 minutes for the ACME challenge
+tries=${PG_CADDY_TRIES:-24} # x 5 s; Let's Encrypt gets 10 minutes for the ACME challenge
 if [[ $PG_TLS == letsencrypt ]]; then tries=${PG_CADDY_TRIES:-120}; fi
 status=000
 for _ in $(seq 1 "$tries"); do

@@ -37,7 +37,10 @@ esac
 pg_log "waiting for MariaDB"
 ready=0
 for _ in $(seq 1 60); do
-  if docker exec "$name" healthcheck.sh --connect >/dev/null 2>&1; then ready=1; break; fi
+  if docker exec "$name" healthcheck.sh --connect >/dev/null 2>&1; then
+    ready=1
+    break
+  fi
   sleep 2
 done
 ((ready)) || pg_fail "MariaDB did not become ready; see: docker logs $name"

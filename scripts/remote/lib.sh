@@ -12,14 +12,17 @@ umask 022
 PG_ROOT="${PG_ROOT:-}"
 PG_DATA_DIR="${PG_DATA_DIR:-/opt/postal}"
 # shellcheck disable=SC2034  # used by the steps
-PG_POSTAL_UID=999  # the `postal` user inside ghcr.io/postalserver/postal
+PG_POSTAL_UID=999 # the `postal` user inside ghcr.io/postalserver/postal
 PG_RESULT=
 PG_PAYLOAD=
 PG_PENDING=
 
 pg_log() { printf '[postal-gateway:%s] %s\n' "${PG_STEP:-step}" "$*"; }
-pg_fail() { printf '[postal-gateway:%s] ERROR: %s\n' "${PG_STEP:-step}" "$*" >&2; exit 1; }
-pg_on_error() {  # reported once, by the step's own shell (not again by a failed $(…))
+pg_fail() {
+  printf '[postal-gateway:%s] ERROR: %s\n' "${PG_STEP:-step}" "$*" >&2
+  exit 1
+}
+pg_on_error() { # reported once, by the step's own shell (not again by a failed $(…))
   local rc=$?
   if [[ $BASHPID != "$$" ]]; then return 0; fi
   printf '[postal-gateway:%s] ERROR: line %s exited %s\n' "${PG_STEP:-step}" "$1" "$rc" >&2
@@ -95,7 +98,7 @@ pg_install() { pg_write "$1" "$2" "$3" cat; }
 # pg_install_text <mode> <owner> <dest> <text>
 pg_install_text() { pg_write "$1" "$2" "$3" printf '%s' "$4"; }
 # shellcheck disable=SC2034  # PG_RESULT is for the caller
-pg_write() {  # pg_write <mode> <owner> <dest> <command writing the content…>
+pg_write() { # pg_write <mode> <owner> <dest> <command writing the content…>
   local mode=$1 owner=$2 dest=$PG_ROOT$3
   shift 3
   if [[ ! -d ${dest%/*} ]]; then mkdir -p "${dest%/*}"; fi
@@ -139,7 +142,10 @@ pg_install_units() {
   while read -r path data; do
     [[ -n $path ]] || continue
     [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z-]+\.(service|timer|path)$ ]] || pg_fail "bad unit path $path"
-    unit=$(base64 -d <<<"$data"; printf .)
+    unit=$(
+      base64 -d <<<"$data"
+      printf .
+    )
     pg_install_text 0644 root:root "$path" "${unit%.}"
     paths+=("$path")
   done <<<"${PG_UNITS:?}"

@@ -41,7 +41,7 @@ if ((reload)); then firewall-cmd --reload >/dev/null; fi
 
 # Data disk: formatted only when blank, mounted by UUID.
 [[ -e $PG_ROOT$PG_DATA_DEVICE ]] || pg_fail "data disk $PG_DATA_DEVICE is not attached"
-pg_blkid() {  # pg_blkid <tag>: the data disk's tag, empty when it has none (blkid exits 2)
+pg_blkid() { # pg_blkid <tag>: the data disk's tag, empty when it has none (blkid exits 2)
   local rc=0
   blkid --match-tag "$1" --output value "$PG_ROOT$PG_DATA_DEVICE" || rc=$?
   ((rc == 0 || rc == 2)) || pg_fail "blkid $PG_DATA_DEVICE exited $rc"

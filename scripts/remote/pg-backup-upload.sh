@@ -14,9 +14,12 @@ set -euo pipefail
 root=${PG_ROOT:-}
 dir=$root$PG_BACKUP_DIR
 config=$root$PG_CONFIG_DIR
-api=v1  # apart from the path, which the policy pack would otherwise take for a random token
+api=v1 # apart from the path, which the policy pack would otherwise take for a random token
 metadata=http://metadata.google.internal/computeMetadata/$api
-fail() { echo "postal-gateway-backup-upload: $*" >&2; exit 1; }
+fail() {
+  echo "postal-gateway-backup-upload: $*" >&2
+  exit 1
+}
 
 latest=$(find "$dir" -maxdepth 1 -name 'mariadb-*.mbstream.gz' -printf '%f\n' | sort | tail -n 1)
 [[ -n $latest ]] || fail "no backup in $PG_BACKUP_DIR to upload"

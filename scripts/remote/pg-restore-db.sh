@@ -10,9 +10,15 @@ backup=${1:-}
 if [[ -z $backup && -d $root$dir ]]; then
   backup=$(find "$root$dir" -maxdepth 1 -name 'mariadb-*.mbstream.gz' -printf '%f\n' | sort | tail -n 1)
 fi
-[[ -n $backup ]] || { echo "no backup in $dir" >&2; exit 1; }
+[[ -n $backup ]] || {
+  echo "no backup in $dir" >&2
+  exit 1
+}
 backup=$dir/$(basename "$backup")
-[[ -s $root$backup ]] || { echo "$backup does not exist" >&2; exit 1; }
+[[ -s $root$backup ]] || {
+  echo "$backup does not exist" >&2
+  exit 1
+}
 image=$(docker inspect --format '{{.Config.Image}}' postal-mariadb)
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 work=$data/mariadb.restore-$stamp

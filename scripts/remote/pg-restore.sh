@@ -10,7 +10,10 @@ root=${PG_ROOT:-}
 data=/opt/postal
 backups=$data/backup/mariadb
 bundle=${1:?usage: postal-gateway-restore <postal-backup-TIME.tar>}
-fail() { echo "postal-gateway-restore: $*; nothing was changed" >&2; exit 1; }
+fail() {
+  echo "postal-gateway-restore: $*; nothing was changed" >&2
+  exit 1
+}
 [[ -f $bundle ]] || fail "$bundle does not exist"
 
 # Only the names the upload writes (flat, no path): GNU tar would also refuse ../ and leading /.
