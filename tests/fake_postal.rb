@@ -197,21 +197,18 @@ end
 # Organization and Server include HasSoftDestroy (app/models/concerns/has_soft_destroy.rb): the
 # UI's delete sets deleted_at, the rows stay (find_by still returns them) until
 # ActionDeletionsScheduledTask destroys them.
-class Organization < FakeRecord
-  def suspended_at
-    attributes[:suspended_at]
-  end
+# Both also carry suspended_at and suspension_reason (db/schema.rb), read by provision.rb.
+module SuspendableAndSoftDeleted
+  def suspended_at = attributes[:suspended_at]
+  def suspension_reason = attributes[:suspension_reason]
+  def deleted_at = attributes[:deleted_at]
+end
 
-  def suspension_reason
-    attributes[:suspension_reason]
-  end
+class Organization < FakeRecord
+  include SuspendableAndSoftDeleted
 
   def validation_errors
     owner.is_a?(User) ? [] : ["Owner must exist"]
-  end
-
-  def deleted_at
-    attributes[:deleted_at]
   end
 
   def servers
@@ -224,20 +221,10 @@ class Organization < FakeRecord
 end
 
 class Server < FakeRecord
-  def suspended_at
-    attributes[:suspended_at]
-  end
-
-  def suspension_reason
-    attributes[:suspension_reason]
-  end
+  include SuspendableAndSoftDeleted
 
   def validation_errors
     %w[Live Development].include?(mode) ? [] : ["Mode is not included in the list"]
-  end
-
-  def deleted_at
-    attributes[:deleted_at]
   end
 
   def domains

@@ -1074,7 +1074,8 @@ def test_a_new_admin_email_renames_the_stacks_admin(tmp_path, provision_spec):
     assert postal.records("Organization")["postal-gateway"]["owner"] == "platform@rdo-dev.com"
 
 
-def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_path, provision_spec):
+def handover_to_an_existing_account(tmp_path, provision_spec):
+    """A provisioned Postal where platform@rdo-dev.com already has an account, and the spec naming it admin."""
     postal = FakePostal(tmp_path)
     postal.run(provision_spec)
     made = postal.ruby(
@@ -1084,6 +1085,11 @@ def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_p
     assert made.returncode == 0, made.stderr
     changed = json.loads(json.dumps(provision_spec))
     changed["admin"]["email"] = "platform@rdo-dev.com"
+    return postal, changed
+
+
+def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_path, provision_spec):
+    postal, changed = handover_to_an_existing_account(tmp_path, provision_spec)
     out = postal.run(changed)
     assert "previous admin ops@rdo-dev.com: admin rights and password removed" in out
     password = provision_spec["admin"]["password"]
@@ -1102,15 +1108,7 @@ def test_a_new_admin_email_with_its_own_account_demotes_the_previous_admin(tmp_p
 
 
 def test_a_failed_demotion_rolls_the_handover_back(tmp_path, provision_spec):
-    postal = FakePostal(tmp_path)
-    postal.run(provision_spec)
-    made = postal.ruby(
-        '-e User.create!(email_address: "platform@rdo-dev.com", first_name: "P", last_name: "O", '
-        'password: "someone-elses", admin: false)'
-    )
-    assert made.returncode == 0, made.stderr
-    changed = json.loads(json.dumps(provision_spec))
-    changed["admin"]["email"] = "platform@rdo-dev.com"
+    postal, changed = handover_to_an_existing_account(tmp_path, provision_spec)
     err = postal.run(changed, ok=False, FAKE_POSTAL_FAIL="User#update!(admin,password_digest)")
     assert "ERROR: ActiveRecord::StatementInvalid" in err
     assert "rollback" in postal.writes()
