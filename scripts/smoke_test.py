@@ -29,6 +29,7 @@ import dns.resolver
 import requests
 import urllib3
 
+from scripts import inbox
 from scripts.remote.relay_preflight import diagnose, fold, unwrap
 
 GOOGLE_SPF = "_spf.google.com"
@@ -302,6 +303,7 @@ class SmokeTest:
         sleep: Callable[[float], None] = time.sleep,
         check_smtp_intake: bool = True,
         bounce_timeout: float | None = None,  # --bounce: wait this long for Postal to link the bounce
+        proof: inbox.Proof | None = None,
     ):
         self.bounce_timeout = bounce_timeout
         self.o, self.recipient, self.sender = outputs, recipient, sender
@@ -310,6 +312,7 @@ class SmokeTest:
         self.out, self.progress = out or sys.stdout, progress or sys.stderr
         self.clock, self.sleep = clock, sleep
         self.results: list[Check] = []
+        self.proof, self.sent = proof, []  # --inbox; each message sent: sender, token, id, postal_token
 
     def report(self, check: Check) -> Check:
         self.results.append(check)
@@ -579,14 +582,15 @@ class SmokeTest:
         "ServerSuspended": "unsuspend the mail server in Postal's web UI",
     }
 
-    def send(self) -> int | None:
+    def send(self, sender: str | None = None) -> int | None:
+        sender, token = sender or self.sender, inbox.new_token()  # the token finds the message in --inbox
         try:
             reply = self.api(
                 "send/message",
                 {
                     "to": [self.recipient],
-                    "from": self.sender,
-                    "subject": "postal-gateway smoke test",
+                    "from": sender,
+                    "subject": f"postal-gateway smoke test {token}",
                     "plain_body": f"Sent by scripts/smoke_test.py through {self.o.get('hostname')}.",
                     "tag": "smoke-test",
                 },
@@ -608,13 +612,16 @@ class SmokeTest:
             return None
         message = (data.get("messages") or {}).get(bare_address(self.recipient)) or {}
         self.report(Check("send", True, f"accepted as message {message.get('id')} ({data.get('message_id')})"))
+        self.sent.append(
+            {"sender": sender, "token": token, "id": message.get("id"), "postal_token": message.get("token")}
+        )
         return message.get("id")
 
     # Delivery: poll the message's deliveries until the relay took it, refused it, or time ran out.
-    def wait_for_delivery(self, message_id: int) -> None:
+    def wait_for_delivery(self, message_id: int) -> Check:
         check = self.poll_delivery(message_id)
         self.end_progress()
-        self.report(check)
+        return self.report(check)
 
     def poll_delivery(self, message_id: int) -> Check:
         """Polls the message's deliveries until a verdict: Sent, a failure waiting cannot cure, or --timeout."""
@@ -679,8 +686,10 @@ class SmokeTest:
             from scripts import bounce  # --bounce (scripts/bounce.py)
 
             bounce.wait(self, message_id, self.recipient, self.bounce_timeout)
-        elif message_id is not None:
-            self.wait_for_delivery(message_id)
+        else:
+            delivered = message_id is not None and self.wait_for_delivery(message_id).ok
+            if self.proof is not None:  # --inbox: read back and judged, one message per sending domain
+                self.proof.run(self, self.sent[-1] if delivered else None)
         failed = [c for c in self.results if not c.ok]
         goal = "bounce" if self.bounce_timeout is not None else "delivery"
         delivered = any(c.name == goal and c.ok for c in self.results)
@@ -730,6 +739,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--skip-smtp", action="store_true", help="skip the SMTP intake check (this machine is outside smtpSourceRanges)"
     )
+    inbox.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -758,9 +768,20 @@ def main(argv: list[str] | None = None, resolver=None) -> int:
         resolver = dns.resolver.Resolver()
         if args.nameserver:
             resolver.nameservers = args.nameserver
+    try:
+        proof = inbox.from_args(args, os.environ)
+    except ValueError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if proof and args.bounce is not None:
+        print("--inbox and --bounce exclude each other: the bounce test's message goes nowhere", file=sys.stderr)
+        return 2
     smoke = SmokeTest(
         outputs,
-        recipient=bounce_recipient(args) or args.recipient or outputs.get("adminEmail", ""),
+        recipient=bounce_recipient(args)
+        or args.recipient
+        or (proof.inbox.address if proof else "")
+        or outputs.get("adminEmail", ""),
         sender=args.sender or f"smoke-test@{outputs['sendingDomains'][0]}",
         timeout=args.timeout,
         poll=args.poll,
@@ -768,6 +789,7 @@ def main(argv: list[str] | None = None, resolver=None) -> int:
         verify=False if args.insecure else (args.ca_bundle or True),
         check_smtp_intake=not args.skip_smtp,
         bounce_timeout=None if args.bounce is None else args.bounce_timeout,
+        proof=proof,
     )
     if not smoke.recipient:
         print("no recipient: pass --recipient", file=sys.stderr)

@@ -118,6 +118,8 @@ class Postal(BaseHTTPRequestHandler):
                         },
                     },
                 )
+            if srv.on_send:  # the relay took it and the recipient's server filed it (tests/test_inbox.py)
+                srv.on_send(body)
             # keyed by the bare address: Postal::Helpers.strip_name_from_address (lib/postal/helpers.rb)
             bare = re.sub(r"\(.+?\)", "", re.sub(r">.*", "", re.sub(r".*<", "", body["to"][0]))).strip()
             return self.reply(
@@ -189,6 +191,7 @@ def serve(cert, key):
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
     server.login_status, server.blocked, server.sent, server.deliveries = 200, False, [], [[], SENT]
+    server.on_send = None
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True).start()
     return server
 
