@@ -158,7 +158,8 @@ class Mailbox:
         return self
 
     def select(self, mailbox: str) -> None:
-        status, data = self.imap.select(imaplib.IMAP4._quote(self.imap, mailbox) if " " in mailbox else mailbox)
+        quoted = '"' + mailbox.replace("\\", "\\\\").replace('"', '\\"') + '"'  # RFC 3501 quoted string
+        status, data = self.imap.select(quoted)
         if status != "OK":
             raise MailboxError(
                 f"{self.inbox}: no mailbox {mailbox!r} ({_text(data)})", "name an existing mailbox after the host"

@@ -5,7 +5,9 @@
 
 Reads the stack outputs (`pulumi stack output --json --show-secrets`, a JSON file, or the
 POSTAL_GATEWAY_OUTPUTS environment variable), prints one PASS/FAIL line per check with the fix
-for each failure, and exits 0 only when the test message was delivered to the relay.
+for each failure, and exits 0 only when the test message was delivered to the relay; with
+`--inbox imaps://USER@HOST[:PORT][/MAILBOX]`, only when every sending domain's message was read back
+from that mailbox authenticated and aligned (scripts/inbox.py).
 """
 
 from __future__ import annotations

@@ -101,6 +101,9 @@ namespace inbox {{
     special_use = \\Junk
     auto = create
   }}
+  mailbox "Smoke tests" {{
+    auto = create
+  }}
 }}
 service imap-login {{
   chroot =
@@ -220,7 +223,7 @@ class Dovecot:
         """What the receiving server does: the message lands in the user's mailbox (here by IMAP APPEND)."""
         imap = self.imap(user)
         try:
-            status, data = imap.append(mailbox, None, None, raw)
+            status, data = imap.append(f'"{mailbox}"', None, None, raw)
             assert status == "OK", data
         finally:
             imap.logout()
@@ -236,7 +239,7 @@ class Dovecot:
     def empty(self, user: str) -> None:
         imap = self.imap(user)
         try:
-            for mailbox in ("INBOX", "Junk"):
+            for mailbox in ("INBOX", "Junk", '"Smoke tests"'):
                 if int(imap.select(mailbox)[1][0]):
                     imap.store("1:*", "+FLAGS", "(\\Deleted)")
                     imap.expunge()

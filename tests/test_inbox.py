@@ -403,6 +403,15 @@ def test_a_message_in_the_spam_folder(dovecot):
     assert lines(out, "PASS", "dkim")  # judged all the same
 
 
+def test_a_named_mailbox(dovecot):
+    url = f"imaps://{RCPT.replace('@', '%40')}@127.0.0.1:{dovecot.port}/Smoke%20tests"
+    code, out = Run(dovecot, lambda m, d: (gmail(m, d), "Smoke tests"), url=url)()
+    assert code == 0 and "arrived in Smoke tests" in out, out
+    code, out = Run(dovecot, gmail, url=url.replace("Smoke%20tests", "Nowhere"))()
+    ((line, fix),) = failed(out)["inbox"]
+    assert "no mailbox 'Nowhere'" in line and "existing mailbox" in fix
+
+
 def test_imap_login_refused(dovecot):
     code, out = Run(dovecot, gmail, secret=("password", "wrong"))()
     ((line, fix),) = failed(out)["inbox"]

@@ -216,10 +216,40 @@ def test_deploy_runs_up_on_main_one_at_a_time_behind_the_production_environment(
     after = runs[runs.index(next(s for s in runs if "pulumi stack output" in s["run"])) :]
     assert "--json" in after[0]["run"] and "--show-secrets" not in after[0]["run"]
     smoke = after[1]
-    assert smoke["if"] == "vars.SMOKE_TEST_RECIPIENT != ''" and smoke["continue-on-error"] is False
-    assert "-m scripts.smoke_test --stack prod --recipient" in smoke["run"]
+    assert smoke["if"] == "vars.SMOKE_TEST_RECIPIENT != '' || vars.SMOKE_TEST_INBOX != ''"
+    assert smoke["continue-on-error"] is False
+    assert "-m scripts.smoke_test" in smoke["run"] and "--stack prod" in smoke["run"]
     assert smoke["env"]["SMOKE_TEST_SMTP"] == "${{ vars.SMOKE_TEST_SMTP }}"
     assert smoke["env"]["SMOKE_TEST_RECIPIENT"] == "${{ vars.SMOKE_TEST_RECIPIENT }}"
+    # with an inbox configured, the messages are read back (password from the environment's secret)
+    assert smoke["env"]["SMOKE_TEST_INBOX"] == "${{ vars.SMOKE_TEST_INBOX }}"
+    assert smoke["env"]["PG_INBOX_PASSWORD"] == "${{ secrets.SMOKE_TEST_INBOX_PASSWORD }}"
+
+
+@pytest.mark.parametrize(
+    "recipient, inbox, argv",
+    [
+        ("you@example.com", "", "--stack prod --recipient you@example.com"),
+        ("", "imaps://proof@gmail.com@imap.gmail.com", "--stack prod --inbox imaps://proof@gmail.com@imap.gmail.com"),
+        ("a b@example.com", "imaps://x@h", "--stack prod --recipient a b@example.com --inbox imaps://x@h"),
+    ],
+)
+def test_the_smoke_test_step_passes_the_recipient_and_the_inbox(tmp_path, recipient, inbox, argv):
+    """The step's script run by bash with venv/bin/python a stub that records its arguments."""
+    smoke = next(s for _, s in steps(load(DEPLOY)) if s.get("name") == "Smoke test")
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    stub = tmp_path / "venv" / "bin" / "python"
+    stub.write_text('#!/bin/sh\nshift 2\nfor a in "$@"; do printf "%s|" "$a"; done\n')
+    stub.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "SMOKE_TEST_RECIPIENT": recipient, "SMOKE_TEST_INBOX": inbox}
+    result = subprocess.run(
+        ["bash", "-e", "-c", smoke["run"]], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+    )
+    expected = argv.split()
+    if " " in recipient:
+        expected = ["--stack", "prod", "--recipient", recipient, "--inbox", inbox]
+    expected.append("--skip-smtp")  # SMOKE_TEST_SMTP unset: a hosted runner is outside smtpSourceRanges
+    assert result.stdout == "".join(f"{a}|" for a in expected)
 
 
 @pytest.mark.parametrize("path", [PREVIEW, DEPLOY], ids=lambda p: p.name)
