@@ -11,10 +11,7 @@ from __future__ import annotations
 
 import re
 
-import pytest
-from fake_relay import FakeRelay
-from relay_scenarios import record_postal
-from test_smoke import RECORDS, Resolver, certs, failures, postal, postal_smtp, smoke  # noqa: F401 (fixtures)
+from test_smoke import RECORDS, Resolver, certs, failures, postal, postal_smtp, recorded, smoke  # noqa: F401 (fixtures)
 
 from scripts import bounce
 
@@ -25,15 +22,6 @@ BOUNCED = {
     "output": None,
     "sent_with_ssl": False,
 }
-
-
-@pytest.fixture(scope="module")
-def recorded():
-    relay = FakeRelay()
-    try:
-        yield record_postal(relay)
-    finally:
-        relay.close()
 
 
 def delivery(record, n=1):
