@@ -44,7 +44,7 @@ OUTSIDE = "read the proof from a mailbox outside the Workspace (a personal Gmail
 
 
 @dataclass
-class Check:  # the smoke test's Check, without importing it (no cycle)
+class Check:  # one line of the smoke test's report (smoke_test.py imports this module, so it lives here)
     name: str
     ok: bool
     detail: str

@@ -32,6 +32,7 @@ import requests
 import urllib3
 
 from scripts import inbox
+from scripts.inbox import Check
 from scripts.remote.relay_preflight import diagnose, fold, unwrap
 
 GOOGLE_SPF = "_spf.google.com"
@@ -41,14 +42,6 @@ ALLOWLIST_PATH = (
 )
 CERT_WARN_DAYS = 14
 RESOLVER_FIX = "check this machine's resolver, or pass --nameserver 1.1.1.1"
-
-
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    fix: str = ""
 
 
 # --- diagnosis of Postal's deliveries (Google's answers as Postal 3.3.6 stores them) ---
