@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import program
 import pytest
 import yaml
+from certs import openssl_self_signed
 
 from components import render
 
@@ -177,26 +178,7 @@ def caddy_validate(text: str, tmp_path: Path) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     path = tmp_path_factory.mktemp("certs")
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            f"/CN={HOST}",
-            "-keyout",
-            str(path / "key.pem"),
-            "-out",
-            str(path / "cert.pem"),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    openssl_self_signed(path / "cert.pem", path / "key.pem", HOST, days=2, san=False)
     return path
 
 

@@ -6,7 +6,6 @@ import io
 import json
 import re
 import ssl
-import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -16,6 +15,7 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.resolver
 import pytest
+from certs import openssl_self_signed
 from fake_postal_smtp import FakePostalSMTP
 from fake_relay import FakeRelay, closed_port
 from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, record_postal, render_doc
@@ -153,30 +153,7 @@ SENT = delivery(
 
 
 def make_cert(tmp, days):
-    cert, key = tmp / f"cert{days}.pem", tmp / f"key{days}.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-            "-days",
-            str(days),
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
+    return openssl_self_signed(tmp / f"cert{days}.pem", tmp / f"key{days}.pem", "localhost", days)
 
 
 @pytest.fixture(scope="module")
