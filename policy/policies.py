@@ -12,8 +12,8 @@ not say which inputs are secret.
 
 from __future__ import annotations
 
+import functools
 import re
-import shlex
 from collections.abc import Mapping
 
 from netranges import world_open  # policy/ is on sys.path in the pack (and in the tests)
@@ -262,8 +262,10 @@ USER_OPTION = re.compile(
     r"""(?<![\w-])(?:-u\s*|--user(?:\s+|=))(?:"(?P<dq>[^"]*)"|'(?P<sq>[^']*)'|(?P<bare>[^\s'";&|<>()`]+))"""
 )
 # `"password": "value"`, `password: value`, `'api_key': 'value'` (JSON, YAML, Python, Ruby)
+# The name is a whole [\w-] run (the lookbehind): tried from inside a run, the scan would only
+# fail again after backtracking over the rest of it, which made long command lines quadratic.
 SECRET_FIELD = re.compile(
-    r"""["']?(?P<name>[\w-]*(?:password|passwd|passphrase|pwd|secret|token|api_?key|private_?key)[\w-]*"""
+    r"""["']?(?<![\w-])(?P<name>[\w-]*(?:password|passwd|passphrase|pwd|secret|token|api_?key|private_?key)[\w-]*"""
     r"""|[\w-]*_pass)["']?\s*:\s*"""
     r"""(?:"(?P<dq>[^"\n]*)"|'(?P<sq>[^'\n]*)'|(?P<bare>[^\s,;}{()\[\]"'$.\\]+)(?=[\s,}\\]|$))""",
     re.IGNORECASE,
@@ -319,6 +321,11 @@ def _decoded_text(run: str) -> str | None:
 def secrets_in(text: str, depth: int = 0) -> list[str]:
     """What in a command line or value looks like a plain secret (a description, never the value).
     Base64 that encodes text (a file shipped inside the command) is decoded and searched too."""
+    return list(_secrets_in(text, depth))
+
+
+@functools.lru_cache(maxsize=256)  # a preview checks a step's command line in several places
+def _secrets_in(text: str, depth: int) -> tuple[str, ...]:
     found = []
     if PEM_PRIVATE.search(text):
         found.append("a PEM private key")
@@ -356,14 +363,41 @@ def secrets_in(text: str, depth: int = 0) -> list[str]:
             found.append(match.group("name"))
     if any(_random_looking(m.group(0)) for m in TOKEN.finditer(text) if m.group(0) not in encoded):
         found.append("a high-entropy token")
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
 
 
+# shlex.split's rules (POSIX mode, no comments) as regexes: shlex reads one character at a time,
+# seconds on the program's 30 kB command lines. A word is a run of pieces: plain characters,
+# '...' (literal), "..." (a backslash escapes only `\` and `"`, else it stays) and a backslash
+# escaping any character; it ends at a space, tab, CR or LF outside quotes.
+# tests/test_policy.py checks shell_words against shlex.split.
+_WORD = re.compile(r"""(?:[^ \t\r\n'"\\]++|'[^']*+'|"(?:[^"\\]++|\\.)*+"|\\.)++|(?P<unclosed>['"\\])""", re.S)
+_PIECE = re.compile(r"""'(?P<sq>[^']*)'|"(?P<dq>(?:[^"\\]++|\\.)*)"|\\(?P<escaped>.)|(?P<plain>[^'"\\]+)""", re.S)
+_DQ_ESCAPE = re.compile(r"\\(.)", re.S)
+
+
+def _unquote(piece: re.Match) -> str:
+    if piece["dq"] is not None:
+        return _DQ_ESCAPE.sub(lambda m: m[1] if m[1] in '\\"' else m[0], piece["dq"])
+    return next(p for p in piece.group("sq", "escaped", "plain") if p is not None)
+
+
+def shell_words(text: str) -> list[str]:
+    """shlex.split(text): the words, or ValueError for an unclosed quote or a trailing backslash."""
+    words = []
+    for word in _WORD.finditer(text):
+        if word["unclosed"]:
+            raise ValueError(f"No closing quotation or escaped character at {word.start()}")
+        words.append("".join(map(_unquote, _PIECE.finditer(word[0]))))
+    return words
+
+
+@functools.lru_cache(maxsize=256)
 def _words(text: str) -> str:
     """The shell words of a command line, one per line: what each argument is once the shell has
     removed the quoting (`'PG_X=mysql -p'"'"'pw'"'"''` is `PG_X=mysql -p'pw'`)."""
     try:
-        return "\n".join(shlex.split(text))
+        return "\n".join(shell_words(text))
     except ValueError:
         return ""
 

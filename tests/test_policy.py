@@ -31,7 +31,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import unknown_checking_proxy
 
 from components import render
-from policy.policies import POLICIES, policy_named
+from policy.policies import POLICIES, policy_named, shell_words
 
 NS = "postal-gateway:"
 POLICY_DIR = program.ROOT / "policy"
@@ -440,7 +440,7 @@ SHORT = "Hunter2pass"  # short, not random-looking: only its place gives it away
 
 def with_setting(command, name, value):
     """The step's real command line with one more `sudo env` setting, rendered as the program renders it."""
-    words = shlex.split(command.inputs["create"])
+    words = program.shell_split(command.inputs["create"])
     step = program.env_of(command)["PG_STEP"]
     env = {k: v for k, v in program.env_of(command).items() if k != "PG_STEP"}
     line = render.command_line(step, {**env, name: value})
@@ -471,6 +471,60 @@ def test_each_evasion_in_a_real_command_line_is_flagged(run, step, evasion):
     assert [urn for _, urn, _ in found] == [command.urn], evasion
     assert "`create` command line" in found[0][2]
     assert GENERATED not in found[0][2] and SHORT not in found[0][2]  # never echo the secret
+
+
+# --- the pack's shell splitter is shlex.split (shlex reads a character at a time: too slow) ---------
+
+
+def _split_or_error(split, text):
+    try:
+        return split(text)
+    except ValueError:
+        return ValueError  # shlex: "No closing quotation", "No escaped character"
+
+
+TRICKY = [
+    "",
+    " \t\r\n ",
+    "a  b\tc\nd\re",
+    "'' \"\" a''b",
+    "'a b'c\"d e\"f",
+    "PG_X='mysql -p'\"'\"'pw'\"'\"''",
+    r'"a\"b" "a\\b" "a\$b" "a\nb" "a\`b" "\\\""',
+    "a\\ b \\\n c\\\\ \\'x\\\"",
+    "'\\' '\"' \"'\" 'a\\nb'",
+    "\x0b\x0c\xa0\u2003 é ß #no comment $(x) `y` ${z} a;b|c&&d>e<f",
+    "open'quote",
+    'open"quote',
+    'escaped"quote\\"',
+    "trailing\\",
+    "\\",
+    "'",
+    '"',
+]
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_the_packs_shell_splitter_is_shlex_split_on_tricky_quoting(text):
+    assert _split_or_error(shell_words, text) == _split_or_error(shlex.split, text)
+
+
+def test_the_packs_shell_splitter_is_shlex_split_on_the_programs_command_lines(run):
+    texts = [
+        value
+        for command in program.commands(run).values()
+        for value in (*(command.inputs.get(f) for f in ("create", "update", "delete")), command.inputs.get("stdin"))
+        if isinstance(value, str)
+    ]
+    assert len(texts) > 10 and max(map(len, texts)) > 20_000
+    for text in texts:
+        assert shell_words(text) == program.shell_split(text)
+    # and on random strings of what shell quoting is made of (fixed seed)
+    rng = random.Random(21)
+    alphabet = [*" \t\n\r'\"\\ab$`#=é\xa0", "''", '""', "\\\\", '\\"', "'\"'"]
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(12)))
+        assert _split_or_error(shell_words, text) == _split_or_error(shlex.split, text), repr(text)
 
 
 def test_a_generated_password_in_a_commands_triggers_is_flagged(run):
