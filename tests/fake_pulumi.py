@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 import time
-from pathlib import Path
 
-HOME = Path(os.environ.get("FAKE_PULUMI_HOME", "."))
-STATE = HOME / "state.json"
+# Each CLI call is a new process: only what every command needs is imported here (threading, signal and
+# grpc where a command uses them), so a run's ~20 calls stay cheap.
+HOME = os.environ.get("FAKE_PULUMI_HOME", ".")
+STATE = os.path.join(HOME, "state.json")
 FAIL = set(filter(None, os.environ.get("FAKE_PULUMI_FAIL", "").split(",")))
 VERSION = os.environ.get("FAKE_PULUMI_VERSION", "3.272.0")
 PROJECT = "postal-gateway"
@@ -82,11 +81,15 @@ def urn(stack: str, typ: str, name: str, parent: str | None) -> str:
 
 
 def load() -> dict:
-    return json.loads(STATE.read_text()) if STATE.exists() else {"stacks": {}, "clock": 1_800_000_000}
+    if not os.path.exists(STATE):
+        return {"stacks": {}, "clock": 1_800_000_000}
+    with open(STATE) as f:
+        return json.load(f)
 
 
 def save(state: dict) -> None:
-    STATE.write_text(json.dumps(state))
+    with open(STATE, "w") as f:
+        json.dump(state, f)
 
 
 def fail(message: str, code: int = ERROR_CODE) -> None:
@@ -104,16 +107,24 @@ class Events:
     def __init__(self, target: str | None):
         self.sequence, self.target = 0, target
         self.queue: list[str] = []
-        self.cond = threading.Condition()
         self.closed = False
         self.call = None
         if target and target.startswith("tcp://"):
-            import grpc
-            from pulumi.runtime.proto import events_pb2, events_pb2_grpc
+            import threading
 
-            self.pb = events_pb2
+            import grpc
+            from google.protobuf import empty_pb2
+
+            self.cond = threading.Condition()
+            self.pb = sdk_events_pb2()
             self.channel = grpc.insecure_channel(target.removeprefix("tcp://"))
-            self.call = events_pb2_grpc.EventsStub(self.channel).StreamEvents.future(self.requests())
+            # what events_pb2_grpc.EventsStub(channel).StreamEvents is, without importing the whole SDK
+            stream = self.channel.stream_unary(
+                "/pulumirpc.Events/StreamEvents",
+                request_serializer=self.pb.EventRequest.SerializeToString,
+                response_deserializer=empty_pb2.Empty.FromString,
+            )
+            self.call = stream.future(self.requests())
 
     def requests(self):
         while True:
@@ -147,6 +158,19 @@ class Events:
             self.channel.close()
 
 
+def sdk_events_pb2():
+    """The SDK's own pulumi/runtime/proto/events_pb2.py (EventRequest{string event = 1}), loaded from its file:
+    importing it as pulumi.runtime.proto.events_pb2 would first import the whole `pulumi` package (~0.2 s)."""
+    import importlib.util
+
+    package = importlib.util.find_spec("pulumi")  # finds the installed SDK without importing it
+    path = os.path.join(package.submodule_search_locations[0], "runtime", "proto", "events_pb2.py")
+    spec = importlib.util.spec_from_file_location("pulumi_events_pb2", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def step(op: str, res: dict, stack: str, planning: bool = False) -> dict:
     state = {"type": res["type"], "urn": res["urn"], "custom": res["custom"], "id": res.get("id", ""), "parent": ""}
     metadata = {
@@ -161,22 +185,32 @@ def step(op: str, res: dict, stack: str, planning: bool = False) -> dict:
     return {"metadata": metadata, **({"planning": True} if planning else {})}
 
 
-CANCEL = threading.Event()
-
-
-def on_interrupt(signum, _frame) -> None:
+class Cancel:
     """The CLI's first SIGINT (or SIGTERM) cancels gracefully: the operation in flight still ends."""
-    print("^C received; cancelling. If you would like to terminate immediately, press ^C again.", flush=True)
-    CANCEL.set()
+
+    def __init__(self) -> None:
+        import signal
+        import threading
+
+        self.event = threading.Event()
+        signal.signal(signal.SIGINT, self.on_interrupt)
+        signal.signal(signal.SIGTERM, self.on_interrupt)
+
+    def on_interrupt(self, signum, _frame) -> None:
+        print("^C received; cancelling. If you would like to terminate immediately, press ^C again.", flush=True)
+        self.event.set()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def hang(self) -> None:
+        with open(os.path.join(HOME, "hanging"), "w") as f:
+            f.write(str(os.getpid()))
+        if not self.event.wait(60):
+            fail("stand-in: nobody interrupted the hanging up within 60 s")
 
 
-def hang() -> None:
-    (HOME / "hanging").write_text(str(os.getpid()))
-    if not CANCEL.wait(60):
-        fail("stand-in: nobody interrupted the hanging up within 60 s")
-
-
-def up(args: list[str], state: dict, name: str) -> None:
+def up(args: list[str], state: dict, name: str, cancel: Cancel) -> None:
     stack = state["stacks"][name]
     events = Events(option(args, "--event-log"))
     clock = state["clock"]
@@ -202,7 +236,7 @@ def up(args: list[str], state: dict, name: str) -> None:
                 print("panic: stand-in CLI killed mid-create", file=sys.stderr)
                 os._exit(2)  # no event, no state write after this: what a killed CLI leaves
             if first and "hang-up" in FAIL and rname == "postal-os":
-                hang()
+                cancel.hang()
             fails = (first and "up" in FAIL) or (not first and "up2" in FAIL and op == "update")
             if fails and rname in ("postal-postal", KNOB_STEP):
                 clock += seconds
@@ -217,7 +251,7 @@ def up(args: list[str], state: dict, name: str) -> None:
             changes[op] = changes.get(op, 0) + 1
             events.emit(clock, resOutputsEvent=step(op, res, name))
             print(f"    {op} {typ} {rname}" + (f" ({seconds}s)" if seconds else ""))
-            if CANCEL.is_set():
+            if cancel.is_set():
                 code, message = ERROR_CODE, "update canceled"
                 break
         else:
@@ -296,8 +330,8 @@ def history(kind: str, start: int, end: int, result: str) -> dict:
 
 
 def main(argv: list[str]) -> None:
-    HOME.mkdir(parents=True, exist_ok=True)
-    with (HOME / "calls.jsonl").open("a") as log:
+    os.makedirs(HOME, exist_ok=True)
+    with open(os.path.join(HOME, "calls.jsonl"), "a") as log:
         log.write(json.dumps({"argv": argv, "automation": os.environ.get("PULUMI_AUTOMATION_API")}) + "\n")
     args = [a for a in argv if a != "--non-interactive"]
     if args == ["version"]:
@@ -340,9 +374,7 @@ def main(argv: list[str]) -> None:
         stack["config"][words[2]] = [args[args.index("--") + 1], "--secret" in args]
         save(state)
     elif words[:1] == ["up"]:
-        signal.signal(signal.SIGINT, on_interrupt)
-        signal.signal(signal.SIGTERM, on_interrupt)
-        up(args, state, name)
+        up(args, state, name, Cancel())
     elif words[:1] == ["destroy"]:
         destroy(args, state, name)
     elif words[:2] == ["stack", "output"]:

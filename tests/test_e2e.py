@@ -42,7 +42,8 @@ def cli(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / "pulumi"
-    stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{TESTS / "fake_pulumi.py"}" "$@"\n')
+    # -I: the stand-in needs neither this test's PYTHONPATH nor the user's site-packages
+    stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I "{TESTS / "fake_pulumi.py"}" "$@"\n')
     stand_in.chmod(0o755)
     template = yaml.safe_load(e2e.TEMPLATE.read_text())
     template["config"].update(FILLED)
