@@ -19,7 +19,8 @@ What the SDK runs and reads (pulumi 3.272.0, pulumi/automation/):
 
 State lives in $FAKE_PULUMI_HOME/state.json, every call is logged to calls.jsonl. $FAKE_PULUMI_FAIL
 (comma-separated) makes a stage fail: stack-init, up, up-pending (the CLI dies mid-create, leaving a
-pending operation), hang-up (the first up waits for SIGINT/SIGTERM, then cancels as the CLI does), up2,
+pending operation), hang-up (the first up writes `hanging` and waits for SIGINT/SIGTERM, then cancels as the
+CLI does; every up writes `cancellable` once it takes them), up2,
 destroy (every time), destroy-once. $FAKE_PULUMI_VERSION overrides the version.
 Event timestamps follow a made-up clock with DURATIONS, so the timing table is deterministic.
 """
@@ -195,6 +196,8 @@ class Cancel:
         self.event = threading.Event()
         signal.signal(signal.SIGINT, self.on_interrupt)
         signal.signal(signal.SIGTERM, self.on_interrupt)
+        with open(os.path.join(HOME, "cancellable"), "w") as f:  # from here on a SIGINT cancels the up
+            f.write(str(os.getpid()))
 
     def on_interrupt(self, signum, _frame) -> None:
         print("^C received; cancelling. If you would like to terminate immediately, press ^C again.", flush=True)
