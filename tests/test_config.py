@@ -11,7 +11,7 @@ import pulumi
 import pytest
 import yaml
 
-from components import certificate, config, google_ranges
+from components import certificate, checks, config, fields, google_ranges, reader
 
 NS = "postal-gateway:"
 CERT, KEY = certs.pair()
@@ -268,7 +268,9 @@ def key_of(name: str) -> str:
 
 
 # Text a message may contain whatever the value: the validator's own words.
-VOCABULARY = "".join(pathlib.Path(module.__file__).read_text() for module in (config, certificate))
+VOCABULARY = "".join(
+    pathlib.Path(module.__file__).read_text() for module in (config, reader, fields, checks, certificate)
+)
 
 
 def fragments(value: str) -> set:
