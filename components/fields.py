@@ -39,6 +39,16 @@ SELINUX_MODES = ("enforcing", "permissive")
 DMARC_POLICIES = ("none", "quarantine", "reject")
 
 
+def _int(r: Reader, key: str, low: int, high: int, unit: str) -> int | None:
+    """A whole number in low..high; the fix sets the key's default."""
+    return r.value(key, parse_int(low, high), f"{unit}, {low}..{high}", f"pulumi config set {key} {r.defaults[key]}")
+
+
+def _choice(r: Reader, key: str, choices: tuple[str, ...]) -> str | None:
+    """One of `choices`; the fix sets the key's default."""
+    return r.value(key, parse_choice(choices), " | ".join(choices), f"pulumi config set {key} {r.defaults[key]}")
+
+
 def gcp(gcp: Reader) -> dict[str, Any]:
     """The provider's gcp:project, gcp:region and gcp:zone."""
     project = gcp.value(
@@ -69,6 +79,7 @@ def gcp(gcp: Reader) -> dict[str, Any]:
 def read(r: Reader, stack: str) -> dict[str, Any]:
     """MailConfig's fields from the postal-gateway keys (the TLS pair aside: checks.custom_tls)."""
     v: dict[str, Any] = {"stack": stack}
+    # names and who may connect
     v["hostname"] = r.value(
         "hostname",
         parse_domain,
@@ -87,12 +98,13 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         "adminEmail", parse_email, "an e-mail address", "pulumi config set adminEmail ops@example.com", required=True
     )
     cidr = 'a list of IPv4 CIDR ranges such as ["203.0.113.0/24"]'
-    v["ssh_source_ranges"] = r.value(
+    ssh = r.value(
         "sshSourceRanges",
         parse_cidrs,
         cidr,
         "pulumi config set --path 'sshSourceRanges[0]' 203.0.113.7/32, or unset it: SSH through IAP only",
     )
+    v["ssh_source_ranges"] = ssh or ()  # unset: 22 only from IAP (components/network.py)
     v["smtp_source_ranges"] = r.value(
         "smtpSourceRanges",
         parse_cidrs,
@@ -118,23 +130,18 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
     )
     if v["web_source_ranges"] is None and r.raw("webSourceRanges") is None and v["smtp_source_ranges"]:
         # 443: the networks that already talk to the gateway. Never IAP's range: it forwards only to 22.
-        v["web_source_ranges"] = tuple(dict.fromkeys(v["smtp_source_ranges"] + (v["ssh_source_ranges"] or ())))
-    v["tls"] = r.value("tls", parse_choice(TLS_MODES), " | ".join(TLS_MODES), "pulumi config set tls letsencrypt")
+        v["web_source_ranges"] = tuple(dict.fromkeys(v["smtp_source_ranges"] + v["ssh_source_ranges"]))
+    # the VM and Postal
+    v["tls"] = _choice(r, "tls", TLS_MODES)
     v["machine_type"] = r.value(
         "machineType",
         parse_machine_type,
         "a machine type with at least 4 GB, e.g. e2-medium",
         "pulumi config set machineType e2-medium",
     )
-    v["boot_disk_size_gb"] = r.value(
-        "bootDiskSizeGb", parse_int(20, 2000), "whole gigabytes, 20..2000", "pulumi config set bootDiskSizeGb 20"
-    )
-    v["data_disk_size_gb"] = r.value(
-        "dataDiskSizeGb", parse_int(10, 65536), "whole gigabytes, 10..65536", "pulumi config set dataDiskSizeGb 50"
-    )
-    v["snapshot_retention_days"] = r.value(
-        "snapshotRetentionDays", parse_int(1, 3650), "days, 1..3650", "pulumi config set snapshotRetentionDays 14"
-    )
+    v["boot_disk_size_gb"] = _int(r, "bootDiskSizeGb", 20, 2000, "whole gigabytes")
+    v["data_disk_size_gb"] = _int(r, "dataDiskSizeGb", 10, 65536, "whole gigabytes")
+    v["snapshot_retention_days"] = _int(r, "snapshotRetentionDays", 1, 3650, "days")
     v["postal_version"] = r.value(
         "postalVersion",
         parse_version,
@@ -147,15 +154,9 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         "a DNS name such as smtp-relay.gmail.com",
         "pulumi config set relayHost smtp-relay.gmail.com",
     )
-    v["relay_port"] = r.value(
-        "relayPort", parse_int(1, 65535), "a TCP port, 1..65535", "pulumi config set relayPort 587"
-    )
-    v["relay_tls"] = r.value(
-        "relayTls", parse_choice(tuple(RELAY_TLS_MODES)), "starttls | tls | none", "pulumi config set relayTls starttls"
-    )
-    v["selinux"] = r.value(
-        "selinux", parse_choice(SELINUX_MODES), "enforcing | permissive", "pulumi config set selinux enforcing"
-    )
+    v["relay_port"] = _int(r, "relayPort", 1, 65535, "a TCP port")
+    v["relay_tls"] = _choice(r, "relayTls", tuple(RELAY_TLS_MODES))
+    v["selinux"] = _choice(r, "selinux", SELINUX_MODES)
     v["dmarc_policy"] = r.value(
         "dmarcPolicy",
         parse_choice(DMARC_POLICIES),
@@ -172,8 +173,10 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         "a snapshot name (or projects/<project>/global/snapshots/<name>)",
         "gcloud compute snapshots list; pulumi config set dataDiskSnapshot <name>",
     )
-    v["alert_email"] = r.value(
-        "alertEmail", parse_email, "an e-mail address", "pulumi config set alertEmail oncall@example.com"
+    # operations: alerts, images, maintenance
+    v["alert_email"] = (
+        r.value("alertEmail", parse_email, "an e-mail address", "pulumi config set alertEmail oncall@example.com")
+        or v["admin_email"]
     )
     v["mariadb_image"] = r.value(
         "mariadbImage",
@@ -193,38 +196,16 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         "a weekday and a UTC time such as Sun 02:00",
         "pulumi config set maintenanceWindow 'Sun 02:00'",
     )
-    v["disk_alert_percent"] = r.value(
-        "diskAlertPercent", parse_int(50, 99), "a percentage, 50..99", "pulumi config set diskAlertPercent 80"
-    )
-    v["queue_latency_alert_seconds"] = r.value(
-        "queueLatencyAlertSeconds",
-        parse_int(10, 86400),
-        "seconds, 10..86400",
-        "pulumi config set queueLatencyAlertSeconds 300",
-    )
-    v["relay_failure_alert_count"] = r.value(
-        "relayFailureAlertCount",
-        parse_int(1, 100000),
-        "a count, 1..100000",
-        "pulumi config set relayFailureAlertCount 5",
-    )
-    v["worker_error_alert_count"] = r.value(
-        "workerErrorAlertCount", parse_int(1, 100000), "a count, 1..100000", "pulumi config set workerErrorAlertCount 5"
-    )
-    v["bounce_rate_alert_percent"] = r.value(
-        "bounceRateAlertPercent",
-        parse_int(1, 100),
-        "a percentage, 1..100",
-        "pulumi config set bounceRateAlertPercent 5",
-    )
-    v["backup_retention_days"] = r.value(
-        "backupRetentionDays", parse_int(1, 30), "days, 1..30", "pulumi config set backupRetentionDays 3"
-    )
+    v["disk_alert_percent"] = _int(r, "diskAlertPercent", 50, 99, "a percentage")
+    v["queue_latency_alert_seconds"] = _int(r, "queueLatencyAlertSeconds", 10, 86400, "seconds")
+    v["relay_failure_alert_count"] = _int(r, "relayFailureAlertCount", 1, 100000, "a count")
+    v["worker_error_alert_count"] = _int(r, "workerErrorAlertCount", 1, 100000, "a count")
+    v["bounce_rate_alert_percent"] = _int(r, "bounceRateAlertPercent", 1, 100, "a percentage")
+    # backups, and what a destroy keeps
+    v["backup_retention_days"] = _int(r, "backupRetentionDays", 1, 30, "days")
     v["ephemeral"] = r.value(
         "ephemeral", parse_bool, "true or false", "pulumi config set ephemeral false (true only for e2e stacks)"
     )
-    v["ssh_source_ranges"] = v["ssh_source_ranges"] or ()
-    v["alert_email"] = v["alert_email"] or v["admin_email"]
     checks.ephemeral_stack(r, v["ephemeral"], stack)
     v["backup_public_key"] = r.value(
         "backupPublicKey",
@@ -249,6 +230,7 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         v["backup_lock_days"] = v["backup_retention_days"]  # every backup is locked for its whole life
     checks.backup_lock(r, v["backup_bucket"], v["backup_lock_days"], v["backup_retention_days"])
 
+    # DNS
     hostname = v["hostname"]
     zone_fix = "pulumi config set cloudflareZone example.com"
     zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
