@@ -2,9 +2,9 @@
 (`venv/bin/python scripts/docgen.py`), and tests/test_docs.py fails while a key of config.KEYS has
 no entry here or the generated table differs.
 
-To add a key: add it to config.KEYS (and DEFAULTS when it has one), add its `Doc` here, run
-`venv/bin/python scripts/docgen.py` and commit docs/configuration.md. The default column comes from
-config.DEFAULTS; `default` here is only for keys without one ("required", "unset", derived).
+To add a key: add it to config.KEYS (and DEFAULTS when it has one), read it in components/fields.py
+into a MailConfig field, add its `Doc` here, run `venv/bin/python scripts/docgen.py` and commit
+docs/configuration.md. The default column comes from config.DEFAULTS; `default` here is only for keys without one ("required", "unset", derived).
 """
 
 from __future__ import annotations

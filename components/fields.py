@@ -119,9 +119,8 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         "pulumi config set --path 'bounceSourceRanges[0]' 209.85.128.0/17 (or unset it: Google's outbound mail ranges)",
     )
     if v["bounce_source_ranges"] is None and r.raw("bounceSourceRanges") is None:
-        v["bounce_source_ranges"] = (
-            google_ranges.DEFAULT_BOUNCE_RANGES
-        )  # pinned, reviewed (components/google_ranges.py)
+        # Google's outbound mail ranges, pinned and reviewed (components/google_ranges.py)
+        v["bounce_source_ranges"] = google_ranges.DEFAULT_BOUNCE_RANGES
     v["web_source_ranges"] = r.value(
         "webSourceRanges",
         parse_cidrs,
@@ -230,7 +229,7 @@ def read(r: Reader, stack: str) -> dict[str, Any]:
         v["backup_lock_days"] = v["backup_retention_days"]  # every backup is locked for its whole life
     checks.backup_lock(r, v["backup_bucket"], v["backup_lock_days"], v["backup_retention_days"])
 
-    # DNS
+    # the Cloudflare zone; then the names and the relay, checked across keys
     hostname = v["hostname"]
     zone_fix = "pulumi config set cloudflareZone example.com"
     zone = r.value("cloudflareZone", parse_domain, "a Cloudflare zone name such as example.com", zone_fix)
