@@ -1,7 +1,7 @@
 """Cross-key checks and warnings.
 
-The checks run while components/fields.py reads the keys and add one message per problem to the
-reader: a value may be good alone and wrong beside another (a lock longer than the retention, a
+The checks run as soon as their keys are read (components/fields.py; the TLS pair last, from
+config.load) and add one message per problem to the reader: a value may be good alone and wrong beside another (a lock longer than the retention, a
 hostname outside its zone, a relay port that does not speak the chosen TLS). `warnings` lists the
 legal but risky settings the program logs. No message shows a secret value.
 """
@@ -49,6 +49,7 @@ def within(name: str, zone: str) -> bool:
 
 
 def zone_in_region(gcp: Reader, zone: str | None, region: str | None) -> None:
+    """gcp:zone is a zone of gcp:region."""
     if zone and region and _ZONE.fullmatch(zone).group(1) != region:
         gcp.fail(
             "zone",
@@ -58,6 +59,7 @@ def zone_in_region(gcp: Reader, zone: str | None, region: str | None) -> None:
 
 
 def ephemeral_stack(r: Reader, ephemeral: bool | None, stack: str) -> None:
+    """A production stack is never ephemeral."""
     if ephemeral and stack in PRODUCTION_STACKS:
         r.fail(
             "ephemeral",
