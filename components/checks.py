@@ -1,9 +1,10 @@
 """Cross-key checks and warnings.
 
 The checks run as soon as their keys are read (components/fields.py; the TLS pair last, from
-config.load) and add one message per problem to the reader: a value may be good alone and wrong beside another (a lock longer than the retention, a
-hostname outside its zone, a relay port that does not speak the chosen TLS). `warnings` lists the
-legal but risky settings the program logs. No message shows a secret value.
+config.load) and add one message per problem to the reader: a value may be good alone and wrong
+beside another (a lock longer than the retention, a hostname outside its zone, a relay port that
+does not speak the chosen TLS). `warnings` lists the legal but risky settings the program logs.
+No message shows a secret value.
 """
 
 from __future__ import annotations
