@@ -1,7 +1,36 @@
 """Fixtures shared by the test modules."""
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import program
 import pytest
+
+RECORDING: list[Future] = []  # record_postal started in the background, once per process
+
+
+def record() -> dict:
+    from fake_relay import FakeRelay
+    from relay_scenarios import record_postal
+
+    relay = FakeRelay()
+    try:
+        return record_postal(relay)
+    finally:
+        relay.close()
+
+
+def start_recording() -> Future:
+    if not RECORDING:
+        RECORDING.append(ThreadPoolExecutor(1, thread_name_prefix="record-postal").submit(record))
+    return RECORDING[0]
+
+
+def pytest_collection_finish(session):
+    """Starts recording Postal's deliveries as soon as a selected test needs them: the recording mostly
+    waits (its hang scenarios wait out Postal's timeouts, twice where Postal resets the session), so it
+    runs in a thread beside the tests before."""
+    if any("recorded" in getattr(item, "fixturenames", ()) for item in session.items):
+        start_recording()
 
 
 @pytest.fixture(scope="session")
@@ -10,3 +39,10 @@ def run():
     result = program.run()
     assert result.error is None, result.error
     return result
+
+
+@pytest.fixture(scope="session")
+def recorded():
+    """{scenario id: delivery}: what Postal 3.3.6 stores for each relay scenario, recorded by running its
+    sender against the fake relay (relay_scenarios.record_postal)."""
+    return start_recording().result()

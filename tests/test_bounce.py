@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from test_smoke import RECORDS, Resolver, certs, failures, postal, postal_smtp, recorded, smoke  # noqa: F401 (fixtures)
+from test_smoke import RECORDS, Resolver, certs, failures, postal, postal_smtp, smoke  # noqa: F401 (fixtures)
 
 from scripts import bounce
 

@@ -17,8 +17,8 @@ import dns.resolver
 import pytest
 from certs import openssl_self_signed
 from fake_postal_smtp import FakePostalSMTP
-from fake_relay import FakeRelay, closed_port
-from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, record_postal, render_doc
+from fake_relay import closed_port
+from relay_scenarios import DOC, POSTAL_ONLY, SCENARIOS, render_doc
 
 from scripts import smoke_test
 
@@ -436,17 +436,7 @@ def test_every_send_failure_prints_its_fix(tmp_path, capsys, postal, certs, chan
     assert "delivery" not in out.split("FAIL  send")[1].split("\n", 2)[2]
 
 
-@pytest.fixture(scope="module")
-def recorded():
-    """What Postal 3.3.6 stores for each relay scenario, recorded by running its sender against the fake relay."""
-    relay = FakeRelay()
-    try:
-        yield record_postal(relay)
-    finally:
-        relay.close()
-
-
-def test_the_recorded_texts_are_what_postal_stores(recorded):
+def test_the_recorded_texts_are_what_postal_stores(recorded):  # tests/conftest.py
     for sid, scenario in SCENARIOS.items():
         assert recorded[sid]["status"] == scenario["postal"], (sid, recorded[sid])
         assert len(recorded[sid]["output"] or "") <= 250 and len(recorded[sid]["details"]) <= 250
