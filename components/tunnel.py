@@ -97,7 +97,7 @@ def start(project: str, zone: str, instance: str, port: int, timeout: float = RE
         stop(proc)
         said = "\n    ".join(line for line in lines[-8:] if line) or "(nothing)"
         raise pulumi.RunError(
-            f"the IAP tunnel to {instance} did not open on {LOCAL_HOST}:{port} within {timeout:.0f} s; "
+            f"the IAP tunnel to {instance} did not open on {LOCAL_HOST}:{port} within {timeout:g} s; "
             f"{' '.join(argv)} said:\n    {said}\n"
             "Check: gcloud auth list (who you are), roles/iap.tunnelResourceAccessor and "
             "compute.instances.get for that identity, and that nothing else listens on the port."
