@@ -161,7 +161,7 @@ class FakePostal(BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def postal():
     server = ThreadingHTTPServer(("127.0.0.1", 0), FakePostal)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/api/v1/send/message"
     server.shutdown()

@@ -237,7 +237,8 @@ def test_caddy_lets_uptime_checkers_only_get_the_login_page(tmp_path, local_is_c
     stand-in Postal): from a checker's address only GET /login reaches Postal, anything else gets 403;
     other clients are not affected."""
     backend = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Postal)
-    threading.Thread(target=backend.serve_forever, daemon=True).start()
+    # a short poll: shutdown() waits for serve_forever to look again (0.5 s by default)
+    threading.Thread(target=backend.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     port = _free_port()
     checkers = ["127.0.0.1/32", *CHECKERS] if local_is_checker else CHECKERS
     text = render.caddyfile(hostname=HOST, tls="letsencrypt", admin_email="ops@rdo-dev.com", uptime_checkers=checkers)

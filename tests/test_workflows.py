@@ -417,7 +417,8 @@ def check_environment(status, body):
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Api)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    # a short poll: shutdown() waits for serve_forever to look again (0.5 s by default)
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     try:
         result = subprocess.run(
             [sys.executable, str(program.ROOT / ".ci/check-environment"), "preview"],
