@@ -23,21 +23,34 @@ pending operation), hang-up (the first up writes `hanging` and waits for SIGINT/
 CLI does; every up writes `cancellable` once it takes them), up2,
 destroy (every time), destroy-once. $FAKE_PULUMI_VERSION overrides the version.
 Event timestamps follow a made-up clock with DURATIONS, so the timing table is deterministic.
+
+`python fake_pulumi.py ARGS` answers one call. The tests run `fake_pulumi.py --serve SOCKET` once instead, with
+`pulumi` on PATH being tests/fake_pulumi_client.py: each call then runs main() in a fork of the server, which
+has imported what the commands need (json, grpc, the SDK's events_pb2) once; the client hands it its argv,
+environment, working directory and stdin/stdout/stderr, forwards SIGINT and SIGTERM, and exits with its code.
+(A new interpreter per call spent ~30 ms, ~0.2 s more for grpc: most of what a test's e2e run cost.)
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import sys
 import time
 
-# Each CLI call is a new process: only what every command needs is imported here (threading, signal and
-# grpc where a command uses them), so a run's ~20 calls stay cheap.
-HOME = os.environ.get("FAKE_PULUMI_HOME", ".")
-STATE = os.path.join(HOME, "state.json")
-FAIL = set(filter(None, os.environ.get("FAKE_PULUMI_FAIL", "").split(",")))
-VERSION = os.environ.get("FAKE_PULUMI_VERSION", "3.272.0")
+
+def configure() -> None:
+    """The settings of this call, from its environment."""
+    global HOME, STATE, FAIL, VERSION
+    HOME = os.environ.get("FAKE_PULUMI_HOME", ".")
+    STATE = os.path.join(HOME, "state.json")
+    FAIL = set(filter(None, os.environ.get("FAKE_PULUMI_FAIL", "").split(",")))
+    VERSION = os.environ.get("FAKE_PULUMI_VERSION", "3.272.0")
+
+
+configure()
 PROJECT = "postal-gateway"
 SECRET_VALUE = "fake-api-key-Zk39QnR7vT2m"  # a secret output: never to be printed by the e2e run
 ERROR_CODE = 255
@@ -159,6 +172,7 @@ class Events:
             self.channel.close()
 
 
+@functools.cache
 def sdk_events_pb2():
     """The SDK's own pulumi/runtime/proto/events_pb2.py (EventRequest{string event = 1}), loaded from its file:
     importing it as pulumi.runtime.proto.events_pb2 would first import the whole `pulumi` package (~0.2 s)."""
@@ -398,5 +412,78 @@ def main(argv: list[str]) -> None:
         fail(f"stand-in pulumi: unexpected command {argv}")
 
 
+def call(argv: list[str]) -> int:
+    """main() as a process runs it: its exit code."""
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else 0 if stop.code is None else 1
+    except BaseException:  # noqa: BLE001 - what an uncaught exception does to a process
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def serve(path: str) -> None:
+    """Answers tests/fake_pulumi_client.py: each connection is one CLI call (see the module's docstring)."""
+    import signal
+    import socket
+
+    import grpc  # noqa: F401 - imported, no channel made: each call makes its own after the fork
+    from google.protobuf import empty_pb2  # noqa: F401
+
+    sdk_events_pb2()
+    calls: dict[int, socket.socket] = {}  # pid of a call -> its client
+
+    def ended(_signum, _frame) -> None:
+        with contextlib.suppress(ChildProcessError):
+            while (ended := os.waitpid(-1, os.WNOHANG))[0]:
+                conn = calls.pop(ended[0])
+                with contextlib.suppress(OSError):  # a client that is gone
+                    conn.sendall(b"%d" % os.waitstatus_to_exitcode(ended[1]))
+                conn.close()
+
+    signal.signal(signal.SIGCHLD, ended)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as server:
+        server.bind(path)
+        server.listen(16)
+        print("ready", flush=True)
+        while True:
+            conn, _ = server.accept()
+            request, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            cwd, count, *rest = request.decode("utf-8", "surrogateescape").split("\0")
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})  # until the call is in `calls`
+            child = os.fork()
+            if child == 0:
+                code = 1
+                try:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+                    for other in (server, conn, *calls.values()):
+                        other.close()
+                    for target, fd in enumerate(fds):
+                        os.dup2(fd, target)
+                        os.close(fd)
+                    os.chdir(cwd)
+                    os.environ.clear()
+                    os.environ.update(item.split("=", 1) for item in rest[int(count) :])
+                    configure()
+                    code = call(rest[: int(count)])
+                finally:
+                    os._exit(code)
+            for fd in fds:
+                os.close(fd)
+            calls[child] = conn
+            conn.sendall(b"%d" % child)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--serve"]:
+        serve(sys.argv[2])
+    sys.exit(call(sys.argv[1:]))

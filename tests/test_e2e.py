@@ -38,14 +38,30 @@ FILLED = {
 }
 
 
+@pytest.fixture(scope="session")
+def stand_in_server(tmp_path_factory):
+    """The stand-in CLI's server (tests/fake_pulumi.py --serve): every test's `pulumi` calls are forks of it."""
+    path = tmp_path_factory.mktemp("stand-in") / "pulumi.sock"
+    server = subprocess.Popen(
+        [sys.executable, "-I", str(TESTS / "fake_pulumi.py"), "--serve", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout.readline() == "ready\n"
+    yield path
+    server.terminate()
+    server.wait(timeout=10)
+
+
 @pytest.fixture
-def cli(tmp_path, monkeypatch, capfd):
+def cli(tmp_path, monkeypatch, capfd, stand_in_server):
     """PATH with the stand-in `pulumi`, its state directory, and a filled-in template."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_in = bin_dir / "pulumi"
-    # -I: the stand-in needs neither this test's PYTHONPATH nor the user's site-packages
-    stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I "{TESTS / "fake_pulumi.py"}" "$@"\n')
+    client = TESTS / "fake_pulumi_client.py"
+    stand_in.write_text(f'#!/bin/sh\nexec "{sys.executable}" -I -S "{client}" "{stand_in_server}" "$@"\n')
     stand_in.chmod(0o755)
     template = yaml.safe_load(e2e.TEMPLATE.read_text())
     template["config"].update(FILLED)
