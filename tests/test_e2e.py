@@ -1,5 +1,7 @@
 """scripts/e2e.py against a stand-in `pulumi` on PATH (tests/fake_pulumi.py: the commands pulumi.automation
 runs, the CLI's answers and its engine events, over gRPC or the event-log file) and a stand-in smoke test.
+Each `pulumi` call is a fork of one stand-in server (see fake_pulumi.py); runs that are not interrupted call
+scripts.e2e's main() in this process.
 
 Every failure path must still destroy and remove the stack, nothing secret may be printed, and the
 timing table comes from the engine's events.
@@ -86,7 +88,7 @@ def cli(tmp_path, monkeypatch, capfd, stand_in_server):
 
 
 def command(cli, *extra, smoke=True):
-    smoke_cmd = f"{sys.executable} {TESTS / 'stand_in_smoke.py'}"
+    smoke_cmd = f"{sys.executable} -I {TESTS / 'stand_in_smoke.py'}"
     base = [sys.executable, "-m", "scripts.e2e", "--template", str(cli["template"]), "--id", "t1"]
     base += ["--summary", str(cli["tmp"] / "summary.md")] + (["--smoke-test", smoke_cmd] if smoke else [])
     return base + list(extra)
