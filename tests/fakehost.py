@@ -19,7 +19,7 @@ import functools
 import io
 import marshal
 import os
-import socketserver
+import socket
 import subprocess
 import sys
 import threading
@@ -59,15 +59,14 @@ GIB = 1 << 30
 DISK_UUID = "6f1c2a7e-0d2b-4c39-9a51-3c1f0e2b7d44"
 # The client: argv, cwd and settings out as NUL-terminated fields; exit code, stdout, stderr back.
 CLIENT = r"""() {
-  local fd code out err input=""
+  local code out err input=""
   if [[ $1 == docker && " $* " =~ \ (--interactive|runner)\  ]]; then input=$(cat; printf .); input=${input%.}; fi
-  exec {fd}<>"/dev/tcp/127.0.0.1/$FAKEHOST_PORT"
-  printf '%s\0' "$PWD" "${PG_ROOT:-}" "${STUB_FAIL:-}" "${STUB_FAIL_CHANGE:-}" "${STUB_REDO:-}" "$input" "$@" >&"$fd"
-  printf '\1\0' >&"$fd"
-  IFS= read -r -d '' code <&"$fd"
-  IFS= read -r -d '' out <&"$fd"
-  IFS= read -r -d '' err <&"$fd"
-  exec {fd}>&-
+  {
+    printf '%s\0' "$PWD" "${PG_ROOT:-}" "${STUB_FAIL:-}" "${STUB_FAIL_CHANGE:-}" "${STUB_REDO:-}" "$input" "$@" $'\1'
+    IFS= read -r -d '' code
+    IFS= read -r -d '' out
+    IFS= read -r -d '' err
+  } <>"/dev/tcp/127.0.0.1/$FAKEHOST_PORT" >&0
   printf '%s' "$out"
   printf '%s' "$err" >&2
   return "$code"
@@ -86,40 +85,51 @@ class Call:
 
 
 CALL = Call()
+_CHANGES: dict[str, tuple] = {}  # calls.log -> (inode, bytes counted, `M` lines in them)
 LOCK = threading.Lock()  # one call at a time: CALL and sys.stdout/stderr are process-wide
 
 
-class _Handler(socketserver.StreamRequestHandler):
-    def handle(self):
-        data = b""
-        while not data.endswith(b"\1\0"):
-            chunk = self.request.recv(65536)
-            if not chunk:
-                return
-            data += chunk
-        cwd, root, stub_fail, fail_change, redo, stdin, *argv = data[:-2].decode().split("\0")[:-1]
-        out, err = io.StringIO(), io.StringIO()
-        with LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            CALL.cwd, CALL.stdin = cwd, stdin
-            CALL.env = {"PG_ROOT": root, "STUB_FAIL": stub_fail, "STUB_FAIL_CHANGE": fail_change, "STUB_REDO": redo}
-            try:
-                code = answer(argv[0], argv[1:])
-            except SystemExit as exit_:
-                code = exit_.code or 0
-        self.wfile.write(f"{code}\0{out.getvalue()}\0{err.getvalue()}\0".encode())
+def _respond(conn) -> None:
+    data = b""
+    while not data.endswith(b"\1\0"):
+        chunk = conn.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    cwd, root, stub_fail, fail_change, redo, stdin, *argv = data[:-2].decode().split("\0")[:-1]
+    out, err = io.StringIO(), io.StringIO()
+    with LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        CALL.cwd, CALL.stdin = cwd, stdin
+        CALL.env = {"PG_ROOT": root, "STUB_FAIL": stub_fail, "STUB_FAIL_CHANGE": fail_change, "STUB_REDO": redo}
+        try:
+            code = answer(argv[0], argv[1:])
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    conn.sendall(f"{code}\0{out.getvalue()}\0{err.getvalue()}\0".encode())
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.TCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+def _serve(listener: socket.socket) -> None:
+    """One call at a time, in one thread: the answers are serialised by LOCK anyway, and a thread
+    per connection cost more than the answer itself. A client that stalls is dropped after 60 s."""
+    while True:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(60)
+            with contextlib.suppress(OSError):
+                _respond(conn)
+
+
+@functools.cache
+def _port() -> int:
+    listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+    threading.Thread(target=_serve, args=(listener,), daemon=True).start()
+    return listener.getsockname()[1]
 
 
 def serve() -> dict[str, str]:
-    """Starts the fake host; returns the environment that routes the commands to it."""
-    server = _Server(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    """Starts the fake host (once per process); returns the environment that routes the commands to it."""
     env = {
-        "FAKEHOST_PORT": str(server.server_address[1]),
+        "FAKEHOST_PORT": str(_port()),
         "BASH_FUNC__fakehost%%": CLIENT,
         "BASH_FUNC_sudo%%": '() { "$@"; }',
     }
@@ -139,11 +149,12 @@ class Host:
     def __init__(self, root):
         self.root = str(root)
         self.dir = os.path.join(self.root, ".fake")
-        os.makedirs(self.dir, exist_ok=True)
+        self.logged = False
         try:
             with open(os.path.join(self.dir, "state"), "rb") as f:
                 self.saved = f.read()
         except FileNotFoundError:
+            os.makedirs(self.dir, exist_ok=True)
             self.saved = b""
         self.state = marshal.loads(self.saved) if self.saved else {}
 
@@ -153,14 +164,37 @@ class Host:
     def save(self) -> None:
         data = marshal.dumps(self.state)
         if data != self.saved:  # a call that changed nothing leaves the file alone
-            with open(os.path.join(self.dir, "state"), "wb") as f:
-                f.write(data)
+            # rewritten in place: truncating to zero first costs ext4 ten times more
+            fd = os.open(os.path.join(self.dir, "state"), os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, data)
+                os.ftruncate(fd, len(data))
+            finally:
+                os.close(fd)
             self.saved = data
 
     def log(self, kind: str, argv: list[str]) -> None:
         """One line per call, with paths as the real host sees them (without the test's root)."""
-        with open(os.path.join(self.dir, "calls.log"), "a") as f:
-            f.write(f"{kind} {' '.join(quote(a.replace(self.root, '')) for a in argv)}\n")
+        line = f"{kind} {' '.join(quote(a.replace(self.root, '')) for a in argv)}\n"
+        fd = os.open(os.path.join(self.dir, "calls.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
+        self.logged = True
+
+    def changes_logged(self) -> int:
+        """How many `M` lines calls.log holds: counted once per log file, then only what was appended."""
+        path = os.path.join(self.dir, "calls.log")
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            inode, size, count = _CHANGES.get(path, (None, 0, 0))
+            if inode != stat.st_ino or stat.st_size < size:  # another log under that name
+                size, count = 0, 0
+            f.seek(size)
+            new = f.read()
+        _CHANGES[path] = stat.st_ino, size + len(new), count + (b"\n" + new).count(b"\nM ")  # size: a line's start
+        return _CHANGES[path][2]
 
     def rel(self, path: str) -> str:
         """A path as the real host would see it (without the test's root)."""
@@ -177,7 +211,6 @@ def fail(message: str, code: int = 1):
 
 def answer(name: str, args: list[str]) -> int:
     host = Host(CALL.env["PG_ROOT"])
-    open(os.path.join(host.dir, "calls.log"), "a").close()
     if CALL.env.get("STUB_FAIL") == name:
         host.log("Q", [name, *args])
         fail(f"{name}: simulated failure: {' '.join(args)}")
@@ -185,6 +218,8 @@ def answer(name: str, args: list[str]) -> int:
         return HANDLERS.get(name, lambda h, a: None)(host, args) or 0
     finally:
         host.save()
+        if not host.logged:  # every call leaves a log behind
+            open(os.path.join(host.dir, "calls.log"), "a").close()
 
 
 def _query(host: Host, argv: list[str]) -> None:
@@ -204,13 +239,9 @@ def _change(host: Host, argv: list[str]) -> None:
         host.log("R", argv)
         fail(f"{argv[0]}: redone; the fault-injection rerun stops here")
     target = CALL.env.get("STUB_FAIL_CHANGE")
-    if target:
-        with open(os.path.join(host.dir, "calls.log")) as f:
-            log = f.read()
-        done = log.startswith("M ") + log.count("\nM ")
-        if done + 1 == int(target):
-            host.log("F", argv)
-            fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
+    if target and host.changes_logged() + 1 == int(target):
+        host.log("F", argv)
+        fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
     host.log("M", argv)
 
 

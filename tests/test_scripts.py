@@ -33,29 +33,35 @@ SCRIPTS = render.SCRIPTS
 CERT, KEY = certs.pair()
 
 
+# Configurations the steps are registered under (the default one is the session's `run`).
+VARIANTS = {
+    "upgrade": ({"postal-gateway:postalVersion": "3.3.7"}, ()),
+    "permissive": ({"postal-gateway:selinux": "permissive"}, ()),
+    "internal": ({"postal-gateway:tls": "internal"}, ()),
+    "custom": (
+        {"postal-gateway:tls": "custom", "postal-gateway:tlsCertificate": CERT, "postal-gateway:tlsPrivateKey": KEY},
+        ("postal-gateway:tlsCertificate", "postal-gateway:tlsPrivateKey"),
+    ),
+}
+
+
+def steps_of(run) -> dict[str, tuple[str, str]]:
+    assert run.error is None, run.error
+    return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(run).items()}
+
+
+class Registered(dict):
+    """Variant -> step -> (command line, stdin), from the program under mocks; a variant's program
+    runs when a test first asks for it (a worker that runs a few of these tests pays for those)."""
+
+    def __missing__(self, variant: str) -> dict[str, tuple[str, str]]:
+        self[variant] = steps_of(program.run(*VARIANTS[variant]))
+        return self[variant]
+
+
 @pytest.fixture(scope="module")
-def registered():
-    """Step -> (command line, stdin) from the program under mocks, for the default and variant configs."""
-
-    def steps(config=None, secret_keys=()):
-        run = program.run(config, secret_keys)
-        assert run.error is None, run.error
-        return {step: (c.inputs["create"], c.inputs.get("stdin") or "") for step, c in commands(run).items()}
-
-    return {
-        "base": steps(),
-        "upgrade": steps({"postal-gateway:postalVersion": "3.3.7"}),
-        "permissive": steps({"postal-gateway:selinux": "permissive"}),
-        "internal": steps({"postal-gateway:tls": "internal"}),
-        "custom": steps(
-            {
-                "postal-gateway:tls": "custom",
-                "postal-gateway:tlsCertificate": CERT,
-                "postal-gateway:tlsPrivateKey": KEY,
-            },
-            secret_keys=("postal-gateway:tlsCertificate", "postal-gateway:tlsPrivateKey"),
-        ),
-    }
+def registered(run):
+    return Registered(base=steps_of(run))
 
 
 class Machine:
@@ -141,11 +147,23 @@ def machine(tmp_path, stubs):
 
 
 @pytest.fixture(scope="module")
-def provisioned(tmp_path_factory, stubs, registered):
-    """A host after one run of every step (built once, copied for each test)."""
-    host = Machine(tmp_path_factory.mktemp("fresh"), stubs)
-    host.output = host.up(registered["base"])
-    return host
+def first_deploy(tmp_path_factory, stubs, registered):
+    """A first deploy, step by step (built once): step -> a copy of the host before it ran, with
+    `actions`, the changes the step then made (mktemp names aside)."""
+    hosts, host, output = {}, Machine(tmp_path_factory.mktemp("first"), stubs), ""
+    for step in (*STEPS, "ops"):
+        hosts[step] = Machine(tmp_path_factory.mktemp(step), stubs, like=host)
+        hosts[step].output = output
+        start = len(host.calls())
+        output += host.up(registered["base"], [step])
+        hosts[step].actions = {fakehost.action(a) for a in host.changes(start)}
+    return hosts
+
+
+@pytest.fixture(scope="module")
+def provisioned(first_deploy):
+    """A host after one run of every step (copied for each test), with `output`, all they printed."""
+    return first_deploy["ops"]
 
 
 @pytest.fixture
@@ -817,14 +835,9 @@ def restore_disk(host: Machine) -> None:
 
 
 @pytest.fixture(scope="module")
-def before_step(tmp_path_factory, stubs, registered, provisioned):
+def before_step(tmp_path_factory, stubs, first_deploy, provisioned):
     """Hosts to run a step on: before each step of a first deploy, and a deployed host changed."""
-    hosts, host = {}, Machine(tmp_path_factory.mktemp("first"), stubs)
-    for step in (*STEPS, "ops"):
-        hosts[step, "first deploy"] = Machine(tmp_path_factory.mktemp(step), stubs, like=host)
-        start = len(host.calls())
-        host.up(registered["base"], [step])
-        hosts[step, "first deploy"].actions = {fakehost.action(a) for a in host.changes(start)}
+    hosts = {(step, "first deploy"): host for step, host in first_deploy.items()}
     for change, prepare in (("grown disk", grow_disk), ("restored disk", restore_disk)):
         hosts["os", change] = Machine(tmp_path_factory.mktemp(change.replace(" ", "-")), stubs, like=provisioned)
         prepare(hosts["os", change])
@@ -870,7 +883,7 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(
         host.run(command, STUB_REDO=fakehost.action(actions[k]))
         return actions[k], failed, faults, [c[2:] for c in host.calls()[mark:] if c.startswith("R ")], left
 
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    with ThreadPoolExecutor(max_workers=1) as pool:
         results = list(pool.map(inject, tried))
     for action, failed, faults, redone, left in results:
         assert [fakehost.action(f) for f in faults] == [fakehost.action(action)]
@@ -1182,10 +1195,8 @@ def test_a_line_holding_a_secret_is_withheld_from_the_bootstrap_log(fresh, regis
 
 
 @pytest.fixture(scope="module")
-def generated():
+def generated(run):
     """Every secret value the program generated under mocks (passwords, private keys)."""
-    run = program.run()
-    assert run.error is None, run.error
     return program.generated_secrets(run)
 
 
