@@ -9,7 +9,9 @@ Postal) lives in `.fake/state` (marshal).
 `STUB_FAIL=<command>` makes that command fail with a message on stderr. Fault injection
 (tests/test_scripts.py): `STUB_FAIL_CHANGE=<n>` makes the n-th change of the log (counting every
 `M` line so far, 1-based) fail instead of happening, logged as `F <argv>`; `STUB_REDO=<line>`
-stops a rerun, logged as `R <argv>`, as soon as it repeats that change (mktemp names aside).
+stops a rerun, logged as `R <argv>`, as soon as it repeats that change (mktemp names aside), or,
+with `STUB_THEN_FAIL=<m> <run>` (<run> names this run), lets the repeat happen and makes the m-th
+change after it fail (logged as `F`, as every change after that one).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ CLIENT = r"""() {
   local code out err input=""
   if [[ $1 == docker && " $* " =~ \ (--interactive|runner)\  ]]; then input=$(cat; printf .); input=${input%.}; fi
   {
-    printf '%s\0' "$PWD" "${PG_ROOT:-}" "${STUB_FAIL:-}" "${STUB_FAIL_CHANGE:-}" "${STUB_REDO:-}" "$input" "$@" $'\1'
+    printf '%s\0' "$PWD" "${PG_ROOT:-}" "${STUB_FAIL:-}" "${STUB_FAIL_CHANGE:-}" "${STUB_REDO:-}" "${STUB_THEN_FAIL:-}" "$input" "$@" $'\1'
     IFS= read -r -d '' code
     IFS= read -r -d '' out
     IFS= read -r -d '' err
@@ -86,6 +88,7 @@ class Call:
 
 CALL = Call()
 _CHANGES: dict[str, tuple] = {}  # calls.log -> (inode, bytes counted, `M` lines in them)
+_RERUNS: dict[tuple[str, str], dict] = {}  # (root, STUB_THEN_FAIL) -> whether the run redid, changes since
 LOCK = threading.Lock()  # one call at a time: CALL and sys.stdout/stderr are process-wide
 
 
@@ -96,11 +99,17 @@ def _respond(conn) -> None:
         if not chunk:
             return
         data += chunk
-    cwd, root, stub_fail, fail_change, redo, stdin, *argv = data[:-2].decode().split("\0")[:-1]
+    cwd, root, stub_fail, fail_change, redo, then, stdin, *argv = data[:-2].decode().split("\0")[:-1]
     out, err = io.StringIO(), io.StringIO()
     with LOCK, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         CALL.cwd, CALL.stdin = cwd, stdin
-        CALL.env = {"PG_ROOT": root, "STUB_FAIL": stub_fail, "STUB_FAIL_CHANGE": fail_change, "STUB_REDO": redo}
+        CALL.env = {
+            "PG_ROOT": root,
+            "STUB_FAIL": stub_fail,
+            "STUB_FAIL_CHANGE": fail_change,
+            "STUB_REDO": redo,
+            "STUB_THEN_FAIL": then,
+        }
         try:
             code = answer(argv[0], argv[1:])
         except SystemExit as exit_:
@@ -235,7 +244,19 @@ def action(line: str) -> str:
 
 def _change(host: Host, argv: list[str]) -> None:
     line = " ".join(quote(a.replace(host.root, "")) for a in argv)
-    if CALL.env.get("STUB_REDO") and action(line) == CALL.env["STUB_REDO"]:
+    redo, then = CALL.env.get("STUB_REDO"), CALL.env.get("STUB_THEN_FAIL")
+    if redo and then:
+        run = _RERUNS.setdefault((host.root, then), {"redone": False, "after": 0})
+        if not run["redone"] and action(line) == redo:
+            run["redone"] = True
+            host.log("R", argv)
+            return
+        if run["redone"]:
+            run["after"] += 1
+            if run["after"] >= int(then.split()[0]):
+                host.log("F", argv)
+                fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
+    elif redo and action(line) == redo:
         host.log("R", argv)
         fail(f"{argv[0]}: redone; the fault-injection rerun stops here")
     target = CALL.env.get("STUB_FAIL_CHANGE")

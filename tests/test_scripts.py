@@ -860,7 +860,10 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(
     tmp_path, stubs, registered, before_step, step, change
 ):
     """The changes are the `M` lines of a successful run, so a new action is covered by itself; a
-    change to a deployed host tries those a first deploy does not make."""
+    change to a deployed host tries those a first deploy does not make. The runs go in chains, each
+    on the host the previous one left: the first fails a change; each next one redoes the change that
+    failed, makes the changes that followed it in the successful run, exactly those, and fails the
+    next change tried; the last one stops once it has redone its change."""
     command = registered[{"upgrade": "upgrade", "internal": "internal"}.get(change, "base")][step]
     base = before_step[step, change]
     done_before, calls_before = len(base.changes()), len(base.calls())
@@ -874,23 +877,49 @@ def test_every_change_that_fails_fails_the_step_and_the_next_run_redoes_it(
     ]
     assert tried
 
-    def inject(k: int) -> tuple[str, subprocess.CompletedProcess, list[str], list[str]]:
-        host = Machine(tmp_path / f"fault-{k}", stubs, like=base)
-        failed = host.run(command, STUB_FAIL_CHANGE=str(done_before + k + 1))
-        left = sorted(p.name for p in host.file("/tmp").iterdir())
-        faults = [c[2:] for c in host.calls()[calls_before:] if c.startswith("F ")]
-        mark = len(host.calls())
-        host.run(command, STUB_REDO=fakehost.action(actions[k]))
-        return actions[k], failed, faults, [c[2:] for c in host.calls()[mark:] if c.startswith("R ")], left
+    def chain(ks: list[int]) -> list[tuple]:
+        """Per change: (the change before it in the chain or None, the run that failed it, that run's
+        calls, what it left in TMPDIR, the next run's calls)."""
+        host, runs, previous = Machine(tmp_path / f"chain-{ks[0]}", stubs, like=base), [], None
+        for k in [*ks, None]:
+            mark = len(host.calls())
+            if previous is None:
+                run = host.run(command, STUB_FAIL_CHANGE=str(done_before + k + 1))
+            elif k is None:
+                run = host.run(command, STUB_REDO=fakehost.action(actions[previous]))
+            else:
+                redo = fakehost.action(actions[previous])
+                run = host.run(command, STUB_REDO=redo, STUB_THEN_FAIL=f"{k - previous} {k}")
+            calls = host.calls()[mark:]
+            if runs:
+                runs[-1][1][-1].extend(calls)
+            if k is not None:
+                runs.append((k, (previous, run, calls, sorted(p.name for p in host.file("/tmp").iterdir()), [])))
+            previous = k
+        return runs
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        results = list(pool.map(inject, tried))
-    for action, failed, faults, redone, left in results:
+    # a chain per CPU: n + 2 runs for n changes (a run per fault, then one that only redoes), not 2n
+    half = (len(tried) + 1) // 2
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = dict(r for runs in pool.map(chain, [ks for ks in (tried[:half], tried[half:]) if ks]) for r in runs)
+    assert sorted(results) == tried
+    for k, (previous, failed, calls, left, after) in results.items():
+        action = actions[k]
+        faults = [c[2:] for c in calls if c.startswith("F ")]
         assert [fakehost.action(f) for f in faults] == [fakehost.action(action)]
         assert failed.returncode != 0, f"{step} ({change}) exited 0 although `{action}` failed:\n{failed.stdout}"
         assert f"[postal-gateway:{step}] ERROR" in failed.stderr
         assert left == [], f"{step} ({change}): a failed `{action}` left {left} in TMPDIR (payload, output)"
+        redone = [c[2:] for c in after if c.startswith("R ")]
         assert redone, f"{step} ({change}): the run after a failed `{action}` did not redo it"
+        if previous is not None:  # the run redid the previous change, then went on as the successful run
+            kinds = [c[:2] for c in calls]
+            between = calls[kinds.index("R ") + 1 : kinds.index("F ")]
+            assert [fakehost.action(c) for c in between if c.startswith("M ")] == [
+                "M " + fakehost.action(a) for a in actions[previous + 1 : k]
+            ], f"{step} ({change}): after redoing `{actions[previous]}` the run went another way:\n" + "\n".join(
+                between
+            )
 
 
 # --- disks, versions, ports, Caddy ---
