@@ -78,6 +78,18 @@ def run(
     return run
 
 
+_SHARED: dict[tuple, Run] = {}
+
+
+def shared_run(config: dict | None = None, secret_keys: tuple = ()) -> Run:
+    """`run(config, secret_keys)` for tests that only read what was registered: one run per
+    configuration and process (test_bootstrap and test_scripts both ask for tls internal and selinux permissive)."""
+    key = (repr(sorted((config or {}).items())), tuple(secret_keys))
+    if key not in _SHARED:
+        _SHARED[key] = run(config, secret_keys)
+    return _SHARED[key]
+
+
 def lookup(config: dict | None = None, dns_records: list | None = None):
     """config.load and dns.lookup_zones alone (what __main__.py runs before any resource), under the
     same mocks: (zone ids or None, the error or None, invokes)."""

@@ -121,7 +121,7 @@ def test_a_new_data_disk_reruns_the_os_step_only(run):
     [("letsencrypt", ["acme-v02.api.letsencrypt.org-directory", "acme.zerossl.com-v2-dv90"]), ("internal", ["local"])],
 )
 def test_smtp_tls_watches_caddys_certificate_of_the_mode(tls, issuers):
-    run = program.run({NS + "tls": tls})
+    run = program.shared_run({NS + "tls": tls})
     env = env_of(commands(run)["smtp-tls"])
     store = "/opt/postal/caddy-data/caddy/certificates"  # Caddy's /data volume (caddy.sh), storage caddy/
     host = "postal.rdo-dev.com"
@@ -171,7 +171,7 @@ def changed(before, after):
     ],
 )
 def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, expected):
-    assert changed(run, program.run(overrides)) == expected
+    assert changed(run, program.shared_run(overrides)) == expected  # {}: a second run, not the fixture's
 
 
 def test_custom_tls_sends_the_pair_to_caddy_only():

@@ -55,7 +55,7 @@ class Registered(dict):
     runs when a test first asks for it (a worker that runs a few of these tests pays for those)."""
 
     def __missing__(self, variant: str) -> dict[str, tuple[str, str]]:
-        self[variant] = steps_of(program.run(*VARIANTS[variant]))
+        self[variant] = steps_of(program.shared_run(*VARIANTS[variant]))
         return self[variant]
 
 
