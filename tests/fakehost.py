@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import threading
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,6 +115,9 @@ def _respond(conn) -> None:
             code = answer(argv[0], argv[1:])
         except SystemExit as exit_:
             code = exit_.code or 0
+        except Exception:  # a fault of the fake: the step sees it on stderr, the server goes on
+            traceback.print_exc()
+            code = 70
     conn.sendall(f"{code}\0{out.getvalue()}\0{err.getvalue()}\0".encode())
 
 
