@@ -1,9 +1,15 @@
 """Fixtures shared by the test modules."""
 
+import gc
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import program
-import pytest
+# Importing the SDK and providers and running the program under mocks allocate hundreds of thousands
+# of long-lived objects: with the default threshold (700) the collector walks them again and again,
+# a third of a program run's time. Fewer, larger collections (bench: first run 4.3 -> 3.3 s CPU).
+gc.set_threshold(100_000, 50, 100)
+
+import program  # noqa: E402
+import pytest  # noqa: E402
 
 RECORDING: list[Future] = []  # record_postal started in the background, once per process
 
