@@ -314,4 +314,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import gc
+
+    gc.set_threshold(100_000, 50, 100)  # the SDK's objects live to the end: collect rarely (a third faster)
     sys.exit(main())
