@@ -236,7 +236,7 @@ class Interrupt:
     def install(self, timeout: float) -> threading.Timer:
         signal.signal(signal.SIGINT, self.handler)
         signal.signal(signal.SIGTERM, self.handler)
-        timer = threading.Timer(timeout, self.trip, args=(f"--timeout {timeout:.0f}s reached", True))
+        timer = threading.Timer(timeout, self.trip, args=(f"--timeout {timeout:g}s reached", True))
         timer.daemon = True
         timer.start()
         return timer

@@ -296,7 +296,7 @@ def test_an_interrupted_up_is_cancelled_then_destroyed(cli, how, says):
         # The deadline may come before or during the hanging step: either way the CLI cancels. A run whose
         # deadline came before its `up` could take a Ctrl-C (a loaded machine) proves nothing here: it is
         # tried again from scratch with a longer deadline.
-        for timeout in (1, 4, 16):
+        for timeout in (0.5, 4, 16):
             proc = start(cli, "--timeout", str(timeout), wait=False)
             output, _ = proc.communicate(timeout=120)
             if (cli["home"] / "cancellable").exists():
