@@ -1,7 +1,10 @@
 """Fixtures shared by the test modules."""
 
 import gc
-from concurrent.futures import Future, ThreadPoolExecutor
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 # Importing the SDK and providers and running the program under mocks allocate hundreds of thousands
 # of long-lived objects: with the default threshold (700) the collector walks them again and again,
@@ -11,30 +14,27 @@ gc.set_threshold(100_000, 50, 100)
 import program  # noqa: E402
 import pytest  # noqa: E402
 
-RECORDING: list[Future] = []  # record_postal started in the background, once per process
+RECORDING: list[subprocess.Popen] = []  # relay_scenarios.py --record, started once per process
 
 
-def record() -> dict:
-    from fake_relay import FakeRelay
-    from relay_scenarios import record_postal
-
-    relay = FakeRelay()
-    try:
-        return record_postal(relay)
-    finally:
-        relay.close()
-
-
-def start_recording() -> Future:
+def start_recording() -> subprocess.Popen:
     if not RECORDING:
-        RECORDING.append(ThreadPoolExecutor(1, thread_name_prefix="record-postal").submit(record))
+        RECORDING.append(
+            subprocess.Popen(
+                [sys.executable, str(Path(__file__).with_name("relay_scenarios.py")), "--record"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return RECORDING[0]
 
 
 def pytest_collection_finish(session):
     """Starts recording Postal's deliveries as soon as a selected test needs them: the recording mostly
     waits (its hang scenarios wait out Postal's timeouts, twice where Postal resets the session), so it
-    runs in a thread beside the tests before."""
+    runs beside the tests before, in a process of its own (the fake relay answers within the client's
+    timeouts without sharing this process's interpreter lock with the tests)."""
     if any("recorded" in getattr(item, "fixturenames", ()) for item in session.items):
         start_recording()
 
@@ -51,4 +51,7 @@ def run():
 def recorded():
     """{scenario id: delivery}: what Postal 3.3.6 stores for each relay scenario, recorded by running its
     sender against the fake relay (relay_scenarios.record_postal)."""
-    return start_recording().result()
+    recording = start_recording()
+    out, err = recording.communicate(timeout=120)
+    assert recording.returncode == 0, err
+    return json.loads(out)

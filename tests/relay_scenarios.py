@@ -1,6 +1,7 @@
 """The relay scenario table (tests/data/relay_scenarios.yaml) and what Postal records for each.
 
-`python -m tests.relay_scenarios` rewrites the generated table in docs/troubleshooting.md.
+`python -m tests.relay_scenarios` rewrites the generated table in docs/troubleshooting.md;
+`python tests/relay_scenarios.py --record` prints record_postal's result against a fake relay of its own.
 """
 
 from __future__ import annotations
@@ -127,8 +128,21 @@ def render_doc(current: str) -> str:
     return f"{head}{BEGIN}\n{troubleshooting_table()}\n{END}{tail}"
 
 
+def record() -> dict:
+    from fake_relay import FakeRelay
+
+    relay = FakeRelay()
+    try:
+        return record_postal(relay)
+    finally:
+        relay.close()
+
+
 if __name__ == "__main__":
     import sys
 
     sys.path[:0] = [str(HERE), str(HERE.parent)]
-    DOC.write_text(render_doc(DOC.read_text()))
+    if sys.argv[1:] == ["--record"]:
+        print(json.dumps(record()))
+    else:
+        DOC.write_text(render_doc(DOC.read_text()))
