@@ -3,8 +3,10 @@ home directories: the config's key checks and the backup's encryption round trip
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -29,6 +31,13 @@ def gpg(home: str, *args: str, check: bool = True, **kwargs) -> subprocess.Compl
     )
 
 
+def forget(home: str) -> None:
+    """Stops the gpg-agent that key generation (and the restore drill's decryption) started for a home,
+    then removes the home: each one otherwise outlives the test process."""
+    subprocess.run(["gpgconf", "--homedir", home, "--kill", "gpg-agent"], capture_output=True, timeout=60)
+    shutil.rmtree(home, ignore_errors=True)
+
+
 @functools.cache
 def make(
     uid: str, primary: str = "ed25519", subkey: str | None = "cv25519", expire: str = "never", when: str = ""
@@ -37,6 +46,7 @@ def make(
     `when` (gpg --faked-system-time) dates its creation, to make one that has already expired."""
     home = tempfile.mkdtemp(prefix="pg-gpg-")
     os.chmod(home, 0o700)
+    atexit.register(forget, home)
     faked = ("--faked-system-time", when) if when else ()
     gpg(home, *faked, "--quick-gen-key", uid, primary, "cert,sign", expire)
     fingerprint = next(
