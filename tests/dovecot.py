@@ -209,12 +209,14 @@ class Dovecot:
             if (self.dir / name).exists()
         )
 
-    def settled_log(self, quiet: float = 0.3, limit: float = 10) -> list[str]:
-        """The log's lines once it has stopped growing for `quiet` seconds (Dovecot's log process writes late)."""
+    def settled_log(self, quiet: float = 0.3, limit: float = 10, since: int = 0, want: str = "") -> list[str]:
+        """The log's lines once it has stopped growing for `quiet` seconds (Dovecot's log process writes
+        late), and, with `want`, once a line from `since` on contains it (on a loaded machine the log
+        process may write it after a quiet spell)."""
         deadline, lines = time.monotonic() + limit, None
         while time.monotonic() < deadline:
             now = self.log().splitlines()
-            if now == lines:
+            if now == lines and not (want and not any(want in line for line in now[since:])):
                 break
             lines = now
             time.sleep(quiet)
