@@ -1,5 +1,5 @@
 """When a set of source ranges counts as the whole Internet: one definition for the program's
-config warnings (components/config.py) and the policy pack (policies.py). Standard library only,
+config warnings (components/checks.py) and the policy pack (policies.py). Standard library only,
 so the pack can import it from its own directory."""
 
 from __future__ import annotations
