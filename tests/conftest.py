@@ -8,7 +8,7 @@ from pathlib import Path
 
 # Importing the SDK and providers and running the program under mocks allocate hundreds of thousands
 # of long-lived objects: with the default threshold (700) the collector walks them again and again,
-# a third of a program run's time. Fewer, larger collections (bench: first run 4.3 -> 3.3 s CPU).
+# a third of a program run's time. Fewer, larger collections (measured: a first run 4.3 -> 3.3 s CPU).
 gc.set_threshold(100_000, 50, 100)
 
 import program  # noqa: E402
