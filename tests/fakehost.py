@@ -246,6 +246,12 @@ def action(line: str) -> str:
     return re.sub(r"\.[A-Za-z0-9]{6}\b", ".XXXXXX", line)
 
 
+def _fault(host: Host, argv: list[str]) -> None:
+    """An injected fault: the change fails instead of happening, logged as `F`."""
+    host.log("F", argv)
+    fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
+
+
 def _change(host: Host, argv: list[str]) -> None:
     line = " ".join(quote(a.replace(host.root, "")) for a in argv)
     redo, then = CALL.env.get("STUB_REDO"), CALL.env.get("STUB_THEN_FAIL")
@@ -258,15 +264,13 @@ def _change(host: Host, argv: list[str]) -> None:
         if run["redone"]:
             run["after"] += 1
             if run["after"] >= int(then.split()[0]):
-                host.log("F", argv)
-                fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
+                _fault(host, argv)
     elif redo and action(line) == redo:
         host.log("R", argv)
         fail(f"{argv[0]}: redone; the fault-injection rerun stops here")
     target = CALL.env.get("STUB_FAIL_CHANGE")
     if target and host.changes_logged() + 1 == int(target):
-        host.log("F", argv)
-        fail(f"{argv[0]}: simulated failure: {' '.join(argv[1:])}")
+        _fault(host, argv)
     host.log("M", argv)
 
 
