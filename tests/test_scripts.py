@@ -1320,11 +1320,20 @@ def test_no_script_masks_a_command_with_or_true():
             ) or line.lstrip().startswith("#"), f"{path.name}:{number}: {line.strip()}"
 
 
-@pytest.mark.parametrize("broken", ["cat", "chmod", "chown", "mv"])
+BROKEN = {  # a command inside pg_install, and the failure it meets
+    **{
+        c: f'{c}() {{ echo "{c}: No space left on device" >&2; return 1; }}' for c in ("mktemp", "chmod", "chown", "mv")
+    },
+    # the new file's content: the kernel refuses the write itself (EFBIG past a file-size limit of 0)
+    "write": "trap '' XFSZ; ulimit -f 0",
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN)
 def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
     """Helpers run where `set -e` applies: a failing command inside pg_install ends the step."""
     script = render.script_text("lib.sh") + textwrap.dedent(f"""
-        {broken}() {{ echo "{broken}: No space left on device" >&2; return 1; }}
+        {BROKEN[broken]}
         findmnt() {{ return 1; }}
         pg_install 0644 root:root /etc/example.conf <<<"content"
         pg_mark_applied example "$PG_RESULT"
@@ -1339,6 +1348,60 @@ def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
         env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"), "PG_STEP": "lib"},
     )
     assert result.returncode != 0 and "not reached" not in result.stdout
-    assert f"{broken}: No space left on device" in result.stderr and "[postal-gateway:lib] ERROR" in result.stderr
+    failure = "File too large" if broken == "write" else f"{broken}: No space left on device"
+    assert failure in result.stderr and "[postal-gateway:lib] ERROR" in result.stderr
     assert not (tmp_path / "var/lib/postal-gateway/example.applied").exists()
     assert list((tmp_path / "etc").iterdir()) == []  # neither the file nor a temporary one
+
+
+def run_lib(tmp_path, body: str) -> subprocess.CompletedProcess:
+    """lib.sh and `body` in one bash, on a temporary root, with the real coreutils."""
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.run(
+        ["bash", "-c", render.script_text("lib.sh") + "findmnt() { return 1; }\n" + textwrap.dedent(body), "lib"],
+        capture_output=True,
+        timeout=30,
+        env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"), "PG_STEP": "lib"},
+    )
+
+
+# (what is on disk: content and mode, or None; what pg_install is given) -> changed or not
+INSTALL_CASES = {
+    "absent": (None, b"a\n", True),
+    "same": ((b"a\n", 0o644), b"a\n", False),
+    "same, empty": ((b"", 0o644), b"", False),
+    "same content, other mode": ((b"a\n", 0o600), b"a\n", True),
+    "one more trailing newline": ((b"a\n", 0o644), b"a\n\n", True),
+    "one trailing newline less": ((b"a\n\n", 0o644), b"a\n", True),
+    "no trailing newline": ((b"a\n", 0o644), b"a", True),
+    "a NUL byte on disk": ((b"a\0b\n", 0o644), b"ab\n", True),
+    "leading and inner blank lines": ((b"\na\n\nb\n", 0o644), b"\na\n\nb\n", False),
+}
+
+
+def test_pg_install_writes_exactly_the_content_and_mode_and_only_when_they_differ(tmp_path):
+    body = ""
+    for n, (before, content, _) in enumerate(INSTALL_CASES.values()):
+        dest = tmp_path / f"etc/{n}.conf"
+        if before is not None:
+            dest.parent.mkdir(exist_ok=True)
+            dest.write_bytes(before[0])
+            dest.chmod(before[1])
+        (tmp_path / f"{n}.in").write_bytes(content)
+        body += f'pg_install 0644 root:root /etc/{n}.conf <"$PG_ROOT/{n}.in"; echo "{n} $PG_RESULT"\n'
+    result = run_lib(tmp_path, body)
+    assert result.returncode == 0, result.stderr
+    changed = dict(line.split() for line in result.stdout.decode().splitlines() if not line.startswith("["))
+    for n, (case, (_, content, change)) in enumerate(INSTALL_CASES.items()):
+        assert changed[str(n)] == ("changed" if change else "unchanged"), case
+        dest = tmp_path / f"etc/{n}.conf"
+        assert (dest.read_bytes(), stat.S_IMODE(dest.stat().st_mode)) == (content, 0o644), case
+    assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == [f"{n}.conf" for n in range(len(INSTALL_CASES))]
+
+
+def test_pg_install_refuses_binary_content_by_name(tmp_path):
+    (tmp_path / "in").write_bytes(b"key\0material")
+    result = run_lib(tmp_path, 'pg_install 0600 root:root /etc/x.bin <"$PG_ROOT/in"\necho "not reached"\n')
+    assert result.returncode != 0 and b"not reached" not in result.stdout
+    assert b"[postal-gateway:lib] ERROR: /etc/x.bin: binary content (a NUL byte)" in result.stderr
+    assert not (tmp_path / "etc/x.bin").exists()

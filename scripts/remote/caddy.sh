@@ -80,7 +80,7 @@ esac
 tries=${PG_CADDY_TRIES:-24} # x 5 s; Let's Encrypt gets 10 minutes for the ACME challenge
 if [[ $PG_TLS == letsencrypt ]]; then tries=${PG_CADDY_TRIES:-120}; fi
 status=000
-for _ in $(seq 1 "$tries"); do
+for ((try = 0; try < tries; try++)); do
   # Any HTTP status proves Caddy serves the name with that certificate (502 until Postal's web runs).
   if [[ $PG_TLS != internal || -f ${ca[1]} ]] &&
     status=$(curl --silent --output /dev/null --write-out '%{http_code}' --max-time 5 "${ca[@]}" \

@@ -36,7 +36,7 @@ esac
 
 pg_log "waiting for MariaDB"
 ready=0
-for _ in $(seq 1 60); do
+for ((try = 0; try < 60; try++)); do
   if docker exec "$name" healthcheck.sh --connect >/dev/null 2>&1; then
     ready=1
     break

@@ -38,9 +38,10 @@ exec > >(tee -a "$PG_OUTPUT")
 PG_TEE_OUT=$!
 exec 2> >(tee -a "$PG_OUTPUT" >&4)
 PG_TEE_ERR=$!
-# pg_write_log <exit code> <withheld lines>: returns non-zero when the log could not be written.
+# pg_write_log <exit code> <withheld line…>: returns non-zero when the log could not be written.
 pg_write_log() {
   local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log
+  shift
   if ! findmnt --mountpoint "$PG_ROOT$PG_DATA_DIR" >/dev/null; then return 0; fi
   umask 077
   if [[ ! -d $log ]]; then mkdir -p "$log" || return 1; fi
@@ -48,26 +49,26 @@ pg_write_log() {
     TZ=UTC printf '=== %(%Y-%m-%dT%H:%M:%SZ)T %s exit %s\n' -1 "${PG_STEP:-step}" "$rc"
     awk -v output="$PG_OUTPUT" 'FILENAME != output { if (length($0) >= 8) secret[$0]; next }
          { for (s in secret) if (index($0, s)) { $0 = "[postal-gateway] (line withheld: it held a secret)"; break }
-           print }' <(printf '%s\n' "$2") "$PG_OUTPUT"
+           print }' <(printf '%s\n' "$@") "$PG_OUTPUT"
   } >>"$log/bootstrap.log"
 }
 # At exit the secrets go first (the decoded payload, a half-written file), whatever fails after
 # them: errexit is off here, so a bootstrap log that cannot be written (a full or dead data disk)
 # is reported and fails the step, and the raw output is removed in any case.
 pg_on_exit() {
-  local rc=$? withheld='' file
+  local rc=$? withheld=() file
   set +e
   trap - ERR
   if [[ -n $PG_PAYLOAD ]]; then
     for file in "$PG_PAYLOAD"/*; do
-      if [[ -f $file ]]; then withheld+=$(<"$file")$'\n'; fi
+      if [[ -f $file ]]; then mapfile -t -O "${#withheld[@]}" withheld <"$file"; fi
     done
     rm -rf "$PG_PAYLOAD"
   fi
   if [[ -n $PG_PENDING ]]; then rm -f "$PG_PENDING"; fi
   exec 1>&3 2>&4
   wait "$PG_TEE_OUT" "$PG_TEE_ERR"
-  if ! pg_write_log "$rc" "$withheld"; then
+  if ! pg_write_log "$rc" "${withheld[@]}"; then
     printf '[postal-gateway:%s] ERROR: could not write %s\n' "${PG_STEP:-step}" "$PG_DATA_DIR/log/bootstrap.log" >&2
     if ((rc == 0)); then rc=1; fi
   fi
@@ -80,55 +81,63 @@ trap pg_on_exit EXIT
 # Reads the step's stdin (`<name> <base64>` lines) into files under $PG_PAYLOAD (mode 600),
 # removed when the step exits. Secrets never touch the command line or the log.
 pg_read_payload() {
-  PG_PAYLOAD="$(umask 077 && mktemp -d)"
   local name data
+  umask 077
+  PG_PAYLOAD=$(mktemp -d)
   while read -r name data; do
     [[ $name =~ ^[a-z_]+$ ]] || pg_fail "malformed stdin payload line"
-    (umask 077 && printf '%s' "$data" | base64 -d >"$PG_PAYLOAD/$name") || pg_fail "payload $name is not base64"
+    printf '%s' "$data" | base64 -d >"$PG_PAYLOAD/$name" || pg_fail "payload $name is not base64"
   done
+  umask 022
 }
 
 pg_need() { [[ -s "$PG_PAYLOAD/$1" ]] || pg_fail "stdin payload lacks $1"; }
 
-# pg_install <mode> <owner> <dest> < content: writes dest only when its content or mode differs;
+# pg_install_text <mode> <owner> <dest> <text>: writes dest only when its content or mode differs;
 # PG_RESULT=changed|unchanged. The new file is made in dest's directory, so it gets that
 # directory's SELinux label (a file moved from /tmp keeps tmp's). Not for pipelines: the result
-# and the temporary file's clean-up would stay in the pipeline's subshell.
-pg_install() { pg_write "$1" "$2" "$3" cat; }
-# pg_install_text <mode> <owner> <dest> <text>
-pg_install_text() { pg_write "$1" "$2" "$3" printf '%s' "$4"; }
+# and the temporary file's clean-up would stay in the pipeline's subshell. Text only (a shell
+# string holds no NUL byte), compared in the shell: an unchanged file costs one `stat`, no copy.
 # shellcheck disable=SC2034  # PG_RESULT is for the caller
-pg_write() { # pg_write <mode> <owner> <dest> <command writing the content…>
-  local mode=$1 owner=$2 dest=$PG_ROOT$3
-  shift 3
-  if [[ ! -d ${dest%/*} ]]; then mkdir -p "${dest%/*}"; fi
-  PG_PENDING="$(mktemp "$dest.XXXXXX")"
-  "$@" >"$PG_PENDING"
-  if [[ -f $dest ]] && cmp -s "$PG_PENDING" "$dest" && [[ $(stat -c %a "$dest") == "${mode#0}" ]]; then
-    rm -f "$PG_PENDING"
-    PG_PENDING='' PG_RESULT=unchanged
+pg_install_text() {
+  local mode=$1 owner=$2 dest=$PG_ROOT$3 old=()
+  if [[ -f $dest ]]; then mapfile -d '' old <"$dest"; fi
+  if ((${#old[@]} < 2)) && [[ -f $dest && ${old[0]-} == "$4" && $(stat -c %a "$dest") == "${mode#0}" ]]; then
+    PG_RESULT=unchanged
     return 0
   fi
+  if [[ ! -d ${dest%/*} ]]; then mkdir -p "${dest%/*}"; fi
+  PG_PENDING=$(mktemp "$dest.XXXXXX")
+  printf '%s' "$4" >"$PG_PENDING"
   chmod "$mode" "$PG_PENDING"
   chown "$owner" "$PG_PENDING"
   mv -f "$PG_PENDING" "$dest"
   PG_PENDING='' PG_RESULT=changed
   pg_log "wrote ${dest#"$PG_ROOT"}"
 }
+# pg_install <mode> <owner> <dest> < content: pg_install_text with the text read from stdin.
+pg_install() {
+  local text=()
+  mapfile -d '' text
+  ((${#text[@]} < 2)) || pg_fail "$3: binary content (a NUL byte) is not installed by pg_install"
+  pg_install_text "$1" "$2" "$3" "${text[0]-}"
+}
 
 # What a step last applied successfully, as a hash of the files it applied (kept in
 # /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
 # so a change that a failed run wrote to disk is still applied (restarted into) by the next run.
 pg_fingerprint() {
-  local file
-  for file in "$@"; do
+  local file sum
+  sum=$(for file in "$@"; do
     printf '%s\n' "$file"
     if [[ -f $PG_ROOT$file ]]; then cat "$PG_ROOT$file"; fi
-  done | sha256sum | cut -d ' ' -f 1
+  done | sha256sum)
+  printf '%s\n' "${sum%% *}"
 }
 pg_applied() {
-  local stamp=$PG_ROOT/var/lib/postal-gateway/$1.applied
-  [[ -f $stamp && $(<"$stamp") == "$2" ]]
+  local stamp=$PG_ROOT/var/lib/postal-gateway/$1.applied lines=()
+  if [[ -f $stamp ]]; then mapfile -t lines <"$stamp"; fi
+  [[ ${#lines[@]} == 1 && ${lines[0]} == "$2" ]]
 }
 pg_mark_applied() { pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.applied" "$2"$'\n'; }
 
@@ -189,7 +198,11 @@ pg_enable_unit() {
 }
 
 # pg_spec <docker run option…>: a short hash of a container's settings, for pg_container.
-pg_spec() { printf '%s\n' "$@" | sha256sum | cut -c 1-16; }
+pg_spec() {
+  local sum
+  sum=$(printf '%s\n' "$@" | sha256sum)
+  printf '%s\n' "${sum:0:16}"
+}
 
 # pg_container <name> <image> <spec>: PG_RESULT=running|stopped|create. A container made from
 # another image or another spec (a hash of its `docker run` options, kept in a label) is removed
@@ -218,8 +231,8 @@ pg_container() {
 
 # pg_wait_http <what> <url> [Host header]: waits up to 5 minutes (PG_WAIT_TRIES x 5 s) for a 2xx answer.
 pg_wait_http() {
-  local what=$1 url=$2 host=${3:-localhost}
-  for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+  local what=$1 url=$2 host=${3:-localhost} try
+  for ((try = 0; try < ${PG_WAIT_TRIES:-60}; try++)); do
     if curl --silent --fail --output /dev/null --max-time 5 --header "Host: $host" "$url"; then return 0; fi
     sleep 5
   done
@@ -230,8 +243,8 @@ pg_wait_http() {
 # "<name> (pid: …, host: …)" (app/util/health_server.rb). When another process holds the port,
 # Postal only logs "already in use": whatever answers there instead fails the step by name.
 pg_wait_health() {
-  local body
-  for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+  local body try
+  for ((try = 0; try < ${PG_WAIT_TRIES:-60}; try++)); do
     if body=$(curl --silent --max-time 5 "http://127.0.0.1:$2/"); then
       if [[ $body == "$3 (pid: "* ]]; then return 0; fi
       pg_fail "127.0.0.1:$2 is held by a process that is not Postal's $1 service ($(ss -Hltnp "sport = :$2" | head -n 1));" \

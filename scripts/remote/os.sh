@@ -3,7 +3,7 @@
 : "${PG_SELINUX:?}" "${PG_DATA_DEVICE:?}" "${PG_DATA_DIR:?}" "${PG_DATA_DISK_GB:?}"
 
 pg_log "waiting for google-startup-scripts to finish"
-for _ in $(seq 1 120); do
+for ((try = 0; try < 120; try++)); do
   if [[ $(systemctl show --property ActiveState --value google-startup-scripts.service) != activating ]]; then break; fi
   sleep 5
 done

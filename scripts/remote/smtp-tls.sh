@@ -32,7 +32,7 @@ has_current() {
   done
   return 1
 }
-for _ in $(seq 1 "${PG_WAIT_TRIES:-60}"); do
+for ((try = 0; try < ${PG_WAIT_TRIES:-60}; try++)); do
   "$PG_ROOT/usr/local/sbin/postal-gateway-smtp-tls"
   if has_current; then break; fi
   sleep 5
