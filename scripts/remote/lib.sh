@@ -262,6 +262,6 @@ pg_postal_running() { PG_RESULT=$(pg_compose ps --services --status running | so
 
 # pg_dir <mode> <dir>: creates dir (and its parents) and sets its mode when it differs.
 pg_dir() {
-  mkdir -p "$PG_ROOT$2"
+  if [[ ! -d $PG_ROOT$2 ]]; then mkdir -p "$PG_ROOT$2"; fi
   if [[ $(stat -c %a "$PG_ROOT$2") != "${1#0}" ]]; then chmod "$1" "$PG_ROOT$2"; fi
 }
