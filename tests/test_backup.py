@@ -17,7 +17,7 @@ import pgp
 import program
 import pytest
 from program import commands, env_of
-from test_monitoring import fires
+from test_monitoring import verdicts
 from test_operations import backup_env, sbin, units_of
 from test_scripts import Machine
 
@@ -176,22 +176,23 @@ def nightly_uploads(days: int, missed: tuple[int, ...] = ()) -> str:
     return "0 " + " ".join(values)
 
 
-def stale(query: str, series: dict[str, str], at: str, tmp_path) -> bool:
-    return fires(query, series, at, tmp_path, interval=STEP)
-
-
 def test_stale_backup_alert_fires_after_26_hours_without_an_upload_and_not_before(tmp_path):
     """The query as rendered, evaluated by Prometheus's engine (promtool, tests/test_monitoring.py)."""
     query = backup.stale_backup_query(backup.metric_name(config_stub()))
     ours = {UPLOADS: nightly_uploads(3)}
-    for at in ("1d", "1d12h", "2d1h50m", "2d23h"):  # a daily upload: never stale
-        assert not stale(query, ours, at, tmp_path), at
     missed = {UPLOADS: nightly_uploads(4, missed=(2,))}  # the third night's upload failed (day 2)
-    assert not stale(query, missed, "2d1h50m", tmp_path)  # 25h50m since the last upload (day 1)
-    assert stale(query, missed, "2d2h10m", tmp_path)  # 26h10m since it
-    assert not stale(query, missed, "3d1h", tmp_path)  # the next night's upload clears it
-    assert stale(query, {OTHER_METRIC: nightly_uploads(3)}, "2d", tmp_path)  # no series of ours at all
-    assert not stale(query.replace("< 1", "< 0"), {}, "1h", tmp_path)  # control: the comparison decides
+    other = {OTHER_METRIC: nightly_uploads(3)}
+    control = query.replace("< 1", "< 0")
+    cases = {  # what, at -> (query, series, stale)
+        **{("daily", at): (query, ours, False) for at in ("1d", "1d12h", "2d1h50m", "2d23h")},  # never stale
+        ("missed", "2d1h50m"): (query, missed, False),  # 25h50m since the last upload (day 1)
+        ("missed", "2d2h10m"): (query, missed, True),  # 26h10m since it
+        ("missed", "3d1h"): (query, missed, False),  # the next night's upload clears it
+        ("not ours", "2d"): (query, other, True),  # no series of ours at all
+        ("control", "1h"): (control, {}, False),  # the comparison decides
+    }
+    answers = verdicts(tmp_path, [(q, series, at) for (_, at), (q, series, _) in cases.items()], interval=STEP)
+    assert dict(zip(cases, answers, strict=True)) == {case: stale for case, (_, _, stale) in cases.items()}
 
 
 def test_the_alert_is_promql_on_the_upload_metric_without_metric_validation(run):

@@ -176,7 +176,7 @@ def test_each_setting_reruns_only_the_steps_that_depend_on_it(run, overrides, ex
 
 def test_custom_tls_sends_the_pair_to_caddy_only():
     keys = (NS + "tlsCertificate", NS + "tlsPrivateKey")
-    run = program.run({NS + "tls": "custom", keys[0]: CERT, keys[1]: KEY}, secret_keys=keys)
+    run = program.shared_run({NS + "tls": "custom", keys[0]: CERT, keys[1]: KEY}, secret_keys=keys)
     assert run.error is None, run.error
     caddy = commands(run)["caddy"]
     assert payload_of(caddy) == {"tls_certificate": CERT, "tls_private_key": KEY}

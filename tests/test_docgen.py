@@ -158,7 +158,7 @@ def test_the_runbook_opens_with_mail_isnt_going_out():
 
 def test_readme_names_every_firewall_rule():
     """The README's picture names each rule the program can create (security.md has the details)."""
-    run = program.run({"postal-gateway:sshSourceRanges": '["203.0.113.7/32"]'})  # ssh-direct exists only then
+    run = program.shared_run({"postal-gateway:sshSourceRanges": '["203.0.113.7/32"]'})  # ssh-direct exists only then
     picture = code_blocks(README.read_text())[0]
     names = {r.name.removeprefix("postal-allow-") for r in run.of_type("gcp:compute/firewall:Firewall")}
     assert "ssh-direct" in names

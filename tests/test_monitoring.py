@@ -209,41 +209,48 @@ HERE = 'namespace="4242424242/postal-vm"'  # the agent's label on this VM's Prom
 OTHER = 'namespace="999/another-vm"'
 
 
-def fires(query: str, series: dict[str, str], at: str, tmp_path, interval: str = "1m") -> bool:
-    """Whether `query` returns anything at `at` over `series` (promtool input notation, samples and
-    evaluations every `interval`: 'a+bxn' = n+1 samples from a by b, '_' = no sample). One promtool run
-    holds two test groups on the same series, one expecting the alert and one expecting none: exactly
-    one of them must fail, and the one that passed is the verdict."""
-    (tmp_path / "rules.yml").write_text(
-        yaml.safe_dump({"groups": [{"name": "postal-gateway", "rules": [{"alert": "condition", "expr": query}]}]})
-    )
-    test = {
-        "rule_files": ["rules.yml"],
-        "evaluation_interval": interval,
-        "tests": [
-            {
-                "name": expected,
-                "interval": interval,
-                "input_series": [{"series": k, "values": v} for k, v in series.items()],
-                "alert_rule_test": [
-                    {
-                        "eval_time": at,
-                        "alertname": "condition",
-                        "exp_alerts": [{"exp_labels": {}}] if expected == "fires" else [],
-                    }
-                ],
-            }
-            for expected in ("fires", "quiet")
-        ],
-    }
-    (tmp_path / "test.yml").write_text(yaml.safe_dump(test))
+def verdicts(tmp_path, cases: list[tuple[str, dict[str, str], str]], interval: str = "1m") -> list[bool]:
+    """For each (query, series, at): whether `query` returns anything at `at` over `series` (promtool
+    input notation, samples and evaluations every `interval`: 'a+bxn' = n+1 samples from a by b, '_' = no
+    sample). Each case is a test file of its own with two test groups on the same series, one expecting
+    the alert and one expecting none: exactly one of them must fail, and the one that passed is the
+    verdict. One promtool run takes every file."""
+    files = []
+    for n, (query, series, at) in enumerate(cases):
+        rules = {"groups": [{"name": "postal-gateway", "rules": [{"alert": "condition", "expr": query}]}]}
+        (tmp_path / f"rules-{n}.yml").write_text(yaml.safe_dump(rules))
+        test = {
+            "rule_files": [f"rules-{n}.yml"],
+            "evaluation_interval": interval,
+            "tests": [
+                {
+                    "name": f"{n}-{expected}",
+                    "interval": interval,
+                    "input_series": [{"series": k, "values": v} for k, v in series.items()],
+                    "alert_rule_test": [
+                        {
+                            "eval_time": at,
+                            "alertname": "condition",
+                            "exp_alerts": [{"exp_labels": {}}] if expected == "fires" else [],
+                        }
+                    ],
+                }
+                for expected in ("fires", "quiet")
+            ],
+        }
+        (tmp_path / f"test-{n}.yml").write_text(yaml.safe_dump(test))
+        files.append(f"test-{n}.yml")
     result = subprocess.run(
-        [program.tool("promtool"), "test", "rules", "test.yml"], cwd=tmp_path, capture_output=True, text=True
+        [program.tool("promtool"), "test", "rules", *files], cwd=tmp_path, capture_output=True, text=True
     )
     output = result.stdout + result.stderr
-    failed = {name for name in ("fires", "quiet") if f"name: {name}," in output}
-    assert result.returncode == 1 and len(failed) == 1, output  # promtool agrees with exactly one expectation
-    return failed == {"quiet"}
+    assert result.returncode == 1, output
+    answers = []
+    for n in range(len(cases)):
+        failed = {e for e in ("fires", "quiet") if f"name: {n}-{e}," in output}
+        assert len(failed) == 1, f"case {n}:\n{output}"  # promtool agrees with exactly one expectation
+        answers.append(failed == {"quiet"})
+    return answers
 
 
 def latency(per_minute: int, wait_s: float, other: dict | None = None) -> dict[str, str]:
@@ -261,21 +268,24 @@ def latency(per_minute: int, wait_s: float, other: dict | None = None) -> dict[s
 
 def test_queue_latency_fires_on_a_slow_queue_and_not_on_a_fast_or_idle_one(run, tmp_path):
     query = promql(run, "queue-latency")["query"]  # threshold 300 s
-    assert fires(query, latency(20, 400), "30m", tmp_path)
-    assert not fires(query, latency(20, 2), "30m", tmp_path)
-    assert not fires(query, latency(0, 0), "30m", tmp_path)  # nothing dequeued: 0/0, not an alert
-    # another VM's slow queue is not ours
-    assert not fires(
-        query, latency(20, 2, {f"postal_message_queue_latency_sum{{{OTHER}}}": "0+8000x40"}), "30m", tmp_path
-    )
+    assert verdicts(
+        tmp_path,
+        [
+            (query, latency(20, 400), "30m"),
+            (query, latency(20, 2), "30m"),
+            (query, latency(0, 0), "30m"),  # nothing dequeued: 0/0, not an alert
+            # another VM's slow queue is not ours
+            (query, latency(20, 2, {f"postal_message_queue_latency_sum{{{OTHER}}}": "0+8000x40"}), "30m"),
+        ],
+    ) == [True, False, False, False]
 
 
 def test_the_old_percentile_condition_could_never_fire(tmp_path):
     """Why the condition changed: with every wait at 400 s, all of them land in +Inf and
     histogram_quantile answers the highest finite bound, 10 s (prometheus/promql/quantile.go)."""
     old = 'histogram_quantile(0.99, sum by (le) (rate(postal_message_queue_latency_bucket{namespace=~"4242424242/.*"}[15m]))) > 300'
-    assert not fires(old, latency(20, 400), "30m", tmp_path)
-    assert fires(old.replace("> 300", "> 9.9"), latency(20, 400), "30m", tmp_path)
+    cases = [(old, latency(20, 400), "30m"), (old.replace("> 300", "> 9.9"), latency(20, 400), "30m")]
+    assert verdicts(tmp_path, cases) == [False, True]
 
 
 @pytest.mark.parametrize(
@@ -285,24 +295,34 @@ def test_the_old_percentile_condition_could_never_fire(tmp_path):
 def test_a_process_that_stops_being_scraped_pages(run, tmp_path, key, metric):
     query = promql(run, key)["query"]
     ours, other = f"{metric}{{{HERE}}}", f"{metric}{{{OTHER}}}"
-    assert fires(query, {ours: "0x10 _x30", other: "0x40"}, "25m", tmp_path)  # gone since minute 10
-    assert fires(query, {other: "0x40"}, "25m", tmp_path)  # never scraped on this VM
-    assert not fires(query, {ours: "0x40"}, "30m", tmp_path)  # scraped every minute, even at 0
-    assert not fires(query, {ours: "0x10 _x5 0x25"}, "15m", tmp_path)  # a 5-minute restart does not page
+    assert verdicts(
+        tmp_path,
+        [
+            (query, {ours: "0x10 _x30", other: "0x40"}, "25m"),  # gone since minute 10
+            (query, {other: "0x40"}, "25m"),  # never scraped on this VM
+            (query, {ours: "0x40"}, "30m"),  # scraped every minute, even at 0
+            (query, {ours: "0x10 _x5 0x25"}, "15m"),  # a 5-minute restart does not page
+        ],
+    ) == [True, True, False, False]
 
 
 def test_worker_errors_fire_above_the_count(run, tmp_path):
     query = promql(run, "worker-errors")["query"]  # more than 5 in 15 minutes
     series = f'postal_worker_errors{{{HERE},error="ActiveRecord::ConnectionNotEstablished"}}'
-    assert fires(query, {series: "0+1x40"}, "30m", tmp_path)
-    assert not fires(query, {series: "0x20 1 2 3 3x20"}, "30m", tmp_path)
+    assert verdicts(tmp_path, [(query, {series: "0+1x40"}, "30m"), (query, {series: "0x20 1 2 3 3x20"}, "30m")]) == [
+        True,
+        False,
+    ]
 
 
 def test_relay_errors_fire_above_the_count(run, tmp_path):
     query = promql(run, "relay-errors")["query"]  # more than 5 in 15 minutes
     metric = "logging_googleapis_com:user_postal_gateway_prod_relay_errors"
-    assert fires(query, {f'{metric}{{monitored_resource="gce_instance"}}': "0+1x40"}, "30m", tmp_path)
-    assert not fires(query, {f'{metric}{{monitored_resource="gce_instance"}}': "0x20 1 2 2x20"}, "30m", tmp_path)
+    ours = f'{metric}{{monitored_resource="gce_instance"}}'
+    assert verdicts(tmp_path, [(query, {ours: "0+1x40"}, "30m"), (query, {ours: "0x20 1 2 2x20"}, "30m")]) == [
+        True,
+        False,
+    ]
 
 
 def threshold_violated(condition: dict, points: list[tuple[int, float]], at: int) -> bool:

@@ -117,7 +117,7 @@ def test_ssh_is_open_only_to_iap_by_default(run):
 
 
 def test_ssh_source_ranges_add_direct_ssh_besides_iap():
-    run = program.run({NS + "sshSourceRanges": '["203.0.113.7/32"]'})
+    run = program.shared_run({NS + "sshSourceRanges": '["203.0.113.7/32"]'})
     assert run.error is None, run.error
     assert firewall_sources(run, "22") == ["203.0.113.7/32", "35.235.240.0/20"]
     assert run.named("postal-allow-ssh-direct").inputs["sourceRanges"] == ["203.0.113.7/32"]
@@ -159,7 +159,7 @@ def test_port_25_admits_no_customer_drivable_google_range_by_default(run):
 
 def test_port_80_is_open_only_for_lets_encrypt():
     """Only tls=letsencrypt needs port 80 (the HTTP-01 challenge); the other modes leave it closed."""
-    run = program.run({NS + "tls": "internal"})
+    run = program.shared_run({NS + "tls": "internal"})
     assert run.error is None, run.error
     assert firewall_sources(run, "80") == []
     assert "postal-allow-http" not in {r.name for r in run.of_type("gcp:compute/firewall:Firewall")}
