@@ -1405,3 +1405,24 @@ def test_pg_install_refuses_binary_content_by_name(tmp_path):
     assert result.returncode != 0 and b"not reached" not in result.stdout
     assert b"[postal-gateway:lib] ERROR: /etc/x.bin: binary content (a NUL byte)" in result.stderr
     assert not (tmp_path / "etc/x.bin").exists()
+
+
+def test_pg_fingerprint_hashes_each_name_and_content_as_deployed_stamps_expect(tmp_path):
+    """The stamps in /var/lib/postal-gateway hold this hash: a new way of computing it must give the
+    same value, or the first run after an upgrade restarts what did not change."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/a").write_bytes(b"x\n\n")
+    (tmp_path / "etc/c").write_bytes(b"y")
+    result = run_lib(tmp_path, 'pg_fingerprint /etc/a /etc/b /etc/c\necho "= $PG_FINGERPRINT"\n')
+    assert result.returncode == 0, result.stderr
+    expected = hashlib.sha256(b"/etc/a\nx\n\n/etc/b\n/etc/c\ny").hexdigest()
+    assert f"= {expected}\n" in result.stdout.decode()
+
+
+@pytest.mark.parametrize("data", ["!!!notbase64", base64.b64encode(b"[Unit]\0\n").decode()])
+def test_a_unit_that_does_not_decode_to_text_stops_before_anything_is_written(tmp_path, data):
+    path = "/etc/systemd/system/postal-gateway-example.service"
+    result = run_lib(tmp_path, f'PG_UNITS="{path} {data}"\npg_install_units example\necho "not reached"\n')
+    assert result.returncode != 0 and b"not reached" not in result.stdout
+    assert b"[postal-gateway:lib] ERROR" in result.stderr
+    assert not (tmp_path / path.lstrip("/")).exists()

@@ -37,7 +37,8 @@ fi
 next=$PG_ROOT$caddy/next
 pg_caddy_files "$caddy/live" "$next/Caddyfile" "$next/certs/cert.pem" "$next/certs/key.pem"
 
-applied=$(pg_fingerprint "$caddy/live/Caddyfile" "$caddy/live/certs/cert.pem" "$caddy/live/certs/key.pem")
+pg_fingerprint "$caddy/live/Caddyfile" "$caddy/live/certs/cert.pem" "$caddy/live/certs/key.pem"
+applied=$PG_FINGERPRINT
 # Caddy faces the Internet: no capability but binding 80/443, no privilege gained through exec, a
 # read-only image. It writes only /data (certificates, ACME state: the data disk), /config (its
 # autosaved config, XDG_CONFIG_HOME in the caddy image), /run (the admin socket) and /tmp.

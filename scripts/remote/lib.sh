@@ -32,7 +32,9 @@ pg_on_error() { # reported once, by the step's own shell (not again by a failed 
 # data disk is mounted, with every line that holds a secret value withheld: any line (8 characters
 # or more) of a payload file, and the program sends the values inside its documents (postal.yml,
 # the provisioning JSON) as the payload file `withhold`.
-PG_OUTPUT=$(umask 077 && mktemp)
+umask 077
+PG_OUTPUT=$(mktemp)
+umask 022
 exec 3>&1 4>&2
 exec > >(tee -a "$PG_OUTPUT")
 PG_TEE_OUT=$!
@@ -126,13 +128,21 @@ pg_install() {
 # What a step last applied successfully, as a hash of the files it applied (kept in
 # /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
 # so a change that a failed run wrote to disk is still applied (restarted into) by the next run.
+# pg_fingerprint <file…>: PG_FINGERPRINT = the sha256 of each file's name (a line) and content. The
+# steps fingerprint the files they write with pg_install*, which holds no NUL byte.
+# shellcheck disable=SC2034  # PG_FINGERPRINT is for the caller
 pg_fingerprint() {
-  local file sum
-  sum=$(for file in "$@"; do
-    printf '%s\n' "$file"
-    if [[ -f $PG_ROOT$file ]]; then cat "$PG_ROOT$file"; fi
-  done | sha256sum)
-  printf '%s\n' "${sum%% *}"
+  local file hashed='' content=()
+  for file in "$@"; do
+    hashed+=$file$'\n'
+    if [[ -f $PG_ROOT$file ]]; then
+      mapfile -d '' content <"$PG_ROOT$file"
+      ((${#content[@]} < 2)) || pg_fail "$file holds a NUL byte: not a file the steps write"
+      hashed+=${content[0]-}
+    fi
+  done
+  PG_FINGERPRINT=$(sha256sum < <(printf '%s' "$hashed"))
+  PG_FINGERPRINT=${PG_FINGERPRINT%% *}
 }
 pg_applied() {
   local stamp=$PG_ROOT/var/lib/postal-gateway/$1.applied lines=()
@@ -147,18 +157,18 @@ pg_mark_applied() { pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.a
 # applied once it has acted on the change (restarted what the new units schedule or watch).
 # shellcheck disable=SC2034  # PG_RESULT and PG_UNITS_FINGERPRINT are for the caller
 pg_install_units() {
-  local path data unit paths=()
+  local path data unit=() paths=()
   while read -r path data; do
     [[ -n $path ]] || continue
     [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z-]+\.(service|timer|path)$ ]] || pg_fail "bad unit path $path"
-    unit=$(
-      base64 -d <<<"$data"
-      printf .
-    )
-    pg_install_text 0644 root:root "$path" "${unit%.}"
+    mapfile -d '' unit < <(base64 -d <<<"$data")
+    wait "$!" # the decoding's exit status: bad base64 ends the step before anything is written
+    ((${#unit[@]} < 2)) || pg_fail "unit $path holds a NUL byte"
+    pg_install_text 0644 root:root "$path" "${unit[0]-}"
     paths+=("$path")
   done <<<"${PG_UNITS:?}"
-  PG_UNITS_FINGERPRINT=$(pg_fingerprint "${paths[@]}")
+  pg_fingerprint "${paths[@]}"
+  PG_UNITS_FINGERPRINT=$PG_FINGERPRINT
   PG_RESULT=unchanged
   if ! pg_applied "$1" "$PG_UNITS_FINGERPRINT"; then
     systemctl daemon-reload

@@ -9,16 +9,18 @@
 # shellcheck disable=SC2016  # $basearch is dnf's variable. Spaces around the gpgkey '=' (dnf accepts
 # them) keep the policy pack from reading a KEY assignment.
 # Google's package repository for the agent (what Google's add-google-cloud-ops-agent-repo.sh writes, handle_rpm el9).
-pg_install_text 0644 root:root /etc/yum.repos.d/google-cloud-ops-agent.repo "$(printf '%s\n' \
+printf -v repo '%s\n' \
   '[google-cloud-ops-agent]' 'name=Google Cloud Ops Agent Repository' \
   'baseurl=https://packages.cloud.google.com/yum/repos/google-cloud-ops-agent-el9-$basearch-all' \
   'enabled=1' 'gpgcheck=1' 'repo_gpgcheck=1' \
-  'gpgkey = https://packages.cloud.google.com/yum/doc/yum-key.gpg https://packages.cloud.google.com/yum/doc/rpm-package-key.gpg')"$'\n'
+  'gpgkey = https://packages.cloud.google.com/yum/doc/yum-key.gpg https://packages.cloud.google.com/yum/doc/rpm-package-key.gpg'
+pg_install_text 0644 root:root /etc/yum.repos.d/google-cloud-ops-agent.repo "$repo"
 # yum-utils carries needs-restarting on EL9; gnupg2 (BaseOS) encrypts the off-site backups, tar bundles them.
 pg_dnf_install google-cloud-ops-agent dnf-automatic yum-utils gnupg2 tar
 
 pg_install_text 0644 root:root /etc/google-cloud-ops-agent/config.yaml "$PG_AGENT_CONFIG"
-agent=$(pg_fingerprint /etc/google-cloud-ops-agent/config.yaml)
+pg_fingerprint /etc/google-cloud-ops-agent/config.yaml
+agent=$PG_FINGERPRINT
 pg_enable_unit google-cloud-ops-agent
 if ! pg_applied ops-agent "$agent"; then
   pg_log "restarting the Ops Agent for its configuration"
@@ -47,7 +49,8 @@ if [[ $units == changed ]]; then
 fi
 pg_mark_applied units "$PG_UNITS_FINGERPRINT"
 # The guard (a running service) restarts only for a new script or unit of its own.
-guard=$(pg_fingerprint /usr/local/sbin/postal-gateway-guard /etc/systemd/system/postal-gateway-guard.service)
+pg_fingerprint /usr/local/sbin/postal-gateway-guard /etc/systemd/system/postal-gateway-guard.service
+guard=$PG_FINGERPRINT
 pg_enable_unit postal-gateway-guard.service
 if [[ $PG_RESULT == unchanged ]] && ! pg_applied guard "$guard"; then
   pg_log "restarting postal-gateway-guard for its new script or unit"

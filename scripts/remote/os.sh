@@ -100,8 +100,10 @@ pg_install_text 0644 root:root "$dropin" "[Unit]"$'\n'"RequiresMountsFor=$PG_DAT
 selinux_enabled=false
 if [[ $PG_SELINUX == enforcing ]]; then selinux_enabled=true; fi
 # Container output goes to the journal under the container's name, where the Ops Agent reads it.
-pg_install_text 0644 root:root /etc/docker/daemon.json "$(printf '{\n  "selinux-enabled": %s,\n  "log-driver": "journald",\n  "log-opts": {"tag": "{{.Name}}"}\n}' "$selinux_enabled")"$'\n'
-docker_config=$(pg_fingerprint "$dropin" /etc/docker/daemon.json)
+printf -v daemon_json '{\n  "selinux-enabled": %s,\n  "log-driver": "journald",\n  "log-opts": {"tag": "{{.Name}}"}\n}\n' "$selinux_enabled"
+pg_install_text 0644 root:root /etc/docker/daemon.json "$daemon_json"
+pg_fingerprint "$dropin" /etc/docker/daemon.json
+docker_config=$PG_FINGERPRINT
 if ! pg_applied docker "$docker_config"; then
   systemctl daemon-reload
   if systemctl is-active --quiet docker; then

@@ -52,8 +52,9 @@ if [[ $current != "$PG_POSTAL_VERSION" ]]; then
 fi
 
 # Postal reads its configuration at start: recreate it unless it runs what is on disk now.
-applied=$(pg_fingerprint "$PG_DATA_DIR/config/postal.yml" "$PG_DATA_DIR/config/signing.key" \
-  "$PG_DATA_DIR/install/docker-compose.yml")
+pg_fingerprint "$PG_DATA_DIR/config/postal.yml" "$PG_DATA_DIR/config/signing.key" \
+  "$PG_DATA_DIR/install/docker-compose.yml"
+applied=$PG_FINGERPRINT
 # The SMTP server starts once the smtp-tls step has given it its certificate: with tls_enabled and
 # no certificate it would offer STARTTLS and drop every client that takes it (smtp_server/server.rb).
 services=(web worker)

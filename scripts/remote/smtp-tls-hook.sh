@@ -63,7 +63,8 @@ fi
 
 pg_install 0644 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$dest/cert.pem" <"$PG_PAYLOAD/cert-$pick.pem"
 pg_install 0600 "$PG_POSTAL_UID:$PG_POSTAL_UID" "$dest/key.pem" <"$PG_PAYLOAD/key-$pick.pem"
-applied=$(pg_fingerprint "$dest/cert.pem" "$dest/key.pem")
+pg_fingerprint "$dest/cert.pem" "$dest/key.pem"
+applied=$PG_FINGERPRINT
 pg_postal_running
 if ! pg_applied smtp-tls "$applied" && [[ " $PG_RESULT" == *" smtp "* ]]; then
   pg_log "restarting Postal's smtp container for the certificate from ${certs[$pick]}"
