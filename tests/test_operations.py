@@ -100,9 +100,7 @@ def sbin(machine: Machine, tool: str, *args: str, **env: str) -> subprocess.Comp
 def test_agent_config_passes_the_agents_schema(tmp_path):
     rendered = tmp_path / "config.yaml"
     rendered.write_text(operations.ops_agent_config())
-    result = subprocess.run(
-        [program.tool("check-jsonschema"), "--schemafile", str(SCHEMA), str(rendered)], capture_output=True, text=True
-    )
+    result = program.check_jsonschema("--schemafile", str(SCHEMA), str(rendered))
     assert result.returncode == 0, result.stdout + result.stderr
     broken = yaml.safe_load(rendered.read_text())
     broken["metrics"]["receivers"]["postal"]["config"]["scrape_configs"][0]["honor_labels"] = True

@@ -19,12 +19,7 @@ REQUIREMENTS = {"requirements.txt", "requirements-dev.txt", "policy/requirements
 
 
 def check_jsonschema(*paths):
-    return subprocess.run(
-        [program.tool("check-jsonschema"), "--builtin-schema", "vendor.github-workflows", *map(str, paths)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return program.check_jsonschema("--builtin-schema", "vendor.github-workflows", *map(str, paths))
 
 
 def load(path):

@@ -149,7 +149,14 @@ pg_applied() {
   if [[ -f $stamp ]]; then mapfile -t lines <"$stamp"; fi
   [[ ${#lines[@]} == 1 && ${lines[0]} == "$2" ]]
 }
-pg_mark_applied() { pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.applied" "$2"$'\n'; }
+# pg_mark_applied <key> <fingerprint>: records it for pg_applied (rewritten only when it differs: a
+# stamp's mode does not matter, so an unchanged one costs no stat).
+# shellcheck disable=SC2034  # PG_RESULT is for the caller
+pg_mark_applied() {
+  PG_RESULT=unchanged
+  if pg_applied "$1" "$2"; then return 0; fi
+  pg_install_text 0644 root:root "/var/lib/postal-gateway/$1.applied" "$2"$'\n'
+}
 
 # pg_install_units <key>: installs the systemd units in $PG_UNITS (one `<path> <base64>` line each,
 # rendered by components/units.py) and reloads systemd when they differ from the set last marked
