@@ -1,6 +1,6 @@
 """Benchmarks: program evaluation vs the SDK import floor, update blast radius, test-suite time.
 
-    python bench/run.py [--runs N] [--skip-suite]
+    python bench/run.py [--runs N] [--suite-runs N] [--skip-suite]
 
 Prints a table and writes bench/results.json. Numbers are wall-clock seconds on this machine;
 each figure is the median of N runs with its min–max spread. Nothing here talks to a cloud.
@@ -218,18 +218,16 @@ def blast_radius() -> dict:
     return rows
 
 
-BUDGET_S = 110  # the whole benchmark stays under two minutes in CI
 SUITE_GOAL_S = 60  # the whole suite, wall time (median), on an idle 2-CPU machine
 
 
-def suite(runs: int, began: float) -> dict:
-    """Times the suite `runs` times, fewer if another run would overrun BUDGET_S (n says how many):
-    wall time, and CPU time (user + system of pytest, its xdist workers and every process they wait for)."""
+def suite(runs: int) -> dict:
+    """Times the suite `runs` times: wall time, and CPU time (user + system of pytest, its xdist workers
+    and every process they wait for). The goal is judged on the median: this machine's speed varies by
+    15-25% from minute to minute, so one run proves little either way."""
     samples: list[float] = []
     cpu: list[float] = []
     for _ in range(runs):
-        if samples and time.perf_counter() - began + max(samples) > BUDGET_S:
-            break
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         subprocess.run(
@@ -248,14 +246,15 @@ def spread(s: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=3, help="evaluation runs (the suite runs 2 times)")
+    parser.add_argument("--runs", type=int, default=3, help="evaluation runs")
+    parser.add_argument("--suite-runs", type=int, default=3, help="test-suite runs (the goal is on their median)")
     parser.add_argument("--skip-suite", action="store_true", help="do not time the test suite")
     args = parser.parse_args()
     began = time.perf_counter()
 
     results = {"evaluation": evaluation(args.runs), "blast_radius": blast_radius()}
     if not args.skip_suite:
-        results["test_suite"] = suite(2, began)
+        results["test_suite"] = suite(args.suite_runs)
 
     ev = results["evaluation"]
     print("## Program evaluation (process wall time)")
@@ -279,7 +278,7 @@ def main() -> int:
             f"goal ≤ {SUITE_GOAL_S} s wall {'ok' if results['test_suite']['goal_met'] else 'MISSED'}"
         )
     results["bench_seconds"] = round(time.perf_counter() - began, 1)
-    print(f"\nBenchmark wall time: {results['bench_seconds']:.0f} s (budget {BUDGET_S} s)")
+    print(f"\nBenchmark wall time: {results['bench_seconds']:.0f} s")
     (ROOT / "bench" / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     missed = (
         not ev["goal_met"]
