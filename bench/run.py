@@ -230,9 +230,11 @@ def suite(runs: int) -> dict:
     for _ in range(runs):
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly"], cwd=ROOT, check=True, capture_output=True
+        run = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:randomly"], cwd=ROOT, capture_output=True, text=True
         )
+        if run.returncode != 0:
+            sys.exit(f"the test suite failed (exit {run.returncode}):\n{run.stdout[-6000:]}{run.stderr[-2000:]}")
         samples.append(time.perf_counter() - start)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu.append(after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime)
