@@ -1332,20 +1332,14 @@ BROKEN = {  # a command inside pg_install, and the failure it meets
 @pytest.mark.parametrize("broken", BROKEN)
 def test_a_failing_write_inside_pg_install_fails_the_step(tmp_path, broken):
     """Helpers run where `set -e` applies: a failing command inside pg_install ends the step."""
-    script = render.script_text("lib.sh") + textwrap.dedent(f"""
+    result = run_lib(
+        tmp_path,
+        f"""
         {BROKEN[broken]}
-        findmnt() {{ return 1; }}
         pg_install 0644 root:root /etc/example.conf <<<"content"
         pg_mark_applied example "$PG_RESULT"
         echo "not reached"
-        """)
-    (tmp_path / "tmp").mkdir()
-    result = subprocess.run(
-        ["bash", "-c", script, "lib"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"), "PG_STEP": "lib"},
+        """,
     )
     assert result.returncode != 0 and "not reached" not in result.stdout
     failure = "File too large" if broken == "write" else f"{broken}: No space left on device"
@@ -1360,6 +1354,8 @@ def run_lib(tmp_path, body: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", "-c", render.script_text("lib.sh") + "findmnt() { return 1; }\n" + textwrap.dedent(body), "lib"],
         capture_output=True,
+        text=True,
+        errors="replace",
         timeout=30,
         env={"PATH": os.environ["PATH"], "PG_ROOT": str(tmp_path), "TMPDIR": str(tmp_path / "tmp"), "PG_STEP": "lib"},
     )
@@ -1391,7 +1387,7 @@ def test_pg_install_writes_exactly_the_content_and_mode_and_only_when_they_diffe
         body += f'pg_install 0644 root:root /etc/{n}.conf <"$PG_ROOT/{n}.in"; echo "{n} $PG_RESULT"\n'
     result = run_lib(tmp_path, body)
     assert result.returncode == 0, result.stderr
-    changed = dict(line.split() for line in result.stdout.decode().splitlines() if not line.startswith("["))
+    changed = dict(line.split() for line in result.stdout.splitlines() if not line.startswith("["))
     for n, (case, (_, content, change)) in enumerate(INSTALL_CASES.items()):
         assert changed[str(n)] == ("changed" if change else "unchanged"), case
         dest = tmp_path / f"etc/{n}.conf"
@@ -1402,8 +1398,8 @@ def test_pg_install_writes_exactly_the_content_and_mode_and_only_when_they_diffe
 def test_pg_install_refuses_binary_content_by_name(tmp_path):
     (tmp_path / "in").write_bytes(b"key\0material")
     result = run_lib(tmp_path, 'pg_install 0600 root:root /etc/x.bin <"$PG_ROOT/in"\necho "not reached"\n')
-    assert result.returncode != 0 and b"not reached" not in result.stdout
-    assert b"[postal-gateway:lib] ERROR: /etc/x.bin: binary content (a NUL byte)" in result.stderr
+    assert result.returncode != 0 and "not reached" not in result.stdout
+    assert "[postal-gateway:lib] ERROR: /etc/x.bin: binary content (a NUL byte)" in result.stderr
     assert not (tmp_path / "etc/x.bin").exists()
 
 
@@ -1416,13 +1412,13 @@ def test_pg_fingerprint_hashes_each_name_and_content_as_deployed_stamps_expect(t
     result = run_lib(tmp_path, 'pg_fingerprint /etc/a /etc/b /etc/c\necho "= $PG_FINGERPRINT"\n')
     assert result.returncode == 0, result.stderr
     expected = hashlib.sha256(b"/etc/a\nx\n\n/etc/b\n/etc/c\ny").hexdigest()
-    assert f"= {expected}\n" in result.stdout.decode()
+    assert f"= {expected}\n" in result.stdout
 
 
 @pytest.mark.parametrize("data", ["!!!notbase64", base64.b64encode(b"[Unit]\0\n").decode()])
 def test_a_unit_that_does_not_decode_to_text_stops_before_anything_is_written(tmp_path, data):
     path = "/etc/systemd/system/postal-gateway-example.service"
     result = run_lib(tmp_path, f'PG_UNITS="{path} {data}"\npg_install_units example\necho "not reached"\n')
-    assert result.returncode != 0 and b"not reached" not in result.stdout
-    assert b"[postal-gateway:lib] ERROR" in result.stderr
+    assert result.returncode != 0 and "not reached" not in result.stdout
+    assert "[postal-gateway:lib] ERROR" in result.stderr
     assert not (tmp_path / path.lstrip("/")).exists()
