@@ -5,8 +5,10 @@ import os
 import re
 import runpy
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -197,8 +199,14 @@ def run_script_alone(checkout, script: str, *args: str) -> tuple[int, str, str]:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out.read_text(), err.read_text()
+    deadline = time.monotonic() + 300  # a fork of a threaded process could hang: fail, never wait forever
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"{script} did not finish in 300 s:\n{err.read_text()[-2000:]}")
+        time.sleep(0.02)
+    return os.waitstatus_to_exitcode(done[1]), out.read_text(), err.read_text()
 
 
 def test_the_plan_is_the_readmes_first_command_after_install():
