@@ -1371,6 +1371,7 @@ INSTALL_CASES = {
     "one trailing newline less": ((b"a\n\n", 0o644), b"a\n", True),
     "no trailing newline": ((b"a\n", 0o644), b"a", True),
     "a NUL byte on disk": ((b"a\0b\n", 0o644), b"ab\n", True),
+    "a NUL byte at the end on disk": ((b"ab\n\0", 0o644), b"ab\n", True),  # the shell's read drops a last NUL
     "leading and inner blank lines": ((b"\na\n\nb\n", 0o644), b"\na\n\nb\n", False),
 }
 
@@ -1395,11 +1396,22 @@ def test_pg_install_writes_exactly_the_content_and_mode_and_only_when_they_diffe
     assert sorted(p.name for p in (tmp_path / "etc").iterdir()) == [f"{n}.conf" for n in range(len(INSTALL_CASES))]
 
 
-def test_pg_install_refuses_binary_content_by_name(tmp_path):
-    (tmp_path / "in").write_bytes(b"key\0material")
+@pytest.mark.parametrize(
+    "source,error",
+    [
+        (b"key\0material", "binary content (a NUL byte), not installed"),
+        (b"key\n\0", "read 4 of its 5 bytes"),  # a last NUL, which the shell's read drops
+        (None, "pg_install reads a file or a pipe on stdin"),  # a directory: the read fails, so does the step
+    ],
+)
+def test_pg_install_refuses_what_it_cannot_read_whole_as_text(tmp_path, source, error):
+    if source is None:
+        (tmp_path / "in").mkdir()
+    else:
+        (tmp_path / "in").write_bytes(source)
     result = run_lib(tmp_path, 'pg_install 0600 root:root /etc/x.bin <"$PG_ROOT/in"\necho "not reached"\n')
     assert result.returncode != 0 and "not reached" not in result.stdout
-    assert "[postal-gateway:lib] ERROR: /etc/x.bin: binary content (a NUL byte)" in result.stderr
+    assert f"[postal-gateway:lib] ERROR: /etc/x.bin: {error}" in result.stderr
     assert not (tmp_path / "etc/x.bin").exists()
 
 
@@ -1415,7 +1427,9 @@ def test_pg_fingerprint_hashes_each_name_and_content_as_deployed_stamps_expect(t
     assert f"= {expected}\n" in result.stdout
 
 
-@pytest.mark.parametrize("data", ["!!!notbase64", base64.b64encode(b"[Unit]\0\n").decode()])
+@pytest.mark.parametrize(
+    "data", ["!!!notbase64", *(base64.b64encode(unit).decode() for unit in (b"[Unit]\0\n", b"[Unit]\n\0", b"\0"))]
+)
 def test_a_unit_that_does_not_decode_to_text_stops_before_anything_is_written(tmp_path, data):
     path = "/etc/systemd/system/postal-gateway-example.service"
     result = run_lib(tmp_path, f'PG_UNITS="{path} {data}"\npg_install_units example\necho "not reached"\n')

@@ -80,6 +80,7 @@ case $PG_TLS in
 esac
 tries=${PG_CADDY_TRIES:-24} # x 5 s; Let's Encrypt gets 10 minutes for the ACME challenge
 if [[ $PG_TLS == letsencrypt ]]; then tries=${PG_CADDY_TRIES:-120}; fi
+[[ $tries =~ ^[0-9]+$ ]] || pg_fail "PG_CADDY_TRIES must be a whole number"
 status=000
 for ((try = 0; try < tries; try++)); do
   # Any HTTP status proves Caddy serves the name with that certificate (502 until Postal's web runs).

@@ -22,6 +22,7 @@ pg_fail() {
   printf '[postal-gateway:%s] ERROR: %s\n' "${PG_STEP:-step}" "$*" >&2
   exit 1
 }
+[[ ${PG_WAIT_TRIES:-60} =~ ^[0-9]+$ ]] || pg_fail "PG_WAIT_TRIES must be a whole number"
 pg_on_error() { # reported once, by the step's own shell (not again by a failed $(…))
   local rc=$?
   if [[ $BASHPID != "$$" ]]; then return 0; fi
@@ -40,10 +41,9 @@ exec > >(tee -a "$PG_OUTPUT")
 PG_TEE_OUT=$!
 exec 2> >(tee -a "$PG_OUTPUT" >&4)
 PG_TEE_ERR=$!
-# pg_write_log <exit code> <withheld line…>: returns non-zero when the log could not be written.
+# pg_write_log <exit code> <withheld lines>: returns non-zero when the log could not be written.
 pg_write_log() {
   local rc=$1 log=$PG_ROOT$PG_DATA_DIR/log
-  shift
   if ! findmnt --mountpoint "$PG_ROOT$PG_DATA_DIR" >/dev/null; then return 0; fi
   umask 077
   if [[ ! -d $log ]]; then mkdir -p "$log" || return 1; fi
@@ -51,26 +51,26 @@ pg_write_log() {
     TZ=UTC printf '=== %(%Y-%m-%dT%H:%M:%SZ)T %s exit %s\n' -1 "${PG_STEP:-step}" "$rc"
     awk -v output="$PG_OUTPUT" 'FILENAME != output { if (length($0) >= 8) secret[$0]; next }
          { for (s in secret) if (index($0, s)) { $0 = "[postal-gateway] (line withheld: it held a secret)"; break }
-           print }' <(printf '%s\n' "$@") "$PG_OUTPUT"
+           print }' <(printf '%s\n' "$2") "$PG_OUTPUT"
   } >>"$log/bootstrap.log"
 }
 # At exit the secrets go first (the decoded payload, a half-written file), whatever fails after
 # them: errexit is off here, so a bootstrap log that cannot be written (a full or dead data disk)
 # is reported and fails the step, and the raw output is removed in any case.
 pg_on_exit() {
-  local rc=$? withheld=() file
+  local rc=$? withheld='' file
   set +e
   trap - ERR
   if [[ -n $PG_PAYLOAD ]]; then
     for file in "$PG_PAYLOAD"/*; do
-      if [[ -f $file ]]; then mapfile -t -O "${#withheld[@]}" withheld <"$file"; fi
+      if [[ -f $file ]]; then withheld+=$(<"$file")$'\n'; fi
     done
     rm -rf "$PG_PAYLOAD"
   fi
   if [[ -n $PG_PENDING ]]; then rm -f "$PG_PENDING"; fi
   exec 1>&3 2>&4
   wait "$PG_TEE_OUT" "$PG_TEE_ERR"
-  if ! pg_write_log "$rc" "${withheld[@]}"; then
+  if ! pg_write_log "$rc" "$withheld"; then
     printf '[postal-gateway:%s] ERROR: could not write %s\n' "${PG_STEP:-step}" "$PG_DATA_DIR/log/bootstrap.log" >&2
     if ((rc == 0)); then rc=1; fi
   fi
@@ -95,16 +95,23 @@ pg_read_payload() {
 
 pg_need() { [[ -s "$PG_PAYLOAD/$1" ]] || pg_fail "stdin payload lacks $1"; }
 
+# pg_bytes <text>: PG_BYTES = its length in bytes (not characters).
+pg_bytes() {
+  local LC_ALL=C
+  PG_BYTES=${#1}
+}
 # pg_install_text <mode> <owner> <dest> <text>: writes dest only when its content or mode differs;
 # PG_RESULT=changed|unchanged. The new file is made in dest's directory, so it gets that
 # directory's SELinux label (a file moved from /tmp keeps tmp's). Not for pipelines: the result
 # and the temporary file's clean-up would stay in the pipeline's subshell. Text only (a shell
-# string holds no NUL byte), compared in the shell: an unchanged file costs one `stat`, no copy.
+# string holds no NUL byte), compared in the shell: an unchanged file costs one `stat` (mode and
+# size: the size catches what the shell's read cannot tell, a NUL byte at the end or a short read).
 # shellcheck disable=SC2034  # PG_RESULT is for the caller
 pg_install_text() {
   local mode=$1 owner=$2 dest=$PG_ROOT$3 old=()
   if [[ -f $dest ]]; then mapfile -d '' old <"$dest"; fi
-  if ((${#old[@]} < 2)) && [[ -f $dest && ${old[0]-} == "$4" && $(stat -c %a "$dest") == "${mode#0}" ]]; then
+  pg_bytes "$4"
+  if ((${#old[@]} < 2)) && [[ -f $dest && ${old[0]-} == "$4" && $(stat -c '%a %s' "$dest") == "${mode#0} $PG_BYTES" ]]; then
     PG_RESULT=unchanged
     return 0
   fi
@@ -117,32 +124,37 @@ pg_install_text() {
   PG_PENDING='' PG_RESULT=changed
   pg_log "wrote ${dest#"$PG_ROOT"}"
 }
-# pg_install <mode> <owner> <dest> < content: pg_install_text with the text read from stdin.
+# pg_install <mode> <owner> <dest> < content: pg_install_text with the text on stdin. A file is read
+# whole (its size is checked: the shell's read reports neither an I/O error nor a last NUL byte); a
+# pipe carries the caller's own text.
 pg_install() {
-  local text=()
+  local text=() size=
+  if [[ -f /dev/stdin ]]; then
+    size=$(stat -L -c %s /dev/stdin)
+  elif [[ ! -p /dev/stdin ]]; then
+    pg_fail "$3: pg_install reads a file or a pipe on stdin"
+  fi
   mapfile -d '' text
-  ((${#text[@]} < 2)) || pg_fail "$3: binary content (a NUL byte) is not installed by pg_install"
+  pg_bytes "${text[0]-}"
+  ((${#text[@]} < 2)) || pg_fail "$3: binary content (a NUL byte), not installed"
+  if [[ -n $size ]] && ((PG_BYTES != size)); then
+    pg_fail "$3: read $PG_BYTES of its $size bytes (a NUL byte at the end, or a read error), not installed"
+  fi
   pg_install_text "$1" "$2" "$3" "${text[0]-}"
 }
 
 # What a step last applied successfully, as a hash of the files it applied (kept in
 # /var/lib/postal-gateway). Steps compare against it rather than against "written in this run",
 # so a change that a failed run wrote to disk is still applied (restarted into) by the next run.
-# pg_fingerprint <file…>: PG_FINGERPRINT = the sha256 of each file's name (a line) and content. The
-# steps fingerprint the files they write with pg_install*, which holds no NUL byte.
+# pg_fingerprint <file…>: PG_FINGERPRINT = the sha256 of each file's name (a line) and content.
 # shellcheck disable=SC2034  # PG_FINGERPRINT is for the caller
 pg_fingerprint() {
-  local file hashed='' content=()
-  for file in "$@"; do
-    hashed+=$file$'\n'
-    if [[ -f $PG_ROOT$file ]]; then
-      mapfile -d '' content <"$PG_ROOT$file"
-      ((${#content[@]} < 2)) || pg_fail "$file holds a NUL byte: not a file the steps write"
-      hashed+=${content[0]-}
-    fi
-  done
-  PG_FINGERPRINT=$(sha256sum < <(printf '%s' "$hashed"))
-  PG_FINGERPRINT=${PG_FINGERPRINT%% *}
+  local file sum
+  sum=$(for file in "$@"; do
+    printf '%s\n' "$file"
+    if [[ -f $PG_ROOT$file ]]; then cat "$PG_ROOT$file"; fi
+  done | sha256sum)
+  PG_FINGERPRINT=${sum%% *}
 }
 pg_applied() {
   local stamp=$PG_ROOT/var/lib/postal-gateway/$1.applied lines=()
@@ -164,13 +176,16 @@ pg_mark_applied() {
 # applied once it has acted on the change (restarted what the new units schedule or watch).
 # shellcheck disable=SC2034  # PG_RESULT and PG_UNITS_FINGERPRINT are for the caller
 pg_install_units() {
-  local path data unit=() paths=()
+  local path data padding unit=() paths=()
   while read -r path data; do
     [[ -n $path ]] || continue
     [[ $path =~ ^/etc/systemd/system/postal-gateway-[a-z-]+\.(service|timer|path)$ ]] || pg_fail "bad unit path $path"
     mapfile -d '' unit < <(base64 -d <<<"$data")
     wait "$!" # the decoding's exit status: bad base64 ends the step before anything is written
-    ((${#unit[@]} < 2)) || pg_fail "unit $path holds a NUL byte"
+    pg_bytes "${unit[0]-}"
+    # all of it, and no NUL byte (the shell's read drops a last one): base64 holds 3 bytes per 4 characters
+    padding=${data##*[!=]}
+    ((${#unit[@]} < 2 && PG_BYTES == ${#data} * 3 / 4 - ${#padding})) || pg_fail "unit $path is not text"
     pg_install_text 0644 root:root "$path" "${unit[0]-}"
     paths+=("$path")
   done <<<"${PG_UNITS:?}"
