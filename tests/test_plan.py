@@ -191,8 +191,12 @@ def run_script_alone(checkout, script: str, *args: str) -> tuple[int, str, str]:
             try:
                 runpy.run_path(script, run_name="__main__")
                 code = 0
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else 1
+            except SystemExit as exit_:  # as the interpreter reads it: None is 0, a message is printed and 1
+                if exit_.code is None or isinstance(exit_.code, int):
+                    code = exit_.code or 0
+                else:
+                    print(exit_.code, file=sys.stderr)
+                    code = 1
         except BaseException:
             traceback.print_exc()
         finally:
